@@ -1,0 +1,193 @@
+"""The per-worker shaping engine: classify, queue, release -- pure, ``now`` passed in.
+
+A :class:`Shaper` is what a worker process runs for every packet.  Like the
+two IMQ devices (imq0 for PREROUTING, imq1 for POSTROUTING) it holds one HTB
+tree per direction, each with its own classifier.  It knows nothing about
+netfilterqueue: the packet ``handle`` is opaque, and the caller issues the
+verdicts for what :meth:`admit` and :meth:`release` hand back.
+
+``apply()`` is the only way to (re)configure it -- used at start and for live
+changes alike (the kernel's init = defaults + change()).  A change keeps every
+held packet: packets of a class that disappears move to the direction's
+default class, or are handed back for immediate release.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from imqd.classifier import Classifier
+from imqd.config import ClassSpec, Config
+from imqd.packet import PacketInfo
+from imqd.qdisc.base import QueuedPacket
+from imqd.qdisc.htb import HTB, HTBClassParams
+from imqd.qdisc.leaves import LeafSpec
+from imqd.qdisc.tokens import LocalTokenStore, TokenStore
+
+DIRECTIONS = ("ingress", "egress")
+
+# What admit() decided for a packet.
+PASS = 0  # not shaped: accept now
+QUEUED = 1  # held by the scheduler: released later by release()
+
+
+def leaf_spec_for(cls: ClassSpec) -> LeafSpec:
+    """The leaf qdisc a config class asks for (a tail-drop FIFO unless told otherwise)."""
+    params: dict[str, Any] = {"limit_packets": cls.limit}
+    if cls.limit_bytes is not None:
+        params["limit_bytes"] = cls.limit_bytes
+    return LeafSpec("fifo", tuple(sorted(params.items())))
+
+
+def htb_params(config: Config, direction: str, slots: dict[str, int]) -> list[HTBClassParams]:
+    """Translate one direction's classes into HTB parameters (slots index the token store)."""
+    out = []
+    for cls in config.direction_classes(direction):
+        out.append(
+            HTBClassParams(
+                name=cls.name,
+                parent=cls.parent,
+                rate=float(cls.rate),
+                ceil=float(cls.ceil),
+                burst=cls.burst,
+                cburst=cls.cburst,
+                prio=cls.prio,
+                quantum=cls.quantum,
+                slot=slots.get(cls.name, -1),
+                leaf=leaf_spec_for(cls),
+            )
+        )
+    return out
+
+
+@dataclass(slots=True)
+class DirectionTree:
+    """One direction's scheduler: classifier + HTB + per-class overhead."""
+
+    classifier: Classifier
+    htb: HTB
+    overhead: dict[str, int]
+    default: str | None
+
+
+@dataclass
+class Shaper:
+    """Both directions' trees, the on/off switch, and counters."""
+
+    tokens: TokenStore = field(default_factory=LocalTokenStore)
+    trees: dict[str, DirectionTree | None] = field(default_factory=lambda: {d: None for d in DIRECTIONS})
+    enabled: bool = True
+    version: int = 0
+    dropped: int = 0
+    passed: int = 0
+
+    def apply(self, config: Config, now: float, slots: dict[str, int] | None = None,
+              version: int | None = None) -> list[QueuedPacket]:
+        """Install ``config`` (validated already); return held packets to release now.
+
+        Either the whole change is installed or, if HTB refuses it, nothing
+        changes and the error propagates.
+        """
+        if slots is None:
+            slots = {}
+        new_trees: dict[str, DirectionTree | None] = {}
+        released: list[QueuedPacket] = []
+        pending: list[tuple[HTB, list[HTBClassParams], str | None]] = []
+        for direction in DIRECTIONS:
+            params = htb_params(config, direction, slots)
+            classes = config.direction_classes(direction)
+            default = next((c.name for c in classes if c.default), None)
+            old = self.trees.get(direction)
+            if not params:
+                new_trees[direction] = None
+                if old is not None:
+                    released.extend(old.htb.drain())
+                continue
+            if old is None:
+                htb = HTB(params, now, tokens=self.tokens)
+            else:
+                htb = old.htb
+                pending.append((htb, params, default))
+            overhead = {c.name: (c.overhead if c.overhead is not None else config.overhead) for c in classes}
+            new_trees[direction] = DirectionTree(Classifier.from_config(config, direction), htb, overhead, default)
+        # Validate every existing tree's change before touching any (HTB.change is all-or-nothing per tree).
+        for htb, params, default in pending:
+            released.extend(htb.change(params, now, fallback=default))
+        self.trees = new_trees
+        if version is not None:
+            self.version = version
+        return released
+
+    def admit(self, info: PacketInfo, direction: str, mark: int, iif: str | None, oif: str | None,
+              handle: Any, now: float) -> tuple[int, list[QueuedPacket]]:
+        """Classify and queue one packet; return (PASS|QUEUED, packets to drop)."""
+        tree = self.trees[direction]
+        if tree is None or not self.enabled:
+            self.passed += 1
+            return PASS, []
+        leaf = tree.classifier.classify(info, mark, iif, oif)
+        if leaf is None:
+            self.passed += 1
+            return PASS, []
+        pkt = QueuedPacket(info.length + tree.overhead[leaf], handle, now, info.flow)
+        dropped = tree.htb.enqueue(pkt, leaf, now)
+        self.dropped += len(dropped)
+        return QUEUED, dropped
+
+    def release(self, now: float) -> list[QueuedPacket]:
+        """Every packet the schedulers release at ``now`` (in release order)."""
+        out: list[QueuedPacket] = []
+        for tree in self.trees.values():
+            if tree is None:
+                continue
+            dequeue = tree.htb.dequeue
+            pkt = dequeue(now)
+            while pkt is not None:
+                out.append(pkt)
+                pkt = dequeue(now)
+        return out
+
+    def next_event(self, now: float) -> float | None:
+        """When the next packet may be released (the worker's watchdog), or None."""
+        best: float | None = None
+        for tree in self.trees.values():
+            if tree is None:
+                continue
+            t = tree.htb.next_event(now)
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
+
+    def drain(self) -> list[QueuedPacket]:
+        """Hand back every held packet (shutdown, or shaping switched off)."""
+        out: list[QueuedPacket] = []
+        for tree in self.trees.values():
+            if tree is not None:
+                out.extend(tree.htb.drain())
+        return out
+
+    def set_enabled(self, enabled: bool) -> list[QueuedPacket]:
+        """Switch shaping on/off; switching off releases everything held (no reordering)."""
+        self.enabled = enabled
+        return [] if enabled else self.drain()
+
+    @property
+    def held(self) -> int:
+        return sum(t.htb.backlog_packets for t in self.trees.values() if t is not None)
+
+    def class_stats(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for direction, tree in self.trees.items():
+            if tree is None:
+                continue
+            for name, st in tree.htb.class_stats().items():
+                st = dict(st)
+                st["direction"] = direction
+                out[name] = st
+        return out
+
+
+def iter_handles(pkts: Iterable[QueuedPacket]) -> Iterable[Any]:
+    for p in pkts:
+        yield p.handle

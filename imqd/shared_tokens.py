@@ -1,0 +1,118 @@
+"""HTB token state in shared memory, so a class's rate holds across all workers.
+
+``--queue-balance`` spreads the host pairs of one subnet over several worker
+processes.  Each worker keeps its own HTB queues, but every class's buckets
+(``tokens``, ``ctokens``, ``t_c``) live here, in one POSIX shared-memory
+segment created by the supervisor.  A packet released by any worker is
+charged against the same buckets, so the class's rate and ceil hold in total.
+All workers read ``time.monotonic()`` (CLOCK_MONOTONIC, system wide), so
+``t_c`` means the same thing in every process.
+
+The read-modify-write of a charge is guarded by one process-shared lock.  A
+worker killed with SIGKILL while holding it must not freeze the others, so
+the lock is taken with a short timeout; on timeout the charge goes ahead
+unlocked (at worst one lost update, i.e. one packet of extra credit) and the
+event is counted in ``lock_timeouts``.
+"""
+
+from __future__ import annotations
+
+import math
+from multiprocessing import shared_memory
+from typing import Any, MutableSequence
+
+from imqd.qdisc.tokens import FIELDS_PER_SLOT
+
+DEFAULT_SLOTS = 65536
+LOCK_TIMEOUT_S = 0.005
+
+
+class _TimedLock:
+    """Context manager over a multiprocessing lock that never blocks for long."""
+
+    __slots__ = ("_lock", "_held", "timeouts")
+
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+        self._held = False
+        self.timeouts = 0
+
+    def __enter__(self) -> "_TimedLock":
+        self._held = self._lock.acquire(True, LOCK_TIMEOUT_S)
+        if not self._held:
+            self.timeouts += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._held:
+            self._held = False
+            self._lock.release()
+
+
+class SharedTokenStore:
+    """A fixed-size token store in a named shared-memory segment.
+
+    The supervisor ``create``s it (and ``unlink``s it on exit); workers
+    ``attach`` by name.  ``values`` is a memoryview of doubles, indexed like
+    :class:`imqd.qdisc.tokens.LocalTokenStore`'s array.
+    """
+
+    def __init__(self, shm: shared_memory.SharedMemory, lock: Any, owner: bool) -> None:
+        self._shm = shm
+        self._owner = owner
+        self.values: MutableSequence[float] = shm.buf.cast("d")
+        self.slots = len(self.values) // FIELDS_PER_SLOT
+        self._lock = _TimedLock(lock)
+
+    @classmethod
+    def create(cls, lock: Any, slots: int = DEFAULT_SLOTS) -> "SharedTokenStore":
+        shm = shared_memory.SharedMemory(create=True, size=slots * FIELDS_PER_SLOT * 8)
+        store = cls(shm, lock, owner=True)
+        for slot in range(slots):
+            store.reset(slot)
+        return store
+
+    @classmethod
+    def attach(cls, name: str, lock: Any) -> "SharedTokenStore":
+        # Workers are started with the "spawn" method and share the supervisor's
+        # resource tracker, so registering the segment again is harmless, and if
+        # the supervisor dies the tracker still unlinks it.
+        return cls(shared_memory.SharedMemory(name=name), lock, owner=False)
+
+    @property
+    def name(self) -> str:
+        return self._shm.name
+
+    @property
+    def lock_timeouts(self) -> int:
+        return self._lock.timeouts
+
+    def ensure(self, slots: int) -> None:
+        if slots > self.slots:
+            raise ValueError(f"too many classes: the shared token store holds {self.slots} slots")
+
+    def locked(self) -> _TimedLock:
+        return self._lock
+
+    def reset(self, slot: int) -> None:
+        base = slot * FIELDS_PER_SLOT
+        self.values[base] = 0.0
+        self.values[base + 1] = 0.0
+        self.values[base + 2] = math.nan
+
+    def read(self, slot: int) -> tuple[float, float, float]:
+        base = slot * FIELDS_PER_SLOT
+        return self.values[base], self.values[base + 1], self.values[base + 2]
+
+    def close(self) -> None:
+        values = self.values
+        self.values = []  # drop the export before closing the mapping
+        if isinstance(values, memoryview):
+            values.release()
+        self._shm.close()
+        if self._owner:
+            try:
+                self._shm.unlink()
+            except FileNotFoundError:
+                pass
+

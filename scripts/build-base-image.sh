@@ -1,0 +1,70 @@
+#!/bin/sh
+# Build a Debian bookworm base image locally, for machines that can reach the Debian
+# archive but not a container registry (this project's CI). Real Docker users do not
+# need this: the Dockerfile's FROM defaults to the official debian:bookworm-slim.
+#
+#   scripts/build-base-image.sh [IMAGE]        default IMAGE: localhost/imqd-base:bookworm
+#   podman build --build-arg BASE=localhost/imqd-base:bookworm -t imqd .
+#
+# Idempotent: does nothing when IMAGE already exists (set IMQD_BASE_REBUILD=1 to force).
+# Env: IMQD_DEBIAN_MIRROR (default http://deb.debian.org/debian). Needs root, podman,
+# debootstrap.
+#
+# Pitfalls:
+#   * `--variant=minbase` is close to debian:bookworm-slim (apt, dpkg, bash, no
+#     systemd); we additionally strip docs/man/locales/apt lists like the slim image,
+#     which saves ~40 MB.
+#   * debootstrap leaves the host's /etc/resolv.conf and hostname in the tree; the
+#     runtime bind-mounts its own, so we empty them rather than bake the host's in.
+#   * `podman import` gives an image with no CMD/ENV; we set PATH and CMD like the
+#     official image so `podman run IMAGE` behaves the same.
+set -eu
+
+IMAGE=${1:-localhost/imqd-base:bookworm}
+MIRROR=${IMQD_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+PODMAN=${PODMAN:-podman}
+
+if [ "${IMQD_BASE_REBUILD:-0}" != 1 ] && $PODMAN image exists "$IMAGE"; then
+    echo "build-base-image: $IMAGE already exists"
+    exit 0
+fi
+
+ROOT=$(mktemp -d /var/tmp/imqd-base.XXXXXX)
+trap 'rm -rf "$ROOT"' EXIT INT TERM
+
+echo "build-base-image: debootstrap bookworm into $ROOT (from $MIRROR)"
+debootstrap --variant=minbase bookworm "$ROOT" "$MIRROR" >"$ROOT.log" 2>&1 || {
+    tail -n 30 "$ROOT.log" >&2
+    rm -f "$ROOT.log"
+    exit 1
+}
+rm -f "$ROOT.log"
+
+# Slim it down like debian:*-slim: apt lists and caches, docs, man pages, locales.
+rm -rf "$ROOT"/var/lib/apt/lists/* "$ROOT"/var/cache/apt/*.bin \
+    "$ROOT"/var/cache/apt/archives/*.deb "$ROOT"/var/log/*.log \
+    "$ROOT"/usr/share/doc/* "$ROOT"/usr/share/man/* "$ROOT"/usr/share/info/* \
+    "$ROOT"/usr/share/locale/* "$ROOT"/tmp/* "$ROOT"/var/tmp/*
+# The same dpkg excludes the slim image ships, so later apt-get installs stay slim too.
+cat >"$ROOT/etc/dpkg/dpkg.cfg.d/docker" <<'EOF'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+EOF
+cat >"$ROOT/etc/apt/apt.conf.d/docker-clean" <<'EOF'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+EOF
+: >"$ROOT/etc/resolv.conf"
+: >"$ROOT/etc/hostname"
+
+echo "build-base-image: importing as $IMAGE"
+tar --numeric-owner -C "$ROOT" -c . | $PODMAN import \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'CMD ["bash"]' \
+    - "$IMAGE" >/dev/null
+echo "build-base-image: done: $($PODMAN image inspect --format '{{.Size}}' "$IMAGE") bytes"
