@@ -63,7 +63,7 @@ EOF
 : >"$ROOT/etc/hostname"
 
 echo "build-base-image: importing as $IMAGE"
-tar --numeric-owner -C "$ROOT" -c . | $PODMAN import \
+tar --numeric-owner -C "$ROOT" -c . | $PODMAN import --quiet \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'CMD ["bash"]' \
     - "$IMAGE" >/dev/null

@@ -1,0 +1,288 @@
+"""The ``imqd`` command line: run the shaper, manage its rules, talk to its API.
+
+Every operator mistake (bad flag, bad config, busy queue, no permission)
+ends in one line on stderr and a non-zero exit code -- never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+from imqd.config import Config, ConfigError, load_config
+
+EXIT_USAGE = 2
+EXIT_FAIL = 1
+
+
+class CliError(Exception):
+    """A problem to report to the operator in one line."""
+
+
+# -- argument types ----------------------------------------------------------
+def queues_arg(text: str) -> tuple[int, int]:
+    from imqd.rules import parse_queues
+
+    try:
+        return parse_queues(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def host_port_arg(text: str) -> tuple[str, int] | None:
+    if text.lower() in ("none", "off", ""):
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"--api {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8000, or 'none'")
+    try:
+        port_no = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--api {text!r}: port {port!r} is not a number") from None
+    if not 0 < port_no < 65536:
+        raise argparse.ArgumentTypeError(f"--api {text!r}: port {port_no} is out of range 1-65535")
+    return host.strip("[]"), port_no
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+# -- parser ------------------------------------------------------------------
+def add_rule_options(p: argparse.ArgumentParser, *, queues_required: bool) -> None:
+    p.add_argument("--queues", type=queues_arg, default=None if queues_required else None,
+                   help="NFQUEUE numbers, e.g. 0:3 (env IMQD_QUEUES)")
+    p.add_argument("--policy", choices=("flow", "cpu"), default="flow",
+                   help="flow: --queue-balance by (src,dst,proto) hash; cpu: --queue-cpu-fanout")
+    p.add_argument("--in-iface", action="append", default=[], metavar="IF",
+                   help="shape ingress only from this interface (repeatable)")
+    p.add_argument("--out-iface", action="append", default=[], metavar="IF",
+                   help="shape egress only to this interface (repeatable)")
+    p.add_argument("--nat", action="store_true",
+                   help="router masquerades: take ingress at mangle FORWARD/INPUT (after de-NAT)")
+    p.add_argument("--fail-closed", action="store_true",
+                   help="drop packets when no worker is bound (default: pass them, --queue-bypass)")
+    p.add_argument("--no-ipv6", action="store_true", help="do not install ip6tables rules")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imqd", description="IMQ-style traffic shaper (NFQUEUE + HTB)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="start one worker per queue (and the API)")
+    add_rule_options(run, queues_required=True)
+    run.add_argument("--config", type=Path, default=None, help="YAML class tree (env IMQD_CONFIG)")
+    run.add_argument("--api", default=None, help="HOST:PORT of the REST API, or 'none' (env IMQD_API; "
+                                                  "default 127.0.0.1:8000)")
+    run.add_argument("--token-file", type=Path, default=None, help="bearer token for writes (env IMQD_TOKEN_FILE)")
+    run.add_argument("--open-stats", action="store_true", help="allow reads without a token on a public address")
+    run.add_argument("--apply-rules", action="store_true",
+                     help="install the NFQUEUE rules at start and remove them at exit")
+    run.add_argument("--max-len", type=int, default=20000, help="kernel queue length per worker (held packets)")
+    run.add_argument("--copy-range", type=int, default=128, help="bytes of each packet copied to the worker")
+
+    rules = sub.add_parser("rules", help="install, remove or show imqd's iptables rules")
+    rules.add_argument("action", choices=("apply", "remove", "show"))
+    add_rule_options(rules, queues_required=False)
+
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("config", type=Path)
+
+    lab = sub.add_parser("lab", help="build client-router-server namespaces and show shaping live")
+    lab.add_argument("--seconds", type=int, default=10)
+    lab.add_argument("--rate", default="20mbit", help="rate of the demo class")
+    lab.add_argument("--queues", type=queues_arg, default=(0, 1))
+
+    for name, helptext in (("class", "list, add, change or delete classes through the API"),):
+        cp = sub.add_parser(name, help=helptext)
+        cp.add_argument("action", choices=("list", "show", "add", "change", "delete"))
+        cp.add_argument("name", nargs="?")
+        cp.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="field to set (match.dport=5001 for match fields), repeatable")
+        cp.add_argument("--json", dest="body", default=None, help="the whole class as JSON")
+        add_client_options(cp)
+    st = sub.add_parser("stats", help="per-class and per-worker statistics from the API")
+    st.add_argument("--json", action="store_true", help="print the raw JSON")
+    add_client_options(st)
+    en = sub.add_parser("enable", help="switch shaping on (on) or off (off)")
+    en.add_argument("state", choices=("on", "off"))
+    add_client_options(en)
+    return parser
+
+
+def add_client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--api", default=None, help="HOST:PORT of a running imqd (env IMQD_API)")
+    p.add_argument("--token-file", type=Path, default=None)
+
+
+# -- commands ----------------------------------------------------------------
+def rule_options(args: argparse.Namespace) -> Any:
+    from imqd.rules import RuleOptions
+
+    queues = args.queues or queues_arg(env("IMQD_QUEUES", "") or "")
+    return RuleOptions(queues=queues, policy=args.policy, bypass=not args.fail_closed,
+                       in_ifaces=tuple(args.in_iface), out_ifaces=tuple(args.out_iface), nat=args.nat,
+                       ipv6=not args.no_ipv6)
+
+
+def load_run_config(path: Path | None) -> Config:
+    if path is None:
+        return Config()
+    return load_config(path, missing_ok=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from imqd import rules as rules_mod
+    from imqd.controller import Controller
+    from imqd.supervisor import Supervisor, SupervisorError
+
+    if args.queues is None:
+        text = env("IMQD_QUEUES")
+        if text is None:
+            raise CliError("--queues is required (or set IMQD_QUEUES), e.g. --queues 0:3")
+        args.queues = queues_arg(text)
+    config_path = args.config or (Path(p) if (p := env("IMQD_CONFIG")) else None)
+    api = host_port_arg(args.api if args.api is not None else env("IMQD_API", "127.0.0.1:8000") or "")
+    token_file = args.token_file or (Path(p) if (p := env("IMQD_TOKEN_FILE")) else None)
+    config = load_run_config(config_path)  # validated before any rule or worker starts
+    if args.max_len < 1:
+        raise CliError(f"--max-len {args.max_len}: must be at least 1")
+    if not 20 <= args.copy_range <= 65535:
+        raise CliError(f"--copy-range {args.copy_range}: must be between 20 and 65535 bytes")
+    token = read_token(token_file) if token_file else None
+    if api is not None and not is_loopback(api[0]) and token is None:
+        raise CliError(f"--api {api[0]}:{api[1]} is not a loopback address: writes need --token-file")
+
+    first, last = args.queues
+    opts = rule_options(args)
+    sup = Supervisor(list(range(first, last + 1)), config, max_len=args.max_len, copy_range=args.copy_range)
+    stop = threading.Event()
+    try:
+        sup.start()
+    except SupervisorError as exc:
+        raise CliError(str(exc)) from None
+    applied_rules = False
+    try:
+        if args.apply_rules:
+            rules_mod.apply(opts)
+            applied_rules = True
+        logging.getLogger("imqd").info("imqd running: queues %d:%d, %d classes", first, last, len(config.classes))
+        controller = Controller(config, config_path, sup)
+        if api is None:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: stop.set())
+            stop.wait()
+        else:
+            serve_api(controller, api, token=token, open_stats=args.open_stats)
+    finally:
+        if applied_rules:
+            try:
+                rules_mod.remove()
+            except Exception as exc:  # noqa: BLE001 - report, keep shutting down
+                print(f"imqd: removing rules failed: {exc}", file=sys.stderr)
+        sup.stop()
+    return 0
+
+
+def serve_api(controller: Any, api: tuple[str, int], *, token: str | None, open_stats: bool) -> None:
+    import uvicorn
+
+    from imqd.api import create_app
+
+    app = create_app(controller, token=token, open_reads=open_stats or is_loopback(api[0]))
+    server = uvicorn.Server(uvicorn.Config(app, host=api[0], port=api[1], log_level="warning", access_log=False))
+    server.run()  # handles SIGINT/SIGTERM by returning
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise CliError(f"--token-file {path}: {exc.strerror}") from None
+    if len(token) < 16:
+        raise CliError(f"--token-file {path}: the token must be at least 16 characters")
+    return token
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    from imqd import rules as rules_mod
+
+    if args.action == "remove":
+        rules_mod.remove()
+    elif args.action == "show":
+        print(rules_mod.show(), end="")
+    else:
+        if args.queues is None and env("IMQD_QUEUES") is None:
+            raise CliError("rules apply: --queues is required (or set IMQD_QUEUES), e.g. --queues 0:3")
+        rules_mod.apply(rule_options(args))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(f"{args.config}: OK ({len(config.classes)} classes)")
+    return 0
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from imqd.lab import run_lab
+
+    return run_lab(seconds=args.seconds, rate=args.rate, queues=args.queues)
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    from imqd.client import run_client
+
+    return run_client(args)
+
+
+COMMANDS = {"run": cmd_run, "rules": cmd_rules, "check-config": cmd_check_config, "lab": cmd_lab,
+            "class": cmd_client, "stats": cmd_client, "enable": cmd_client}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="imqd: %(levelname)s %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except CliError as exc:
+        print(f"imqd: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except ConfigError as exc:
+        print(f"imqd: invalid config: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except Exception as exc:  # known one-line errors from rules/supervisor
+        from imqd.rules import RulesError
+
+        if isinstance(exc, RulesError):
+            print(f"imqd: {exc}", file=sys.stderr)
+            return EXIT_FAIL
+        raise
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The control plane's single source of truth: validated config, on disk and in the workers.
+
+Every change goes through one lock and one path: build the new Config
+(validated -- a refused change raises ConfigError and changes nothing),
+write it atomically to disk, then push it to every worker as one version.
+The REST API and the CLI are thin layers over this class.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Protocol
+
+from imqd.config import Config, ConfigError, save_config_atomic
+
+
+class Workers(Protocol):
+    """What the controller needs from the supervisor (a fake in API tests)."""
+
+    enabled: bool
+
+    def push_config(self, config: Config) -> float: ...
+
+    def set_enabled(self, enabled: bool) -> float: ...
+
+    def healthy(self) -> bool: ...
+
+    def worker_stats(self) -> list[dict[str, Any]]: ...
+
+    def class_stats(self) -> dict[str, dict[str, Any]]: ...
+
+
+class RateMeter:
+    """Turns cumulative byte counters into bit/s over roughly the last second."""
+
+    def __init__(self, window: float = 1.0) -> None:
+        self.window = window
+        self._samples: deque[tuple[float, dict[str, int]]] = deque()
+
+    def update(self, now: float, counters: dict[str, int]) -> dict[str, float]:
+        self._samples.append((now, dict(counters)))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.window:
+            self._samples.popleft()
+        t0, old = self._samples[0]
+        dt = now - t0
+        if dt <= 0:
+            return {name: 0.0 for name in counters}
+        return {name: max(0.0, (value - old.get(name, value)) * 8 / dt) for name, value in counters.items()}
+
+
+class Controller:
+    """Serialises changes: validate -> persist -> apply to all workers."""
+
+    def __init__(self, config: Config, path: Path | None, workers: Workers) -> None:
+        self.config = config
+        self.path = path
+        self.workers = workers
+        self._lock = threading.Lock()
+        self._meter = RateMeter()
+        self.last_apply_s: float | None = None
+
+    # -- changes -------------------------------------------------------------
+    def _commit(self, new: Config) -> Config:
+        if self.path is not None:
+            save_config_atomic(self.path, new)
+        self.config = new
+        self.last_apply_s = self.workers.push_config(new)
+        return new
+
+    def add_class(self, spec: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            new = self.config.with_class_added(spec)
+            self._commit(new)
+            return new.class_by_name(spec["name"]).model_dump(mode="json")
+
+    def change_class(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            new = self.config.with_class_changed(name, patch)
+            self._commit(new)
+            return new.class_by_name(patch.get("name", name)).model_dump(mode="json")
+
+    def delete_class(self, name: str) -> None:
+        with self._lock:
+            self._commit(self.config.with_class_removed(name))
+
+    def set_enabled(self, enabled: bool) -> float:
+        with self._lock:
+            return self.workers.set_enabled(enabled)
+
+    # -- views ---------------------------------------------------------------
+    def get_class(self, name: str) -> dict[str, Any]:
+        cls = self.config.class_by_name(name)
+        if cls is None:
+            raise ConfigError([{"loc": ("classes", name), "msg": f"no class named {name!r}"}], code="not_found")
+        return cls.model_dump(mode="json")
+
+    def list_classes(self) -> list[dict[str, Any]]:
+        return [c.model_dump(mode="json") for c in self.config.classes]
+
+    def stats(self) -> dict[str, Any]:
+        per_class = self.workers.class_stats()
+        rates = self._meter.update(time.monotonic(), {n: s["bytes"] for n, s in per_class.items()})
+        classes = {}
+        for cls in self.config.classes:
+            st = per_class.get(cls.name, {})
+            classes[cls.name] = {
+                "direction": cls.direction,
+                "bytes": st.get("bytes", 0),
+                "packets": st.get("packets", 0),
+                "drops": st.get("drops", 0),
+                "backlog": {"packets": st.get("backlog_packets", 0), "bytes": st.get("backlog_bytes", 0)},
+                "rate_bps": round(rates.get(cls.name, 0.0)),
+                "borrowed": st.get("borrows", 0),
+                "lends": st.get("lends", 0),
+            }
+        return {"enabled": self.workers.enabled, "classes": classes, "workers": self.workers.worker_stats(),
+                "last_apply_seconds": self.last_apply_s}

@@ -1,0 +1,321 @@
+"""Starts one worker process per NFQUEUE, keeps them alive, and talks to them.
+
+The supervisor owns what must outlive a worker: the shared token store (so a
+restarted worker continues the class rates where the dead one left them),
+the class-name -> token-slot map, the current configuration and its version.
+A monitor thread receives the workers' messages (ready, applied, stats,
+fatal) and restarts a worker within a second of its death, backing off when
+one crashes in a loop.
+
+Workers are started with the ``spawn`` method: a clean interpreter, no
+threads or sockets inherited from the supervisor (which may be running the
+API server).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from imqd.config import Config
+from imqd.queue_worker import EXIT_FATAL, WorkerOptions, worker_main
+from imqd.shared_tokens import SharedTokenStore
+
+log = logging.getLogger("imqd.supervisor")
+
+START_TIMEOUT_S = 15.0
+APPLY_TIMEOUT_S = 2.0
+CRASH_WINDOW_S = 10.0
+CRASH_LOOP_COUNT = 5
+MAX_BACKOFF_S = 5.0
+
+
+class SupervisorError(Exception):
+    """Workers could not be started; the message is one line for the operator."""
+
+
+@dataclass
+class WorkerSlot:
+    """Everything the supervisor knows about the worker of one queue."""
+
+    queue: int
+    cpu: int | None
+    process: Any = None
+    conn: Connection | None = None
+    send_lock: threading.Lock = field(default_factory=threading.Lock)
+    pid: int | None = None
+    ready: bool = False
+    applied: int = -1
+    restarts: int = 0
+    crashes: list[float] = field(default_factory=list)
+    restart_at: float | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+    fatal: str | None = None
+    lost_on_crash: int = 0
+
+
+class SlotMap:
+    """Class name -> token-store slot; a freed slot is reset before reuse."""
+
+    def __init__(self, store: SharedTokenStore) -> None:
+        self.store = store
+        self.slots: dict[str, int] = {}
+
+    def assign(self, config: Config) -> dict[str, int]:
+        names = {c.name for c in config.classes}
+        for gone in set(self.slots) - names:
+            del self.slots[gone]
+        used = set(self.slots.values())
+        free = (i for i in range(self.store.slots) if i not in used)
+        for name in sorted(names - set(self.slots)):
+            slot = next(free, None)
+            if slot is None:
+                raise SupervisorError(f"too many classes (the token store holds {self.store.slots})")
+            self.store.reset(slot)
+            self.slots[name] = slot
+        return dict(self.slots)
+
+
+class Supervisor:
+    """One worker per queue, restarted when it dies; configuration pushed to all."""
+
+    def __init__(self, queues: list[int], config: Config, *, max_len: int = 20000, copy_range: int = 128,
+                 cpus: list[int] | None = None) -> None:
+        if not queues:
+            raise SupervisorError("no queues given")
+        self.ctx = mp.get_context("spawn")
+        self.lock = self.ctx.Lock()
+        self.store = SharedTokenStore.create(self.lock)
+        self.slot_map = SlotMap(self.store)
+        self.config = config
+        self.enabled = True
+        self.version = 1
+        self.slots = self.slot_map.assign(config)
+        cpus = cpus if cpus is not None else sorted(os.sched_getaffinity(0))
+        self.workers = {q: WorkerSlot(q, cpus[i % len(cpus)] if cpus else None) for i, q in enumerate(queues)}
+        self.max_len = max_len
+        self.copy_range = copy_range
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._monitor: threading.Thread | None = None
+        self.started_at = time.time()
+
+    # -- lifecycle -----------------------------------------------------------
+    def start(self) -> None:
+        """Start every worker and wait until each has bound its queue (or failed)."""
+        for w in self.workers.values():
+            self._spawn(w)
+        self._monitor = threading.Thread(target=self._monitor_loop, name="imqd-monitor", daemon=True)
+        self._monitor.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        with self._cond:
+            while True:
+                fatal = [w.fatal for w in self.workers.values() if w.fatal]
+                if fatal:
+                    break
+                if all(w.ready for w in self.workers.values()):
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+        self.stop()
+        if fatal:
+            raise SupervisorError(fatal[0])
+        raise SupervisorError(f"workers did not bind their queues within {START_TIMEOUT_S:.0f} s")
+
+    def _spawn(self, w: WorkerSlot) -> None:
+        parent, child = self.ctx.Pipe(duplex=True)
+        opts = WorkerOptions(queue=w.queue, cpu=w.cpu, max_len=self.max_len, copy_range=self.copy_range,
+                             shm_name=self.store.name)
+        proc = self.ctx.Process(target=worker_main, args=(opts, child, self.lock), name=f"imqd-q{w.queue}",
+                                daemon=True)
+        proc.start()
+        child.close()
+        w.process, w.conn, w.pid, w.ready, w.restart_at = proc, parent, proc.pid, False, None
+        self._send(w, self._config_message())
+
+    def _config_message(self) -> tuple[Any, ...]:
+        return ("config", self.version, self.config.model_dump(mode="json"), self.slots, self.enabled)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Tell every worker to release its packets and exit; kill stragglers."""
+        self._stopping = True
+        for w in self.workers.values():
+            self._send(w, ("stop",))
+        deadline = time.monotonic() + timeout
+        for w in self.workers.values():
+            if w.process is not None:
+                w.process.join(max(0.0, deadline - time.monotonic()))
+                if w.process.is_alive():
+                    w.process.kill()
+                    w.process.join(1.0)
+        if self._monitor is not None and self._monitor is not threading.current_thread():
+            self._monitor.join(1.0)
+        self.store.close()
+
+    # -- talking to workers --------------------------------------------------
+    def _send(self, w: WorkerSlot, msg: tuple[Any, ...]) -> bool:
+        conn = w.conn
+        if conn is None:
+            return False
+        with w.send_lock:
+            try:
+                conn.send(msg)
+                return True
+            except (BrokenPipeError, OSError):
+                return False
+
+    def push_config(self, config: Config, timeout: float = APPLY_TIMEOUT_S) -> float:
+        """Install ``config`` on every worker as one version; return seconds until all applied.
+
+        ``config`` must already be validated.  Workers that die meanwhile get
+        the new version when they are restarted.
+        """
+        with self._cond:
+            self.slots = self.slot_map.assign(config)
+            self.config = config
+            self.version += 1
+            version = self.version
+            msg = self._config_message()
+        return self._broadcast_and_wait(msg, version, timeout)
+
+    def set_enabled(self, enabled: bool, timeout: float = APPLY_TIMEOUT_S) -> float:
+        with self._cond:
+            self.enabled = enabled
+            self.version += 1
+            version = self.version
+            msg = self._config_message()
+        return self._broadcast_and_wait(msg, version, timeout)
+
+    def _broadcast_and_wait(self, msg: tuple[Any, ...], version: int, timeout: float) -> float:
+        t0 = time.monotonic()
+        for w in self.workers.values():
+            self._send(w, msg)
+        deadline = t0 + timeout
+        with self._cond:
+            while not all(w.applied >= version or not self._alive(w) for w in self.workers.values()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("not every worker applied version %d within %.1f s", version, timeout)
+                    break
+                self._cond.wait(left)
+        return time.monotonic() - t0
+
+    def request_stats(self) -> None:
+        for w in self.workers.values():
+            self._send(w, ("stats",))
+
+    @staticmethod
+    def _alive(w: WorkerSlot) -> bool:
+        return w.process is not None and w.process.is_alive()
+
+    # -- monitor thread ------------------------------------------------------
+    def _monitor_loop(self) -> None:
+        while not self._stopping:
+            conns = {w.conn: w for w in self.workers.values() if w.conn is not None}
+            sentinels = {w.process.sentinel: w for w in self.workers.values()
+                         if w.process is not None and w.restart_at is None}
+            try:
+                ready = wait(list(conns) + list(sentinels), timeout=0.1)
+            except OSError:
+                ready = []
+            for obj in ready:
+                if obj in conns:
+                    self._receive(conns[obj])
+            for obj in ready:
+                if obj in sentinels:
+                    self._on_exit(sentinels[obj])
+            self._restart_due()
+
+    def _receive(self, w: WorkerSlot) -> None:
+        conn = w.conn
+        try:
+            while conn is not None and conn.poll():
+                msg = conn.recv()
+                self._on_message(w, msg)
+        except (EOFError, OSError):
+            w.conn = None
+
+    def _on_message(self, w: WorkerSlot, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        with self._cond:
+            if kind == "ready":
+                w.ready = True
+            elif kind == "applied":
+                w.applied = max(w.applied, msg[1])
+            elif kind == "stats":
+                w.stats = msg[1]
+                w.applied = max(w.applied, msg[1].get("version", -1))
+            elif kind == "fatal":
+                w.fatal = msg[1]
+            elif kind == "error":
+                log.error("worker for queue %d refused version %s: %s", w.queue, msg[1], msg[2])
+            self._cond.notify_all()
+
+    def _on_exit(self, w: WorkerSlot) -> None:
+        if self._stopping:
+            return
+        self._receive(w)  # take a last 'fatal' or stats message if there is one
+        code = w.process.exitcode
+        with self._cond:
+            w.ready = False
+            w.lost_on_crash += int(w.stats.get("held", 0)) if w.stats else 0
+            if code == EXIT_FATAL or w.fatal:
+                log.error("worker for queue %d cannot run: %s", w.queue, w.fatal or "fatal error")
+                w.restart_at = float("inf")
+                self._cond.notify_all()
+                return
+            now = time.monotonic()
+            w.crashes = [t for t in w.crashes if now - t < CRASH_WINDOW_S] + [now]
+            delay = 0.0
+            if len(w.crashes) >= CRASH_LOOP_COUNT:
+                delay = min(MAX_BACKOFF_S, 0.25 * 2 ** (len(w.crashes) - CRASH_LOOP_COUNT))
+            w.restart_at = now + delay
+            log.warning("worker for queue %d (pid %s) exited with %s; restarting in %.2f s",
+                        w.queue, w.pid, code, delay)
+            self._cond.notify_all()
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for w in self.workers.values():
+            if w.restart_at is not None and w.restart_at <= now and not self._stopping:
+                if w.conn is not None:
+                    w.conn.close()
+                w.restarts += 1
+                w.fatal = None
+                self._spawn(w)
+
+    # -- views ---------------------------------------------------------------
+    def healthy(self) -> bool:
+        return all(w.ready and self._alive(w) for w in self.workers.values())
+
+    def worker_stats(self) -> list[dict[str, Any]]:
+        out = []
+        for w in self.workers.values():
+            s = dict(w.stats)
+            s.pop("classes", None)
+            s.update(queue=w.queue, cpu=w.cpu, pid=w.pid, alive=self._alive(w), ready=w.ready,
+                     restarts=w.restarts, applied_version=w.applied, lost_on_crash=w.lost_on_crash)
+            for key in ("packets", "verdicts", "accepted", "drops", "malformed", "errors", "held"):
+                s.setdefault(key, 0)
+            out.append(s)
+        return out
+
+    def class_stats(self) -> dict[str, dict[str, Any]]:
+        """Per-class counters summed over workers (each worker reports its own share)."""
+        out: dict[str, dict[str, Any]] = {}
+        for w in self.workers.values():
+            for name, st in (w.stats.get("classes") or {}).items():
+                agg = out.setdefault(name, {"bytes": 0, "packets": 0, "drops": 0, "backlog_packets": 0,
+                                            "backlog_bytes": 0, "borrows": 0, "lends": 0})
+                for key in agg:
+                    agg[key] += int(st.get(key, 0) or 0)
+                agg["direction"] = st.get("direction")
+        return out
