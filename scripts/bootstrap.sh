@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install everything imqd and its tests need on a fresh Debian 12 machine (run as root):
+# the kernel-side tools (iptables, iproute2), traffic tools (iperf3, ping), the
+# libnetfilter_queue headers that the netfilterqueue package compiles against,
+# and a virtualenv in .venv with imqd installed editable plus its test extras.
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+for pkg in iptables iproute2 iperf3 iputils-ping libnetfilter-queue-dev gcc python3-venv python3-dev libcap2-bin procps kmod; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${need_apt[@]}"
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/pip install -q -e '.[test,bench]'
+echo "bootstrap: ready (.venv/bin/imqd)"
