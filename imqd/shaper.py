@@ -15,7 +15,7 @@ default class, or are handed back for immediate release.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from imqd.classifier import Classifier
 from imqd.config import ClassSpec, Config
@@ -49,11 +49,11 @@ def htb_params(config: Config, direction: str, slots: dict[str, int]) -> list[HT
                 name=cls.name,
                 parent=cls.parent,
                 rate=float(cls.rate),
-                ceil=float(cls.ceil),
-                burst=cls.burst,
-                cburst=cls.cburst,
+                ceil=float(cls.effective_ceil),
+                burst=cls.effective_burst,
+                cburst=cls.effective_cburst,
                 prio=cls.prio,
-                quantum=cls.quantum,
+                quantum=cls.effective_quantum,
                 slot=slots.get(cls.name, -1),
                 leaf=leaf_spec_for(cls),
             )
@@ -109,7 +109,7 @@ class Shaper:
             else:
                 htb = old.htb
                 pending.append((htb, params, default))
-            overhead = {c.name: (c.overhead if c.overhead is not None else config.overhead) for c in classes}
+            overhead = {c.name: config.effective_overhead(c) for c in classes}
             new_trees[direction] = DirectionTree(Classifier.from_config(config, direction), htb, overhead, default)
         # Validate every existing tree's change before touching any (HTB.change is all-or-nothing per tree).
         for htb, params, default in pending:
@@ -187,7 +187,3 @@ class Shaper:
                 out[name] = st
         return out
 
-
-def iter_handles(pkts: Iterable[QueuedPacket]) -> Iterable[Any]:
-    for p in pkts:
-        yield p.handle

@@ -1,0 +1,3 @@
+from imqd.cli import main
+import sys
+sys.exit(main())
