@@ -57,8 +57,8 @@ def env(name: str, default: str | None = None) -> str | None:
 
 
 # -- parser ------------------------------------------------------------------
-def add_rule_options(p: argparse.ArgumentParser, *, queues_required: bool) -> None:
-    p.add_argument("--queues", type=queues_arg, default=None if queues_required else None,
+def add_rule_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--queues", type=queues_arg, default=None,
                    help="NFQUEUE numbers, e.g. 0:3 (env IMQD_QUEUES)")
     p.add_argument("--policy", choices=("flow", "cpu"), default="flow",
                    help="flow: --queue-balance by (src,dst,proto) hash; cpu: --queue-cpu-fanout")
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="start one worker per queue (and the API)")
-    add_rule_options(run, queues_required=True)
+    add_rule_options(run)
     run.add_argument("--config", type=Path, default=None, help="YAML class tree (env IMQD_CONFIG)")
     run.add_argument("--api", default=None, help="HOST:PORT of the REST API, or 'none' (env IMQD_API; "
                                                   "default 127.0.0.1:8000)")
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rules = sub.add_parser("rules", help="install, remove or show imqd's iptables rules")
     rules.add_argument("action", choices=("apply", "remove", "show"))
-    add_rule_options(rules, queues_required=False)
+    add_rule_options(rules)
 
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("config", type=Path)
@@ -128,10 +128,21 @@ def add_client_options(p: argparse.ArgumentParser) -> None:
 def rule_options(args: argparse.Namespace) -> Any:
     from imqd.rules import RuleOptions
 
-    queues = args.queues or queues_arg(env("IMQD_QUEUES", "") or "")
-    return RuleOptions(queues=queues, policy=args.policy, bypass=not args.fail_closed,
-                       in_ifaces=tuple(args.in_iface), out_ifaces=tuple(args.out_iface), nat=args.nat,
-                       ipv6=not args.no_ipv6)
+    queues = args.queues
+    if queues is None:
+        text = env("IMQD_QUEUES")
+        if text is None:
+            raise CliError("--queues is required (or set IMQD_QUEUES), e.g. --queues 0:3")
+        try:
+            queues = queues_arg(text)
+        except argparse.ArgumentTypeError as exc:
+            raise CliError(f"IMQD_QUEUES: {exc}") from None
+    try:
+        return RuleOptions(queues=queues, policy=args.policy, bypass=not args.fail_closed,
+                           in_ifaces=tuple(args.in_iface), out_ifaces=tuple(args.out_iface), nat=args.nat,
+                           ipv6=not args.no_ipv6)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def load_run_config(path: Path | None) -> Config:
@@ -145,11 +156,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from imqd.controller import Controller
     from imqd.supervisor import Supervisor, SupervisorError
 
-    if args.queues is None:
-        text = env("IMQD_QUEUES")
-        if text is None:
-            raise CliError("--queues is required (or set IMQD_QUEUES), e.g. --queues 0:3")
-        args.queues = queues_arg(text)
+    opts = rule_options(args)  # checks --queues / IMQD_QUEUES and the rule flags
+    args.queues = opts.queues
     config_path = args.config or (Path(p) if (p := env("IMQD_CONFIG")) else None)
     api = host_port_arg(args.api if args.api is not None else env("IMQD_API", "127.0.0.1:8000") or "")
     token_file = args.token_file or (Path(p) if (p := env("IMQD_TOKEN_FILE")) else None)
@@ -163,7 +171,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError(f"--api {api[0]}:{api[1]} is not a loopback address: writes need --token-file")
 
     first, last = args.queues
-    opts = rule_options(args)
     sup = Supervisor(list(range(first, last + 1)), config, max_len=args.max_len, copy_range=args.copy_range)
     stop = threading.Event()
     try:
@@ -232,8 +239,6 @@ def cmd_rules(args: argparse.Namespace) -> int:
     elif args.action == "show":
         print(rules_mod.show(), end="")
     else:
-        if args.queues is None and env("IMQD_QUEUES") is None:
-            raise CliError("rules apply: --queues is required (or set IMQD_QUEUES), e.g. --queues 0:3")
         rules_mod.apply(rule_options(args))
     return 0
 

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from imqd.config import Config
+from imqd.config import parse_config
 from imqd.packet import MalformedPacket, parse_headers
 from imqd.qdisc.base import QueuedPacket
 from imqd.shaper import PASS, Shaper
@@ -224,7 +224,7 @@ class QueueWorker:
         if kind == "config":
             _, version, cfg_dict, slots, enabled = msg
             try:
-                released = self.shaper.apply(Config.model_validate(cfg_dict), now, slots, version)
+                released = self.shaper.apply(parse_config(cfg_dict), now, slots, version)
                 released += self.shaper.set_enabled(enabled)
             except Exception as exc:  # the supervisor validated it; report, keep the old tree
                 self._send(("error", version, f"{type(exc).__name__}: {exc}"))

@@ -58,6 +58,8 @@ class WorkerSlot:
     stats: dict[str, Any] = field(default_factory=dict)
     fatal: str | None = None
     lost_on_crash: int = 0
+    died_at: float | None = None
+    last_restart_s: float | None = None  # from death noticed to the new worker bound
 
 
 class SlotMap:
@@ -248,6 +250,9 @@ class Supervisor:
         with self._cond:
             if kind == "ready":
                 w.ready = True
+                if w.died_at is not None:
+                    w.last_restart_s = time.monotonic() - w.died_at
+                    w.died_at = None
             elif kind == "applied":
                 w.applied = max(w.applied, msg[1])
             elif kind == "stats":
@@ -273,6 +278,7 @@ class Supervisor:
                 self._cond.notify_all()
                 return
             now = time.monotonic()
+            w.died_at = now
             w.crashes = [t for t in w.crashes if now - t < CRASH_WINDOW_S] + [now]
             delay = 0.0
             if len(w.crashes) >= CRASH_LOOP_COUNT:
@@ -302,7 +308,8 @@ class Supervisor:
             s = dict(w.stats)
             s.pop("classes", None)
             s.update(queue=w.queue, cpu=w.cpu, pid=w.pid, alive=self._alive(w), ready=w.ready,
-                     restarts=w.restarts, applied_version=w.applied, lost_on_crash=w.lost_on_crash)
+                     restarts=w.restarts, applied_version=w.applied, lost_on_crash=w.lost_on_crash,
+                     last_restart_seconds=w.last_restart_s)
             for key in ("packets", "verdicts", "accepted", "drops", "malformed", "errors", "held"):
                 s.setdefault(key, 0)
             out.append(s)

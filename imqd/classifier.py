@@ -1,0 +1,202 @@
+"""Packet classification: first matching rule wins, else the default class, else None (unshaped).
+
+``Classifier`` compiles its rules into one generated Python function (the way
+``dataclasses`` and ``namedtuple`` generate code): each rule becomes an ``if``
+over local variables and integer constants, only the conditions a rule really
+has are tested, and only the ``PacketInfo`` attributes some rule needs are
+loaded.  Everything put into the generated source is an ``int`` or a ``repr``
+of a validated string.  ``Match.matches`` is the plain interpreted version of
+the same test; it is the reference the tests hold the compiled code to.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from imqd.packet import PacketInfo
+
+if TYPE_CHECKING:
+    from imqd.config import Config, Direction, MatchSpec
+
+__all__ = ["Match", "Classifier"]
+
+U32 = 0xFFFFFFFF
+ClassifyFn = Callable[[PacketInfo, int, "str | None", "str | None"], "str | None"]
+
+
+def _net(cidr: str | None) -> tuple[int, int, int]:
+    """(family, network int, mask int) of a CIDR; (0, 0, 0) for "any"."""
+    if cidr is None:
+        return 0, 0, 0
+    n = ipaddress.ip_network(cidr, strict=False)
+    return n.version, int(n.network_address), int(n.netmask)
+
+
+def _if_test(name: str | None, have: str | None) -> bool:
+    if name is None:
+        return True
+    if have is None:
+        return False
+    if name.endswith("+"):
+        return have.startswith(name[:-1])
+    return have == name
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """A compiled match.  All given fields must hold; a Match with no fields matches everything.
+
+    ``src``/``dst`` are CIDR strings (a v4 CIDR never matches a v6 packet),
+    ``sport``/``dport`` inclusive ``(lo, hi)`` ranges, ``mark`` a ``(value, mask)``
+    pair tested as ``mark & mask == value``, ``iif``/``oif`` interface names
+    where a trailing ``+`` matches any name with that prefix (as iptables).
+    """
+
+    src: str | None = None
+    dst: str | None = None
+    proto: int | None = None
+    sport: tuple[int, int] | None = None
+    dport: tuple[int, int] | None = None
+    dscp: int | None = None
+    mark: tuple[int, int] | None = None
+    iif: str | None = None
+    oif: str | None = None
+    family: int = field(init=False)
+    src_net: int = field(init=False)
+    src_mask: int = field(init=False)
+    dst_net: int = field(init=False)
+    dst_mask: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        sfam, snet, smask = _net(self.src)
+        dfam, dnet, dmask = _net(self.dst)
+        if sfam and dfam and sfam != dfam:
+            raise ValueError(f"src {self.src} and dst {self.dst} are of different IP families")
+        for name, rng in (("sport", self.sport), ("dport", self.dport)):
+            if rng is not None and not (0 <= rng[0] <= rng[1] <= 65535):
+                raise ValueError(f"invalid {name} range {rng!r}")
+        if self.mark is not None and self.mark[0] & ~self.mark[1] & U32:
+            raise ValueError(f"mark value {self.mark[0]:#x} has bits outside mask {self.mark[1]:#x}")
+        object.__setattr__(self, "family", sfam or dfam)
+        object.__setattr__(self, "src_net", snet)
+        object.__setattr__(self, "src_mask", smask)
+        object.__setattr__(self, "dst_net", dnet)
+        object.__setattr__(self, "dst_mask", dmask)
+
+    @classmethod
+    def from_spec(cls, spec: MatchSpec) -> Match:
+        return cls(
+            src=spec.src, dst=spec.dst, proto=spec.proto, sport=spec.sport, dport=spec.dport,
+            dscp=spec.dscp, mark=spec.mark, iif=spec.iif, oif=spec.oif,
+        )  # fmt: skip
+
+    def matches(self, info: PacketInfo, mark: int, iif: str | None, oif: str | None) -> bool:
+        """Interpreted test (slow path, reference for the compiled classifier)."""
+        if self.family and info.family != self.family:
+            return False
+        if self.src is not None and info.src & self.src_mask != self.src_net:
+            return False
+        if self.dst is not None and info.dst & self.dst_mask != self.dst_net:
+            return False
+        if self.proto is not None and info.proto != self.proto:
+            return False
+        if self.sport is not None and not self.sport[0] <= info.sport <= self.sport[1]:
+            return False
+        if self.dport is not None and not self.dport[0] <= info.dport <= self.dport[1]:
+            return False
+        if self.dscp is not None and info.dscp != self.dscp:
+            return False
+        if self.mark is not None and mark & self.mark[1] != self.mark[0]:
+            return False
+        return _if_test(self.iif, iif) and _if_test(self.oif, oif)
+
+    def conditions(self) -> list[tuple[str, str | None]]:
+        """``(expression, PacketInfo attribute it reads)`` pairs over the generated classifier's
+        locals, cheapest and most selective first; ``mark``/``iif``/``oif`` are arguments."""
+        cond: list[tuple[str, str | None]] = []
+        if self.family:
+            cond.append((f"family == {self.family}", "family"))
+        if self.proto is not None:
+            cond.append((f"proto == {self.proto}", "proto"))
+        for var, rng in (("dport", self.dport), ("sport", self.sport)):
+            if rng is not None:
+                lo, hi = rng
+                cond.append((f"{var} == {lo}" if lo == hi else f"{lo} <= {var} <= {hi}", var))
+        full = (1 << (32 if self.family == 4 else 128)) - 1
+        for var, cidr, net, mask in (("dst", self.dst, self.dst_net, self.dst_mask),
+                                     ("src", self.src, self.src_net, self.src_mask)):  # fmt: skip
+            if cidr is None or mask == 0:
+                continue  # /0 needs the family test only
+            cond.append((f"{var} == {net}" if mask == full else f"{var} & {mask} == {net}", var))
+        if self.dscp is not None:
+            cond.append((f"dscp == {self.dscp}", "dscp"))
+        if self.mark is not None:
+            value, mask = self.mark
+            cond.append((f"mark == {value}" if mask & U32 == U32 else f"mark & {mask} == {value}", None))
+        for var, name in (("iif", self.iif), ("oif", self.oif)):
+            if name is None:
+                continue
+            if name.endswith("+"):
+                cond.append((f"{var} is not None and {var}.startswith({name[:-1]!r})", None))
+            else:
+                cond.append((f"{var} == {name!r}", None))
+        return cond
+
+
+_ATTRS = ("family", "src", "dst", "proto", "sport", "dport", "dscp")  # PacketInfo fields rules may read
+
+
+class Classifier:
+    """Ordered rules ``(class name, Match)``; ``classify`` returns the first match, the default, or None.
+
+    ``classify(info, mark, iif, oif)`` is an instance attribute holding the
+    generated function (no method binding per call); ``source`` is its code.
+    """
+
+    __slots__ = ("rules", "default", "classify", "source")
+
+    classify: ClassifyFn
+
+    def __init__(self, rules: Sequence[tuple[str, Match]], default: str | None) -> None:
+        self.rules: tuple[tuple[str, Match], ...] = tuple(rules)
+        self.default = default
+        for name, m in self.rules:
+            if not isinstance(name, str) or not isinstance(m, Match):
+                raise TypeError(f"a rule is (class name, Match), got ({name!r}, {m!r})")
+        self.source = self._generate()
+        namespace: dict[str, object] = {}
+        exec(compile(self.source, "<imqd.classifier>", "exec"), {}, namespace)  # noqa: S102 -- see module doc
+        self.classify = namespace["classify"]  # type: ignore[assignment]
+
+    def _generate(self) -> str:
+        body: list[str] = []
+        used: set[str] = set()
+        for name, m in self.rules:
+            cond = m.conditions()
+            used.update(attr for _, attr in cond if attr is not None)
+            if not cond:
+                body.append(f"    return {name!r}")
+                break  # nothing after a catch-all can match
+            body.append(f"    if {' and '.join(expr for expr, _ in cond)}:\n        return {name!r}")
+        else:
+            body.append(f"    return {self.default!r}")
+        loads = [f"    {v} = info.{v}" for v in _ATTRS if v in used]
+        return "\n".join(["def classify(info, mark, iif, oif):", *loads, *body]) + "\n"
+
+    @classmethod
+    def from_config(cls, config: Config, direction: Direction) -> Classifier:
+        """Rules from the leaf classes of ``direction`` that have a match, in config order."""
+        rules = [
+            (c.name, Match.from_spec(c.match))
+            for c in config.direction_classes(direction)
+            if c.match is not None and config.is_leaf(c.name)
+        ]
+        default = config.default_class(direction)
+        return cls(rules, default.name if default is not None else None)
+
+    def __repr__(self) -> str:
+        return f"Classifier({len(self.rules)} rules, default={self.default!r})"
+

@@ -1,0 +1,405 @@
+"""imqd's NFQUEUE rules: its own chains in table mangle, for iptables and ip6tables.
+
+Layout (per family)::
+
+    mangle IMQD_INGRESS   NFQUEUE rule(s), one per input interface when restricted (else ``! -i lo``)
+    mangle IMQD_EGRESS    NFQUEUE rule(s), one per output interface when restricted (else ``! -o lo``)
+    PREROUTING  -m comment --comment imqd -j IMQD_INGRESS      (nat=False)
+    FORWARD     -m comment --comment imqd -j IMQD_INGRESS      (nat=True: forwarded traffic, after de-NAT)
+    INPUT       -m comment --comment imqd -j IMQD_INGRESS      (nat=True: traffic to the router itself)
+    POSTROUTING -m comment --comment imqd -j IMQD_EGRESS       (always: mangle -150 runs before SNAT at 100)
+
+Why the NAT variant: mangle PREROUTING (priority -150) runs before the de-NAT of replies (nat, -100), so a
+masqueraded download is still addressed to the router's public address there and per-internal-host classes
+cannot match.  mangle FORWARD and INPUT run after de-NAT and routing and see the internal host.
+
+The worker tells ingress from egress by netfilterqueue's ``packet.hook`` (the NF_INET_* number):
+0 PREROUTING, 1 INPUT, 2 FORWARD = ingress; 3 OUTPUT, 4 POSTROUTING = egress (`INGRESS_HOOKS`, `EGRESS_HOOKS`).
+
+Loopback is excluded when no interface is named: shaping ``lo`` is never wanted and would delay imqd's own API.
+Jumps are appended to the built-in chains, so the router's own mangle rules (e.g. MARKs used for
+classification) run first.  NFQUEUE is terminal: a re-injected packet continues at the next hook, not at the next
+rule, so rules appended after imqd's jump in the same chain do not see queued packets.
+
+`apply` is idempotent and atomic per family: it reads ``iptables-save -t mangle`` and feeds one
+``iptables-restore --noflush`` transaction that declares the two chains (which flushes them if they exist),
+refills them, deletes stale imqd jumps (those with the ``imqd`` comment) and appends missing ones.  With the
+nf_tables backend that is one netlink transaction, with the legacy backend one table replacement: packets never
+see a half-built chain, and nothing that is not imqd's is touched (jumps into imqd's chains without the comment
+are left alone).  `remove` deletes imqd's chains and every jump into them the same way.
+
+Every function that runs tools takes a ``runner`` with ``subprocess.run``'s signature (called with
+``input=, capture_output=True, text=True, check=False``), so the same code works in a namespace
+(``Topology.runner(ns)``) and in unit tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shlex
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "RuleOptions",
+    "RulesError",
+    "parse_queues",
+    "build_rules",
+    "render_restore",
+    "apply",
+    "remove",
+    "show",
+    "INGRESS_CHAIN",
+    "EGRESS_CHAIN",
+    "INGRESS_HOOKS",
+    "EGRESS_HOOKS",
+    "FAMILIES",
+]
+
+TABLE = "mangle"
+INGRESS_CHAIN = "IMQD_INGRESS"
+EGRESS_CHAIN = "IMQD_EGRESS"
+CHAINS = (INGRESS_CHAIN, EGRESS_CHAIN)
+COMMENT = "imqd"
+POLICIES = ("flow", "cpu")
+# netfilter NF_INET_* hook numbers as reported by netfilterqueue's packet.hook
+HOOK_PREROUTING, HOOK_INPUT, HOOK_FORWARD, HOOK_OUTPUT, HOOK_POSTROUTING = range(5)
+INGRESS_HOOKS = frozenset({HOOK_PREROUTING, HOOK_INPUT, HOOK_FORWARD})
+EGRESS_HOOKS = frozenset({HOOK_OUTPUT, HOOK_POSTROUTING})
+# family -> (iptables, iptables-save, iptables-restore)
+FAMILIES: dict[str, tuple[str, str, str]] = {
+    "ipv4": ("iptables", "iptables-save", "iptables-restore"),
+    "ipv6": ("ip6tables", "ip6tables-save", "ip6tables-restore"),
+}
+_IFACE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@-]*\+?")
+_JUMP_FLAGS = frozenset({"-j", "--jump", "-g", "--goto"})
+_INSTALL_HINT = "install the iptables package (Debian: apt-get install iptables)"
+_CAP_HINT = "managing imqd's rules needs CAP_NET_ADMIN (run as root)"
+
+Runner = Callable[..., Any]
+
+
+class RulesError(RuntimeError):
+    """iptables is missing, the kernel lacks support, or permissions are insufficient; the message is one line."""
+
+
+def _check_queue(flag: str, value: int) -> int:
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{flag}: queue number {value} out of range 0..65535")
+    return value
+
+
+def parse_queues(text: str, flag: str = "--queues") -> tuple[int, int]:
+    """``"0:3"`` -> (0, 3), ``"2"`` -> (2, 2); ValueError naming `flag` on anything else."""
+    if not isinstance(text, str):
+        raise ValueError(f"{flag}: expected 'N' or 'FIRST:LAST', got {text!r}")
+    parts = text.strip().split(":")
+    if len(parts) > 2 or not all(p.isascii() and p.isdigit() for p in parts):
+        raise ValueError(f"{flag}: expected 'N' or 'FIRST:LAST' with numbers 0..65535, got {text!r}")
+    first, last = (int(parts[0]), int(parts[-1]))
+    _check_queue(flag, first)
+    _check_queue(flag, last)
+    if first > last:
+        raise ValueError(f"{flag}: first queue {first} is greater than last {last} in {text!r}")
+    return first, last
+
+
+def _check_ifaces(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (tuple, list)):
+        raise ValueError(f"{name}: expected a tuple of interface names, got {value!r}")
+    for iface in value:
+        if not isinstance(iface, str) or not 1 <= len(iface) <= 15 or not _IFACE_RE.fullmatch(iface):
+            raise ValueError(
+                f"{name}: bad interface name {iface!r} (1-15 chars, letters/digits/_.:@-, '+' wildcard at end)"
+            )
+    if len(set(value)) != len(value):
+        raise ValueError(f"{name}: duplicate interface names in {tuple(value)!r}")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class RuleOptions:
+    """What to queue where.  `policy` flow = ``--queue-balance`` (hash of src, dst, proto: a host pair stays on one
+    queue), cpu = ``--queue-balance A:B --queue-cpu-fanout`` (queue by CPU; iptables requires the balance range).
+    A single queue always becomes ``--queue-num N``.  `bypass` = fail open when no worker listens."""
+
+    queues: tuple[int, int]
+    policy: str = "flow"
+    bypass: bool = True
+    in_ifaces: tuple[str, ...] = ()
+    out_ifaces: tuple[str, ...] = ()
+    nat: bool = False
+    ipv6: bool = True
+
+    def __post_init__(self) -> None:
+        q = self.queues
+        if (
+            not isinstance(q, (tuple, list))
+            or len(q) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in q)
+        ):
+            raise ValueError(f"queues: expected (first, last) ints, got {q!r}")
+        _check_queue("queues", q[0])
+        _check_queue("queues", q[1])
+        if q[0] > q[1]:
+            raise ValueError(f"queues: first {q[0]} is greater than last {q[1]}")
+        object.__setattr__(self, "queues", (q[0], q[1]))
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy: expected one of {POLICIES}, got {self.policy!r}")
+        for name in ("bypass", "nat", "ipv6"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected a bool, got {getattr(self, name)!r}")
+        object.__setattr__(self, "in_ifaces", _check_ifaces("in_ifaces", self.in_ifaces))
+        object.__setattr__(self, "out_ifaces", _check_ifaces("out_ifaces", self.out_ifaces))
+
+
+def _nfqueue_target(opts: RuleOptions) -> list[str]:
+    """The NFQUEUE target in iptables-save's own option order (so saved rules compare equal)."""
+    first, last = opts.queues
+    if first == last:
+        argv = ["-j", "NFQUEUE", "--queue-num", str(first)]
+    else:
+        argv = ["-j", "NFQUEUE", "--queue-balance", f"{first}:{last}"]
+    if opts.bypass:
+        argv.append("--queue-bypass")
+    if opts.policy == "cpu" and first != last:
+        argv.append("--queue-cpu-fanout")
+    return argv
+
+
+def _jump_hooks(opts: RuleOptions) -> list[tuple[str, str]]:
+    ingress = ["FORWARD", "INPUT"] if opts.nat else ["PREROUTING"]
+    return [(hook, INGRESS_CHAIN) for hook in ingress] + [("POSTROUTING", EGRESS_CHAIN)]
+
+
+def _family_rules(opts: RuleOptions) -> list[list[str]]:
+    """Rules without ``-t mangle``: chain creation, chain contents, then the jumps."""
+    target = _nfqueue_target(opts)
+    rules: list[list[str]] = [["-N", INGRESS_CHAIN], ["-N", EGRESS_CHAIN]]
+    for chain, flag, ifaces in ((INGRESS_CHAIN, "-i", opts.in_ifaces), (EGRESS_CHAIN, "-o", opts.out_ifaces)):
+        if ifaces:
+            rules += [["-A", chain, flag, iface, *target] for iface in ifaces]
+        else:
+            rules.append(["-A", chain, "!", flag, "lo", *target])
+    rules += [["-A", hook, "-m", "comment", "--comment", COMMENT, "-j", chain] for hook, chain in _jump_hooks(opts)]
+    return rules
+
+
+def build_rules(opts: RuleOptions) -> dict[str, list[list[str]]]:
+    """Per family (``"ipv4"``, and ``"ipv6"`` unless disabled): argv lists (without the binary) that, run in order
+    on a table without imqd's chains, install imqd's rules."""
+    rules = [["-t", TABLE, *r] for r in _family_rules(opts)]
+    families = ["ipv4", "ipv6"] if opts.ipv6 else ["ipv4"]
+    return {fam: [list(r) for r in rules] for fam in families}
+
+
+def _line(argv: Sequence[str]) -> str:
+    """One argv as an iptables-save line (iptables quotes with double quotes)."""
+    return " ".join(a if a and not re.search(r"[\s\"'\\]", a) else '"' + a.replace('"', '\\"') + '"' for a in argv)
+
+
+def render_restore(opts: RuleOptions, family: str = "ipv4") -> str:
+    """imqd's rules in iptables-restore format, with comments; loaded with ``iptables-restore --noflush``."""
+    if family not in FAMILIES:
+        raise ValueError(f"family: expected one of {tuple(FAMILIES)}, got {family!r}")
+    tool, _, restore = FAMILIES[family]
+    first, last = opts.queues
+    where_in = ", ".join(opts.in_ifaces) or "all but lo"
+    where_out = ", ".join(opts.out_ifaces) or "all but lo"
+    out = [
+        f"# imqd NFQUEUE rules for {tool} (table mangle).",
+        "# Generated by imqd.rules.render_restore -- do not edit; regenerate instead.",
+        f"# Options: queues {first}:{last}, policy {opts.policy}, "
+        f"bypass {'on (fail open)' if opts.bypass else 'off (fail closed)'},",
+        f"#          ingress interfaces {where_in}, egress interfaces {where_out}, nat {'on' if opts.nat else 'off'}.",
+        "#",
+        f"# Load:   {restore} --noflush < this-file   (adds to the existing rules, flushes nothing else)",
+        "# Better: `imqd rules apply` -- idempotent; loading this file twice would add the jumps twice.",
+        "# Remove: `imqd rules remove` -- deletes only imqd's jumps and chains.",
+        "#",
+        "# Hooks: mangle PREROUTING (-150) runs before the de-NAT of replies (nat, -100), so on a NAT router a",
+        "# masqueraded download is still addressed to the router there and per-host classes cannot match.",
+        "# NAT recipe: jump to IMQD_INGRESS from mangle FORWARD (after de-NAT and routing: sees the internal host)",
+        "# and from mangle INPUT (traffic to the router itself) instead of PREROUTING.  Egress stays at",
+        "# POSTROUTING: mangle POSTROUTING (-150) runs before SNAT (100) and still sees internal sources.",
+        "# The worker tells the direction by packet.hook: 0 PREROUTING, 1 INPUT, 2 FORWARD = ingress;",
+        "# 3 OUTPUT, 4 POSTROUTING = egress.",
+        "*mangle",
+    ]
+    rules = _family_rules(opts)
+    jumps = [r for r in rules if r[0] == "-A" and r[1] not in CHAINS]
+    alt = _family_rules(dataclasses.replace(opts, nat=not opts.nat))
+    out += [f":{r[1]} - [0:0]" for r in rules if r[0] == "-N"]
+    out += [_line(r) for r in rules if r[0] == "-A" and r[1] in CHAINS]
+    out += [_line(r) for r in jumps if r[-1] == INGRESS_CHAIN]
+    variant = "Router without NAT" if opts.nat else "NAT router (masquerade)"
+    out.append(f"# {variant} variant: instead of the line(s) above use")
+    out += ["# " + _line(r) for r in alt if r[0] == "-A" and r[1] not in CHAINS and r[-1] == INGRESS_CHAIN]
+    out += [_line(r) for r in jumps if r[-1] == EGRESS_CHAIN]
+    out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------- running iptables
+def _one_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("Try `")]
+    return lines[0] if lines else "(no message)"
+
+
+def _explain(tool: str, stderr: str, returncode: int) -> str:
+    """Turn iptables' stderr into one actionable line."""
+    low = stderr.lower()
+    if "exec of" in low and "no such file" in low:
+        return f"{tool} not found: {_INSTALL_HINT}"
+    if "permission denied" in low or "operation not permitted" in low or "must be root" in low:
+        return f"{tool}: permission denied -- {_CAP_HINT}"
+    if "nfqueue" in low and any(
+        s in low for s in ("couldn't load", "not supported", "no such file", "unknown", "missing kernel module")
+    ):
+        return (
+            f"{tool}: the kernel lacks NFQUEUE support (needs CONFIG_NETFILTER_XT_TARGET_NFQUEUE and "
+            "CONFIG_NETFILTER_NETLINK_QUEUE, or modprobe xt_NFQUEUE nfnetlink_queue)"
+        )
+    if "address family not supported" in low:
+        return f"{tool}: this kernel has no IPv6 netfilter support -- disable IPv6 rules (ipv6=False)"
+    if "table does not exist" in low or "can't initialize" in low:
+        return f"{tool}: the kernel lacks the mangle table (CONFIG_IP_NF_MANGLE / iptable_mangle): {_one_line(stderr)}"
+    return f"{tool} failed (exit {returncode}): {_one_line(stderr)}"
+
+
+def _run(runner: Runner, argv: list[str], stdin: str | None = None) -> str:
+    try:
+        res = runner(argv, input=stdin, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise RulesError(f"{argv[0]} not found: {_INSTALL_HINT}") from None
+    except PermissionError as e:
+        raise RulesError(f"{argv[0]}: {e.strerror} -- {_CAP_HINT}") from None
+    if res.returncode != 0:
+        raise RulesError(_explain(argv[0], res.stderr or "", res.returncode))
+    return res.stdout or ""
+
+
+def _jump_target(line: str) -> str | None:
+    """The imqd chain a saved ``-A`` rule in another chain jumps/goes to, if any."""
+    if not line.startswith("-A ") or line.split(None, 2)[1] in CHAINS:
+        return None
+    try:
+        tokens = shlex.split(line)
+    except ValueError:
+        return None
+    for flag, arg in zip(tokens, tokens[1:]):
+        if flag in _JUMP_FLAGS and arg in CHAINS:
+            return arg
+    return None
+
+
+def _is_imqds(line: str) -> bool:
+    """A jump imqd made itself: it carries ``-m comment --comment imqd``."""
+    tokens = shlex.split(line)
+    return any(a == "--comment" and b == COMMENT for a, b in zip(tokens, tokens[1:]))
+
+
+def _state(saved: str) -> tuple[list[str], list[str]]:
+    """(imqd chains present, lines of rules in other chains that jump to them) from ``iptables-save -t mangle``."""
+    chains = [ln[1:].split()[0] for ln in saved.splitlines() if ln.startswith(":") and ln[1:].split()[0] in CHAINS]
+    jumps = [ln for ln in saved.splitlines() if _jump_target(ln)]
+    return chains, jumps
+
+
+def _restore(runner: Runner, family: str, lines: list[str]) -> None:
+    _, _, restore = FAMILIES[family]
+    _run(runner, [restore, "--noflush"], "\n".join(["*" + TABLE, *lines, "COMMIT", ""]))
+
+
+def _save(runner: Runner, family: str, counters: bool = False) -> str:
+    _, save, _ = FAMILIES[family]
+    return _run(runner, [save, *(["-c"] if counters else []), "-t", TABLE])
+
+
+def _plan_apply(runner: Runner, family: str, opts: RuleOptions) -> list[str]:
+    """restore lines that turn the current table into `opts`: declare (= flush) our chains, fix jumps, refill."""
+    # only jumps imqd made are managed here; someone's own jump into imqd's chains stays (remove deletes it)
+    jumps = [j for j in _state(_save(runner, family))[1] if _is_imqds(j)]
+    rules = _family_rules(opts)
+    wanted = [_line(r) for r in rules if r[0] == "-A" and r[1] not in CHAINS]
+    lines = [f":{chain} - [0:0]" for chain in CHAINS]  # declaring an existing user chain flushes it
+    kept: set[str] = set()
+    for jump in jumps:
+        if jump in wanted and jump not in kept:
+            kept.add(jump)
+        else:
+            lines.append("-D" + jump[2:])
+    lines += [_line(r) for r in rules if r[0] == "-A" and r[1] in CHAINS]
+    lines += [w for w in wanted if w not in kept]
+    return lines
+
+
+def _remove_family(runner: Runner, family: str) -> bool:
+    chains, jumps = _state(_save(runner, family))
+    if not chains and not jumps:
+        return False  # nothing of ours: run nothing, so not even an empty table gets created
+    lines = ["-D" + j[2:] for j in jumps]
+    lines += [f"-F {c}" for c in chains] + [f"-X {c}" for c in chains]
+    _restore(runner, family, lines)
+    return True
+
+
+def _tolerable_v6(err: RulesError) -> bool:
+    """ip6tables missing or IPv6 off in the kernel: nothing of ours can be there, so remove may skip it."""
+    msg = str(err)
+    return "not found" in msg or "no IPv6" in msg
+
+
+def apply(opts: RuleOptions, runner: Runner = subprocess.run) -> None:
+    """Make imqd's rules exactly match `opts` (idempotent, atomic per family; see the module docstring).
+
+    With ``opts.ipv6`` False, imqd rules left in ip6tables are removed (skipped if ip6tables is unavailable).
+    """
+    families = ["ipv4", "ipv6"] if opts.ipv6 else ["ipv4"]
+    plans = [(family, _plan_apply(runner, family, opts)) for family in families]  # both readable before any change
+    for family, lines in plans:
+        _restore(runner, family, lines)
+    if not opts.ipv6:
+        try:
+            _remove_family(runner, "ipv6")
+        except RulesError as e:
+            if not _tolerable_v6(e):
+                raise
+
+
+def remove(runner: Runner = subprocess.run, *, ipv6: bool = True) -> None:
+    """Delete imqd's jumps and chains (nothing else); IPv6 is skipped if ip6tables or kernel IPv6 is missing."""
+    _remove_family(runner, "ipv4")
+    if ipv6:
+        try:
+            _remove_family(runner, "ipv6")
+        except RulesError as e:
+            if not _tolerable_v6(e):
+                raise
+
+
+def show(runner: Runner = subprocess.run, *, ipv6: bool = True) -> str:
+    """imqd's chains, rules and jumps per family as ``iptables-save -c`` lines (``[packets:bytes] -A ...``)."""
+    out: list[str] = []
+    for family in ("ipv4", "ipv6") if ipv6 else ("ipv4",):
+        tool = FAMILIES[family][0]
+        try:
+            saved = _save(runner, family, counters=True)
+        except RulesError as e:
+            if family == "ipv6" and _tolerable_v6(e):
+                out += [f"# {family} ({tool}): unavailable -- {e}"]
+                continue
+            raise
+        mine = []
+        for ln in saved.splitlines():
+            rule = ln.split("] ", 1)[1] if ln.startswith("[") and "] " in ln else ln
+            if (ln.startswith(":") and ln[1:].split()[0] in CHAINS) or _jump_target(rule) or (
+                rule.startswith("-A ") and rule.split()[1] in CHAINS
+            ):
+                mine.append(ln)
+        out.append(f"# {family} ({tool} -t {TABLE})")
+        out += mine or ["# (no imqd rules)"]
+    return "\n".join(out) + "\n"
