@@ -334,5 +334,9 @@ def worker_main(opts: WorkerOptions, control: Any, lock: Any) -> None:
         worker._send(("fatal", str(exc)))
         sys.exit(EXIT_FATAL)
     worker._send(("ready", opts.queue, os.getpid()))
-    worker.run()
-    worker.send_stats()
+    try:
+        worker.run()
+        worker.send_stats()
+    finally:
+        if store is not None:
+            store.close()

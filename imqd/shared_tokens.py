@@ -74,8 +74,7 @@ class SharedTokenStore:
 
     @classmethod
     def attach(cls, name: str, lock: Any) -> "SharedTokenStore":
-        # Workers are started with the "spawn" method and share the supervisor's
-        # resource tracker, so registering the segment again is harmless, and if
+        # Workers (forkserver children) share the supervisor's resource tracker, so registering the segment again is harmless, and if
         # the supervisor dies the tracker still unlinks it.
         return cls(shared_memory.SharedMemory(name=name), lock, owner=False)
 
