@@ -159,7 +159,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts = rule_options(args)  # checks --queues / IMQD_QUEUES and the rule flags
     args.queues = opts.queues
     config_path = args.config or (Path(p) if (p := env("IMQD_CONFIG")) else None)
-    api = host_port_arg(args.api if args.api is not None else env("IMQD_API", "127.0.0.1:8000") or "")
+    try:
+        api = host_port_arg(args.api if args.api is not None else env("IMQD_API", "127.0.0.1:8000") or "")
+    except argparse.ArgumentTypeError as exc:
+        raise CliError(str(exc)) from None
     token_file = args.token_file or (Path(p) if (p := env("IMQD_TOKEN_FILE")) else None)
     config = load_run_config(config_path)  # validated before any rule or worker starts
     if args.max_len < 1:
@@ -170,6 +173,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if api is not None and not is_loopback(api[0]) and token is None:
         raise CliError(f"--api {api[0]}:{api[1]} is not a loopback address: writes need --token-file")
 
+    from imqd.queue_worker import has_net_admin
+
+    if not has_net_admin():
+        raise CliError("imqd run needs CAP_NET_ADMIN (NFQUEUE and iptables): run as root or grant the capability")
     first, last = args.queues
     sup = Supervisor(list(range(first, last + 1)), config, max_len=args.max_len, copy_range=args.copy_range)
     stop = threading.Event()

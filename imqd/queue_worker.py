@@ -151,8 +151,8 @@ class QueueWorker:
         """Bind the queue; raise WorkerError with one clear line if that is impossible."""
         from netfilterqueue import COPY_PACKET, NetfilterQueue
 
-        nfq = NetfilterQueue()
         try:
+            nfq = NetfilterQueue()
             nfq.bind(self.opts.queue, self._on_packet, max_len=self.opts.max_len, mode=COPY_PACKET,
                      range=self.opts.copy_range, sock_len=self.opts.sock_len)
         except OSError as exc:
@@ -276,7 +276,7 @@ class WorkerError(Exception):
 
 def describe_bind_error(queue: int, exc: OSError) -> str:
     """Turn netfilterqueue's bind failure into one line that says what to do."""
-    if os.geteuid() != 0 and not has_net_admin():
+    if not has_net_admin():
         return f"queue {queue}: binding NFQUEUE needs CAP_NET_ADMIN (run as root or grant the capability)"
     if not os.path.exists("/proc/net/netfilter/nfnetlink_queue"):
         return f"queue {queue}: the kernel has no nfnetlink_queue support (modprobe nfnetlink_queue)"
