@@ -241,8 +241,9 @@ def _parse_ifname(v: Any) -> str | None:
     if not isinstance(v, str):
         raise ValueError(f"invalid interface name {v!r}")
     base = v[:-1] if v.endswith("+") else v
-    if len(v) > 15 or base in (".", "..") or (not base and not v) or re.search(r"[\s/:+]", base):
-        raise ValueError(f"invalid interface name {v!r}: at most 15 characters, no '/', ':' or blanks")
+    if (not v.isascii() or not v.isprintable() or len(v) > 15 or base in (".", "..") or (not base and not v)
+            or re.search(r"[\s/:+]", base)):
+        raise ValueError(f"invalid interface name {v!r}: at most 15 printable ASCII characters, no '/', ':' or blanks")
     return v
 
 

@@ -16,6 +16,10 @@ from typing import Any, Protocol
 
 from imqd.config import Config, ConfigError, save_config_atomic
 
+# Every class needs a token slot in the workers' shared store (imqd.shared_tokens.DEFAULT_SLOTS
+# is larger); refusing bigger trees here keeps a change from failing after it was saved.
+MAX_CLASSES = 16384
+
 
 class Workers(Protocol):
     """What the controller needs from the supervisor (a fake in API tests)."""
@@ -60,10 +64,13 @@ class Controller:
         self.workers = workers
         self._lock = threading.Lock()
         self._meter = RateMeter()
+        self._stats_lock = threading.Lock()  # /stats and /metrics run in threadpool threads
         self.last_apply_s: float | None = None
 
     # -- changes -------------------------------------------------------------
     def _commit(self, new: Config) -> Config:
+        if len(new.classes) > MAX_CLASSES:
+            raise ConfigError([{"loc": ("classes",), "msg": f"at most {MAX_CLASSES} classes are supported"}])
         if self.path is not None:
             save_config_atomic(self.path, new)
         self.config = new
@@ -102,7 +109,8 @@ class Controller:
 
     def stats(self) -> dict[str, Any]:
         per_class = self.workers.class_stats()
-        rates = self._meter.update(time.monotonic(), {n: s["bytes"] for n, s in per_class.items()})
+        with self._stats_lock:
+            rates = self._meter.update(time.monotonic(), {n: s["bytes"] for n, s in per_class.items()})
         classes = {}
         for cls in self.config.classes:
             st = per_class.get(cls.name, {})

@@ -1,0 +1,516 @@
+"""The REST API: a thin HTTP layer over ``Controller`` (which validates, persists, applies).
+
+Why it is built this way:
+
+* Class bodies are validated once, by ``Config`` itself (through the
+  controller), so the API and the config file accept exactly the same values
+  and every refusal names the field.  The OpenAPI schema of a body is derived
+  from ``ClassSpec``; fields that accept operator text ("7mbit", "tcp",
+  "5000-5100") are documented as free-form there because JSON Schema cannot
+  say what ``parse_rate`` accepts.
+* Every error, ours or FastAPI's, has one shape: ``{"detail": [{"loc": [...],
+  "msg": "..."}]}``, so the CLI prints them all the same way.
+* Controller calls block until every worker applied a change, so endpoints are
+  plain ``def`` (FastAPI runs them in its threadpool, the event loop stays free).
+* Security: a bearer token (compared in constant time) for writes, and for
+  reads unless ``open_reads``; ``/healthz`` stays open for probes; bodies are
+  limited to ``max_body`` bytes on Content-Length and on the bytes received.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import threading
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Annotated, Any
+
+from fastapi import Body, Depends, FastAPI, Path, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, WithJsonSchema
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from imqd.config import ClassSpec, ConfigError
+
+__all__ = ["create_app", "APPLY_HEADER", "DEFAULT_MAX_BODY", "STATUS_BY_CODE"]
+
+DEFAULT_MAX_BODY = 64 * 1024
+APPLY_HEADER = "X-Imqd-Apply-Seconds"
+STATUS_BY_CODE = {"invalid": 422, "not_found": 404, "exists": 409, "has_children": 409}
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+# -- response and request shapes ------------------------------------------------
+class ErrorItem(BaseModel):
+    loc: list[str | int] = Field(description="where: e.g. ['classes', 'web', 'ceil'] or ['header', 'Authorization']")
+    msg: str
+
+
+class ErrorBody(BaseModel):
+    detail: list[ErrorItem]
+
+
+class EnabledBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: StrictBool = Field(description="false: every packet is accepted at once (no shaping)")
+
+
+class EnabledOut(BaseModel):
+    enabled: bool
+    apply_seconds: float | None = Field(default=None, description="time until every worker applied the switch")
+
+
+class HealthOut(BaseModel):
+    healthy: bool
+
+
+class Backlog(BaseModel):
+    packets: int
+    bytes: int
+
+
+class ClassStatsOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    direction: str
+    bytes: int
+    packets: int
+    drops: int
+    backlog: Backlog
+    rate_bps: int = Field(description="measured rate in bit/s over about the last second")
+    borrowed: int
+    lends: int
+
+
+class WorkerStatsOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    queue: int
+    cpu: int | None = None
+    pid: int | None = None
+    alive: bool | None = None
+    ready: bool | None = None
+    restarts: int = 0
+    packets: int = 0
+    verdicts: int = 0
+    drops: int = 0
+    malformed: int = 0
+    held: int = 0
+
+
+class StatsOut(BaseModel):
+    enabled: bool
+    classes: dict[str, ClassStatsOut]
+    workers: list[WorkerStatsOut]
+    last_apply_seconds: float | None
+
+
+def _has_text_parser(field: Any) -> bool:
+    return any(isinstance(m, BeforeValidator) for m in field.metadata)
+
+
+def body_schema(model: type[BaseModel], *, partial: bool) -> dict[str, Any]:
+    """JSON Schema of a request body, derived from a config model (one definition of each field).
+
+    Fields parsed from operator text by a BeforeValidator accept more than
+    their stored type, so they are left free-form here (the server names any
+    bad value).  ``partial``: a JSON merge patch -- nothing required, ``null``
+    resets a field to its default.
+    """
+    full = model.model_json_schema(mode="validation")
+    props: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        prop = dict(full["properties"][name])
+        if _has_text_parser(field):
+            prop = {"title": prop.get("title", name),
+                    "description": field.description or "a number, or the text form an operator writes "
+                                                         "(tc units, names, ranges: see the example)"}
+            if "default" in full["properties"][name]:
+                prop["default"] = full["properties"][name]["default"]
+        elif (sub := _nested_model(field.annotation)) is not None:
+            prop = {"anyOf": [body_schema(sub, partial=partial), {"type": "null"}],
+                    "default": None, "title": prop.get("title", name.title())}
+        elif partial:
+            prop = {"anyOf": [prop, {"type": "null"}]}
+        props[name] = prop
+    schema: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False,
+                              "title": model.__name__ + ("Patch" if partial else "")}
+    if not partial and full.get("required"):
+        schema["required"] = list(full["required"])
+    return schema
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The model inside ``Model | None`` (or ``Model``), else None."""
+    for t in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            return t
+    return None
+
+
+CLASS_EXAMPLE = {"name": "web", "direction": "egress", "parent": None, "rate": "5mbit", "ceil": "10mbit",
+                 "prio": 1, "match": {"dst": "198.18.1.0/24", "proto": "tcp", "dport": "80-443"}}
+ClassCreate = Annotated[dict[str, Any], WithJsonSchema({**body_schema(ClassSpec, partial=False),
+                                                        "examples": [CLASS_EXAMPLE]})]
+ClassPatch = Annotated[dict[str, Any], WithJsonSchema({**body_schema(ClassSpec, partial=True),
+                                                       "examples": [{"rate": "30mbit", "ceil": None}]})]
+
+ClassName = Annotated[str, Path(description="the class name", examples=["web"])]
+
+_APPLY_DOC = {APPLY_HEADER: {"description": "seconds from the change until every worker applied it",
+                             "schema": {"type": "string"}}}
+_ERR = {"model": ErrorBody}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for error statuses, all with the one error shape."""
+    return {code: {**_ERR, "description": _ERROR_TEXT[code]} for code in codes}
+
+
+_ERROR_TEXT = {
+    400: "the body could not be decoded (not UTF-8 JSON)",
+    401: "bearer token missing or wrong",
+    404: "no class of that name",
+    409: "the class exists already, or it still has children",
+    413: "request body too large",
+    503: "the configuration file could not be written; nothing was changed",
+    422: "invalid value; `loc` names the field",
+}
+
+
+class JSON(JSONResponse):
+    """JSON with non-ASCII escaped: a stray lone surrogate (e.g. from a hand-edited YAML file) still encodes."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+# -- errors -----------------------------------------------------------------------
+def _clean(text: Any) -> Any:
+    """A string that is valid UTF-8 (lone surrogates escaped) so any JSON response encodes."""
+    if isinstance(text, str):
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return text
+    return _clean(str(text))
+
+
+def error_response(status: int, errors: Iterable[dict[str, Any]], headers: dict[str, str] | None = None
+                   ) -> JSONResponse:
+    detail = [{"loc": [_clean(p) for p in e.get("loc", ())], "msg": _clean(e.get("msg", ""))} for e in errors]
+    return JSON({"detail": detail}, status_code=status, headers=headers)
+
+
+class AuthError(Exception):
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg)
+        self.msg = msg
+
+
+def _not_utf8(value: Any, loc: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+    """The loc of the first string in a JSON value that is not valid Unicode (a lone surrogate escape)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return loc
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            bad = _not_utf8(k, loc) or _not_utf8(v, (*loc, k))
+            if bad is not None:
+                return bad
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            bad = _not_utf8(v, (*loc, i))
+            if bad is not None:
+                return bad
+    return None
+
+
+def _check_text(body: Any) -> None:
+    bad = _not_utf8(body)
+    if bad is not None:
+        raise ConfigError([{"loc": ("body", *[_clean(p) for p in bad]),
+                            "msg": "not valid Unicode text (lone surrogate escape)"}])
+
+
+# -- body size limit (pure ASGI, so it sees the raw stream) ----------------------------
+class BodyLimit:
+    """Refuse bodies over ``max_body`` bytes with 413: by Content-Length, and by counting what arrives."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for key, value in scope.get("headers", ()):
+            if key == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    await self._refuse(send, 400, "Content-Length is not a number")
+                    return
+                if length > self.max_body:
+                    await self._refuse(send, 413, f"request body over {self.max_body} bytes")
+                    return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                await self._refuse(send, 413, f"request body over {self.max_body} bytes")
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(send: Send, status: int, msg: str) -> None:
+        payload = json.dumps({"detail": [{"loc": ["body"], "msg": msg}]}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(payload)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+# -- metrics ------------------------------------------------------------------------------
+class StatsCollector:
+    """Prometheus collector reading the controller's stats at scrape time (no state of its own)."""
+
+    def __init__(self, controller: Any, stats: Callable[[], dict[str, Any]]) -> None:
+        self.controller = controller
+        self.stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        st = self.stats()
+        yield GaugeMetricFamily("imqd_enabled", "1 when shaping is on, 0 when every packet passes unshaped",
+                                value=1 if st.get("enabled") else 0)
+        if st.get("last_apply_seconds") is not None:
+            yield GaugeMetricFamily("imqd_last_apply_seconds",
+                                    "time the last change took to reach every worker",
+                                    value=float(st["last_apply_seconds"]))
+        yield from self._classes(st.get("classes") or {})
+        yield from self._workers(st.get("workers") or [])
+
+    def _classes(self, classes: dict[str, dict[str, Any]]) -> Iterable[Metric]:
+        labels = ["class", "direction"]
+        counters = {key: CounterMetricFamily(f"imqd_class_{name}", doc, labels=labels) for key, name, doc in (
+            ("bytes", "bytes", "bytes sent by the class"),
+            ("packets", "packets", "packets sent by the class"),
+            ("drops", "drops", "packets dropped by the class"),
+            ("borrowed", "borrowed", "times the class borrowed from its parent"),
+            ("lends", "lends", "times the class lent to its children"))}
+        gauges = {
+            "backlog_packets": GaugeMetricFamily("imqd_class_backlog_packets", "packets held now", labels=labels),
+            "backlog_bytes": GaugeMetricFamily("imqd_class_backlog_bytes", "bytes held now", labels=labels),
+            "rate_bps": GaugeMetricFamily("imqd_class_rate_bits_per_second",
+                                          "measured rate over about the last second", labels=labels),
+            "conf_rate": GaugeMetricFamily("imqd_class_configured_rate_bits_per_second",
+                                           "configured (guaranteed) rate", labels=labels),
+            "conf_ceil": GaugeMetricFamily("imqd_class_configured_ceil_bits_per_second",
+                                           "configured ceiling", labels=labels),
+        }
+        config = self.controller.config
+        for name, c in classes.items():
+            lv = [str(name), str(c.get("direction", ""))]
+            for key, fam in counters.items():
+                fam.add_metric(lv, float(c.get(key) or 0))
+            backlog = c.get("backlog") or {}
+            gauges["backlog_packets"].add_metric(lv, float(backlog.get("packets") or 0))
+            gauges["backlog_bytes"].add_metric(lv, float(backlog.get("bytes") or 0))
+            gauges["rate_bps"].add_metric(lv, float(c.get("rate_bps") or 0))
+            spec = config.class_by_name(name)
+            if spec is not None:
+                gauges["conf_rate"].add_metric(lv, float(spec.rate))
+                gauges["conf_ceil"].add_metric(lv, float(spec.effective_ceil))
+        yield from counters.values()
+        yield from gauges.values()
+
+    @staticmethod
+    def _workers(workers: list[dict[str, Any]]) -> Iterable[Metric]:
+        labels = ["queue", "cpu"]
+        counters = {key: CounterMetricFamily(f"imqd_worker_{name}", doc, labels=labels) for key, name, doc in (
+            ("packets", "packets", "packets the worker received"),
+            ("verdicts", "verdicts", "verdicts the worker issued"),
+            ("drops", "drops", "packets the worker dropped"),
+            ("malformed", "malformed", "packets the worker could not parse (accepted unshaped)"),
+            ("restarts", "restarts", "times the worker was restarted"),
+            ("lost_on_crash", "lost_on_crash", "held packets lost when the worker died"))}
+        held = GaugeMetricFamily("imqd_worker_held_packets", "packets the worker holds now", labels=labels)
+        up = GaugeMetricFamily("imqd_worker_up", "1 when the worker is alive and bound to its queue",
+                               labels=labels)
+        for w in workers:
+            lv = [str(w.get("queue", "")), "" if w.get("cpu") is None else str(w.get("cpu"))]
+            for key, fam in counters.items():
+                fam.add_metric(lv, float(w.get(key) or 0))
+            held.add_metric(lv, float(w.get("held") or 0))
+            up.add_metric(lv, 1.0 if w.get("alive", True) and w.get("ready", True) else 0.0)
+        yield from counters.values()
+        yield held
+        yield up
+
+
+# -- the app ------------------------------------------------------------------------------
+def create_app(controller: Any, *, token: str | None, open_reads: bool, max_body: int = DEFAULT_MAX_BODY
+               ) -> FastAPI:
+    """The REST API over ``controller``; ``token`` guards writes (and reads unless ``open_reads``)."""
+    app = FastAPI(
+        title="imqd",
+        version="1",
+        description="Shaping classes of an imqd router, changed live; statistics; on/off switch.",
+        responses={413: {**_ERR, "description": _ERROR_TEXT[413]}},
+        default_response_class=JSON,
+    )
+    stats_lock = threading.Lock()  # the controller's rate meter is not thread-safe; scrapes run in threads
+
+    def read_stats() -> dict[str, Any]:
+        with stats_lock:
+            return controller.stats()
+
+    # -- auth --
+    bearer = HTTPBearer(auto_error=False, description="the token from imqd run --token-file")
+    secret = token.encode() if token else None
+
+    def require_token(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if creds is None:
+            raise AuthError("missing bearer token (Authorization: Bearer TOKEN)")
+        assert secret is not None
+        if not hmac.compare_digest(creds.credentials.encode("utf-8", "surrogateescape"), secret):
+            raise AuthError("wrong bearer token")
+
+    auth = [Depends(require_token)] if secret else []
+    write_deps = auth
+    read_deps = auth if not open_reads else []
+    write_errors = _errors(400, 401, 422, 503) if secret else _errors(400, 422, 503)
+    read_401 = _errors(401) if read_deps else {}
+
+    # -- error handlers: one shape for everything --
+    @app.exception_handler(ConfigError)
+    async def _config_error(_: Request, exc: ConfigError) -> JSONResponse:
+        return error_response(STATUS_BY_CODE.get(exc.code, 422), exc.errors)
+
+    @app.exception_handler(AuthError)
+    async def _auth_error(_: Request, exc: AuthError) -> JSONResponse:
+        return error_response(401, [{"loc": ["header", "Authorization"], "msg": exc.msg}],
+                              headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(OSError)
+    async def _os_error(_: Request, exc: OSError) -> JSONResponse:
+        # the controller saves before it changes memory or workers: nothing was changed
+        return error_response(503, [{"loc": ["config"], "msg": f"could not save the configuration: {exc}"}])
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, [{"loc": e.get("loc", ()), "msg": e.get("msg", "invalid")}
+                                    for e in exc.errors()])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail
+        loc = ["body"] if exc.status_code == 400 else []  # FastAPI's only 400: a body it cannot decode
+        errors = detail if isinstance(detail, list) else [{"loc": loc, "msg": str(detail)}]
+        return error_response(exc.status_code, errors, headers=getattr(exc, "headers", None))
+
+    def applied(seconds: float | None) -> dict[str, str]:
+        return {APPLY_HEADER: f"{seconds:.6f}"} if seconds is not None else {}
+
+    # -- classes --
+    @app.get("/classes", response_model=list[ClassSpec], dependencies=read_deps, responses=read_401,
+             tags=["classes"], summary="All classes of both trees")
+    def list_classes() -> Response:
+        return JSON(controller.list_classes())
+
+    @app.get("/classes/{name}", response_model=ClassSpec, dependencies=read_deps,
+             responses={**read_401, **_errors(404, 422)}, tags=["classes"], summary="One class")
+    def get_class(name: ClassName) -> Response:
+        return JSON(controller.get_class(name))
+
+    @app.post("/classes", status_code=201, response_model=ClassSpec, dependencies=write_deps,
+              responses={201: {"headers": _APPLY_DOC}, **write_errors, **_errors(409)},
+              tags=["classes"], summary="Add a class (applied to every worker before the response)")
+    def add_class(body: Annotated[ClassCreate, Body()]) -> Response:
+        _check_text(body)
+        stored = controller.add_class(body)
+        return JSON(stored, status_code=201, headers={
+            **applied(controller.last_apply_s), "Location": f"/classes/{stored['name']}"})
+
+    @app.patch("/classes/{name}", response_model=ClassSpec, dependencies=write_deps,
+               responses={200: {"headers": _APPLY_DOC}, **write_errors, **_errors(404)},
+               tags=["classes"], summary="Change fields of a class live (JSON merge patch: null resets)")
+    def change_class(name: ClassName, body: Annotated[ClassPatch, Body()]) -> Response:
+        _check_text(body)
+        stored = controller.change_class(name, body)
+        return JSON(stored, headers=applied(controller.last_apply_s))
+
+    @app.delete("/classes/{name}", status_code=204, dependencies=write_deps,
+                responses={204: {"headers": _APPLY_DOC}, **(_errors(401) if secret else {}),
+                           **_errors(404, 409, 422, 503)},
+                tags=["classes"], summary="Remove a leaf class; its held packets go to the default class")
+    def delete_class(name: ClassName) -> Response:
+        controller.delete_class(name)
+        return Response(status_code=204, headers=applied(controller.last_apply_s))
+
+    # -- state --
+    @app.get("/stats", response_model=StatsOut, dependencies=read_deps, responses=read_401, tags=["state"],
+             summary="Per-class and per-worker counters")
+    def stats() -> Response:
+        return JSON(jsonable_encoder(read_stats()))
+
+    @app.get("/enabled", response_model=EnabledOut, dependencies=read_deps, responses=read_401, tags=["state"],
+             summary="Whether shaping is on")
+    def get_enabled() -> Response:
+        return JSON({"enabled": bool(controller.workers.enabled)})
+
+    @app.put("/enabled", response_model=EnabledOut, dependencies=write_deps,
+             responses={200: {"headers": _APPLY_DOC}, **write_errors}, tags=["state"],
+             summary="Switch shaping off (every packet accepted at once) or on, live")
+    def put_enabled(body: EnabledBody) -> Response:
+        seconds = controller.set_enabled(body.enabled)
+        return JSON({"enabled": bool(controller.workers.enabled), "apply_seconds": seconds},
+                            headers=applied(seconds))
+
+    @app.get("/healthz", response_model=HealthOut, responses={503: {"model": HealthOut,
+                                                                     "description": "a worker is down"}},
+             tags=["state"], summary="200 when every worker is alive and bound to its queue")
+    def healthz() -> Response:
+        ok = bool(controller.workers.healthy())
+        return JSON({"healthy": ok}, status_code=200 if ok else 503)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatsCollector(controller, read_stats))
+
+    @app.get("/metrics", dependencies=read_deps, tags=["state"], summary="Prometheus text format",
+             responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}},
+                        **read_401})
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(BodyLimit, max_body=max_body)
+    return app

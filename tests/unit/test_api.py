@@ -1,0 +1,597 @@
+"""REST API tests: every endpoint and error code, the config file after each change, auth, body limits, races.
+
+The data plane is replaced by ``FakeWorkers`` (it records what was pushed), so
+these tests check the API + controller + config path end to end without root.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from imqd.api import APPLY_HEADER, create_app
+from imqd.config import Config, ConfigError, load_config, parse_config
+from imqd.controller import Controller
+
+TOKEN = "s3cret-token-0123456789"
+
+
+class FakeWorkers:
+    """The ``Workers`` protocol without processes: records every pushed config."""
+
+    def __init__(self, *, push_delay: float = 0.0) -> None:
+        self.enabled = True
+        self.pushes: list[Config] = []
+        self.enables: list[bool] = []
+        self.is_healthy = True
+        self.push_delay = push_delay
+        self.counters: dict[str, dict[str, Any]] = {}
+        self.workers: list[dict[str, Any]] = [
+            {"queue": 0, "cpu": 0, "pid": 4242, "alive": True, "ready": True, "restarts": 1, "packets": 100,
+             "verdicts": 90, "drops": 3, "malformed": 2, "held": 10, "lost_on_crash": 0},
+            {"queue": 1, "cpu": 1, "pid": 4243, "alive": True, "ready": True, "restarts": 0, "packets": 50,
+             "verdicts": 50, "drops": 0, "malformed": 0, "held": 0, "lost_on_crash": 0},
+        ]
+        self._lock = threading.Lock()
+
+    def push_config(self, config: Config) -> float:
+        t0 = time.monotonic()
+        if self.push_delay:
+            time.sleep(self.push_delay)
+        with self._lock:
+            self.pushes.append(config)
+        return time.monotonic() - t0 + 0.0005
+
+    def set_enabled(self, enabled: bool) -> float:
+        self.enabled = enabled
+        self.enables.append(enabled)
+        return 0.0007
+
+    def healthy(self) -> bool:
+        return self.is_healthy
+
+    def worker_stats(self) -> list[dict[str, Any]]:
+        return [dict(w) for w in self.workers]
+
+    def class_stats(self) -> dict[str, dict[str, Any]]:
+        return {k: dict(v) for k, v in self.counters.items()}
+
+
+def make_controller(tmp_path: Path, classes: list[dict[str, Any]] | None = None, **kw: Any
+                    ) -> tuple[Controller, FakeWorkers, Path]:
+    path = tmp_path / "imqd.yaml"
+    workers = FakeWorkers(**kw)
+    config = parse_config({"classes": classes or []})
+    return Controller(config, path, workers), workers, path
+
+
+BASE = [
+    {"name": "root", "rate": "100mbit"},
+    {"name": "web", "parent": "root", "rate": "20mbit", "ceil": "50mbit",
+     "match": {"dst": "198.18.1.0/24", "proto": "tcp", "dport": "80-443"}},
+    {"name": "bulk", "parent": "root", "rate": "10mbit", "default": True},
+]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[tuple[TestClient, Controller, FakeWorkers, Path]]:
+    controller, workers, path = make_controller(tmp_path, BASE)
+    with TestClient(create_app(controller, token=None, open_reads=True)) as client:
+        yield client, controller, workers, path
+
+
+def snapshot(controller: Controller, path: Path) -> tuple[Config, bytes | None]:
+    return controller.config, path.read_bytes() if path.exists() else None
+
+
+def assert_unchanged(before: tuple[Config, bytes | None], controller: Controller, path: Path,
+                     workers: FakeWorkers, pushes: int) -> None:
+    assert controller.config is before[0]
+    assert (path.read_bytes() if path.exists() else None) == before[1]
+    assert len(workers.pushes) == pushes
+
+
+def disk(path: Path) -> Config:
+    return load_config(path)
+
+
+def names(config: Config) -> list[str]:
+    return [c.name for c in config.classes]
+
+
+# -- reads --------------------------------------------------------------------------
+def test_list_and_get(env: Any) -> None:
+    client, controller, _, _ = env
+    r = client.get("/classes")
+    assert r.status_code == 200
+    assert [c["name"] for c in r.json()] == ["root", "web", "bulk"]
+    r = client.get("/classes/web")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["rate"] == 20_000_000 and body["ceil"] == 50_000_000 and body["parent"] == "root"
+    assert body["match"]["dport"] == [80, 443] and body["match"]["proto"] == 6
+    assert body == controller.config.class_by_name("web").model_dump(mode="json")
+
+
+def test_get_unknown_is_404_naming_the_class(env: Any) -> None:
+    client = env[0]
+    r = client.get("/classes/nosuch")
+    assert r.status_code == 404
+    (err,) = r.json()["detail"]
+    assert err["loc"] == ["classes", "nosuch"] and "nosuch" in err["msg"]
+
+
+def test_unknown_route_uses_the_error_shape(env: Any) -> None:
+    r = env[0].get("/nothing/here")
+    assert r.status_code == 404
+    assert r.json()["detail"][0]["msg"] == "Not Found"
+
+
+# -- POST ----------------------------------------------------------------------------
+def test_add_class_persists_and_pushes(env: Any) -> None:
+    client, controller, workers, path = env
+    assert not path.exists()  # created on the first change
+    r = client.post("/classes", json={"name": "voip", "parent": "root", "rate": "2mbit", "prio": 0,
+                                      "match": {"dscp": "ef", "proto": "udp"}})
+    assert r.status_code == 201, r.text
+    assert r.headers["location"] == "/classes/voip"
+    assert float(r.headers[APPLY_HEADER]) == pytest.approx(controller.last_apply_s, abs=1e-6)
+    stored = r.json()
+    assert stored["rate"] == 2_000_000 and stored["match"]["dscp"] == 46 and stored["match"]["proto"] == 17
+    on_disk = disk(path)
+    assert on_disk == controller.config
+    assert names(on_disk) == ["root", "web", "bulk", "voip"]
+    assert on_disk.class_by_name("voip").model_dump(mode="json") == stored
+    assert workers.pushes[-1] is controller.config
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_add_existing_is_409_and_changes_nothing(env: Any) -> None:
+    client, controller, workers, path = env
+    client.post("/classes", json={"name": "a", "rate": "1mbit"})
+    before, pushes = snapshot(controller, path), len(workers.pushes)
+    r = client.post("/classes", json={"name": "a", "rate": "2mbit"})
+    assert r.status_code == 409
+    assert r.json()["detail"][0]["loc"] == ["classes", "a", "name"]
+    assert_unchanged(before, controller, path, workers, pushes)
+
+
+INVALID_ADDS = [
+    ({"name": "x", "rate": "5furlongs"}, "rate"),
+    ({"name": "x", "rate": "5mbit", "ceil": "1mbit"}, "ceil"),
+    ({"name": "x", "rate": "5mbit", "parent": "ghost"}, "parent"),
+    ({"name": "x", "rate": "5mbit", "match": {"dst": "198.18.300.0/24"}}, "dst"),
+    ({"name": "x", "rate": "5mbit", "match": {"dport": "70000"}}, "dport"),
+    ({"name": "x", "rate": "5mbit", "match": {"sport": "90-80"}}, "sport"),
+    ({"name": "x", "rate": "5mbit", "prio": 9}, "prio"),
+    ({"name": "x", "rate": "5mbit", "direction": "sideways"}, "direction"),
+    ({"name": "x", "rate": "5mbit", "colour": "blue"}, "colour"),
+    ({"name": "bad name!", "rate": "5mbit"}, "name"),
+    ({"rate": "5mbit"}, "name"),
+    ({"name": "x"}, "rate"),
+    # children's rates over the parent's ceil: root is 100mbit, web+bulk take 30mbit
+    ({"name": "x", "parent": "root", "rate": "80mbit"}, "ceil"),
+    ({"name": "x", "rate": "5mbit", "default": True}, "default"),  # egress already has 'bulk'
+]
+
+
+@pytest.mark.parametrize(("body", "field"), INVALID_ADDS, ids=[f for _, f in INVALID_ADDS])
+def test_add_invalid_is_422_naming_the_field(env: Any, body: dict[str, Any], field: str) -> None:
+    client, controller, workers, path = env
+    client.post("/classes", json={"name": "seed", "rate": "1mbit"})  # so the file exists
+    before, pushes = snapshot(controller, path), len(workers.pushes)
+    r = client.post("/classes", json=body)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert any(field in err["loc"] for err in detail), detail
+    assert all(set(err) == {"loc", "msg"} and err["msg"] for err in detail)
+    assert_unchanged(before, controller, path, workers, pushes)
+
+
+@pytest.mark.parametrize("raw", [b"[1, 2]", b'"web"', b"{not json", b"", b"null"])
+def test_add_body_not_an_object_is_422(env: Any, raw: bytes) -> None:
+    client, controller, workers, path = env
+    before, pushes = snapshot(controller, path), len(workers.pushes)
+    r = client.post("/classes", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"][0] == "body"
+    assert_unchanged(before, controller, path, workers, pushes)
+
+
+def test_lone_surrogate_in_body_is_422_not_500(env: Any) -> None:
+    client, controller, workers, path = env
+    before, pushes = snapshot(controller, path), len(workers.pushes)
+    raw = b'{"name": "x", "rate": "1mbit", "match": {"iif": "eth\\ud800"}}'
+    r = client.post("/classes", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "match", "iif"]
+    assert_unchanged(before, controller, path, workers, pushes)
+
+
+def test_non_ascii_interface_names_are_refused(tmp_path: Path) -> None:
+    """Interface names are at most 15 printable ASCII bytes (a lone surrogate or 'é' is refused by the config)."""
+    for bad in ("eth\ud800", "\u00e9" * 15):
+        with pytest.raises(ConfigError) as exc:
+            make_controller(tmp_path, [{"name": "odd", "direction": "ingress", "rate": "1mbit",
+                                        "match": {"iif": bad}}])
+        assert "iif" in str(exc.value)
+
+
+# -- PATCH ---------------------------------------------------------------------------
+def test_patch_changes_live_and_on_disk(env: Any) -> None:
+    client, controller, workers, path = env
+    r = client.patch("/classes/web", json={"rate": "30mbit", "match": {"dport": 8080}})
+    assert r.status_code == 200, r.text
+    assert APPLY_HEADER in r.headers
+    body = r.json()
+    assert body["rate"] == 30_000_000 and body["ceil"] == 50_000_000
+    assert body["match"]["dport"] == [8080, 8080] and body["match"]["dst"] == "198.18.1.0/24"  # merged
+    assert disk(path).class_by_name("web").rate == 30_000_000
+    assert workers.pushes[-1].class_by_name("web").rate == 30_000_000
+
+
+def test_patch_null_resets_to_default(env: Any) -> None:
+    client, _, _, path = env
+    r = client.patch("/classes/web", json={"ceil": None})
+    assert r.status_code == 200
+    assert r.json()["ceil"] is None
+    assert disk(path).class_by_name("web").effective_ceil == 20_000_000
+
+
+def test_patch_unknown_is_404(env: Any) -> None:
+    client, controller, workers, path = env
+    before, pushes = snapshot(controller, path), len(workers.pushes)
+    r = client.patch("/classes/ghost", json={"rate": "1mbit"})
+    assert r.status_code == 404
+    assert_unchanged(before, controller, path, workers, pushes)
+
+
+@pytest.mark.parametrize(("patch", "field"), [
+    ({"rate": "60mbit"}, "ceil"),  # ceil 50mbit < rate
+    ({"ceil": "nonsense"}, "ceil"),
+    ({"parent": "web"}, "parent"),  # cycle web -> web
+    ({"name": "renamed"}, "name"),
+    ({"match": {"proto": "icmp"}}, "dport"),  # ports need a port protocol
+    ({"unknown": 1}, "unknown"),
+])
+def test_patch_invalid_is_422_and_changes_nothing(env: Any, patch: dict[str, Any], field: str) -> None:
+    client, controller, workers, path = env
+    client.patch("/classes/bulk", json={"prio": 3})  # so the file exists
+    before, pushes = snapshot(controller, path), len(workers.pushes)
+    r = client.patch("/classes/web", json=patch)
+    assert r.status_code == 422, r.text
+    assert any(field in err["loc"] for err in r.json()["detail"]), r.json()
+    assert_unchanged(before, controller, path, workers, pushes)
+
+
+def test_patch_cycle_through_two_classes(env: Any) -> None:
+    client, controller, workers, path = env
+    assert client.post("/classes", json={"name": "a", "rate": "1mbit"}).status_code == 201
+    assert client.post("/classes", json={"name": "b", "parent": "a", "rate": "1mbit"}).status_code == 201
+    before, pushes = snapshot(controller, path), len(workers.pushes)
+    r = client.patch("/classes/a", json={"parent": "b"})
+    assert r.status_code == 422
+    assert "cycle" in r.json()["detail"][0]["msg"]
+    assert_unchanged(before, controller, path, workers, pushes)
+
+
+# -- DELETE --------------------------------------------------------------------------
+def test_delete(env: Any) -> None:
+    client, controller, workers, path = env
+    r = client.delete("/classes/web")
+    assert r.status_code == 204 and r.content == b""
+    assert APPLY_HEADER in r.headers
+    assert names(controller.config) == ["root", "bulk"] == names(disk(path))
+    assert names(workers.pushes[-1]) == ["root", "bulk"]
+    assert client.get("/classes/web").status_code == 404
+
+
+def test_delete_with_children_is_409(env: Any) -> None:
+    client, controller, workers, path = env
+    client.delete("/classes/web")
+    before, pushes = snapshot(controller, path), len(workers.pushes)
+    r = client.delete("/classes/root")
+    assert r.status_code == 409
+    assert "children" in r.json()["detail"][0]["msg"]
+    assert_unchanged(before, controller, path, workers, pushes)
+
+
+def test_delete_unknown_is_404(env: Any) -> None:
+    client, controller, workers, path = env
+    before, pushes = snapshot(controller, path), len(workers.pushes)
+    assert env[0].delete("/classes/ghost").status_code == 404
+    assert_unchanged(before, controller, path, workers, pushes)
+
+
+# -- save failure --------------------------------------------------------------------
+def test_unwritable_config_is_503_and_changes_nothing(tmp_path: Path) -> None:
+    controller, workers, _ = make_controller(tmp_path, BASE)
+    controller.path = tmp_path / "missing-dir" / "imqd.yaml"
+    before = controller.config
+    with TestClient(create_app(controller, token=None, open_reads=True)) as client:
+        r = client.patch("/classes/web", json={"rate": "1mbit"})
+    assert r.status_code == 503
+    assert "config" in r.json()["detail"][0]["loc"]
+    assert controller.config is before and not workers.pushes
+
+
+# -- stats, enabled, health, metrics --------------------------------------------------
+def test_stats(env: Any) -> None:
+    client, _, workers, _ = env
+    workers.counters = {"web": {"bytes": 1500, "packets": 1, "drops": 2, "backlog_packets": 3,
+                                "backlog_bytes": 4500, "borrows": 5, "lends": 0, "direction": "egress"}}
+    body = client.get("/stats").json()
+    assert body["enabled"] is True
+    web = body["classes"]["web"]
+    assert (web["bytes"], web["packets"], web["drops"], web["borrowed"]) == (1500, 1, 2, 5)
+    assert web["backlog"] == {"packets": 3, "bytes": 4500}
+    assert body["classes"]["root"]["bytes"] == 0
+    assert [w["queue"] for w in body["workers"]] == [0, 1]
+    assert body["workers"][0]["malformed"] == 2
+    workers.counters["web"]["bytes"] = 1500 + 125_000  # one megabit later
+    time.sleep(0.05)
+    assert client.get("/stats").json()["classes"]["web"]["rate_bps"] > 0
+
+
+def test_enabled_switch(env: Any) -> None:
+    client, _, workers, _ = env
+    r = client.put("/enabled", json={"enabled": False})
+    assert r.status_code == 200
+    assert r.json() == {"enabled": False, "apply_seconds": 0.0007}
+    assert workers.enabled is False and workers.enables == [False]
+    assert client.get("/enabled").json()["enabled"] is False
+    assert client.get("/stats").json()["enabled"] is False
+    assert client.put("/enabled", json={"enabled": True}).json()["enabled"] is True
+    assert workers.enables == [False, True]
+
+
+@pytest.mark.parametrize("body", [{"enabled": "no"}, {"enabled": 0}, {}, {"enabled": True, "x": 1}])
+def test_enabled_invalid_is_422(env: Any, body: dict[str, Any]) -> None:
+    client, _, workers, _ = env
+    r = client.put("/enabled", json=body)
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"][0] == "body"
+    assert workers.enables == []
+
+
+def test_healthz(env: Any) -> None:
+    client, _, workers, _ = env
+    assert (client.get("/healthz").status_code, client.get("/healthz").json()) == (200, {"healthy": True})
+    workers.is_healthy = False
+    assert (client.get("/healthz").status_code, client.get("/healthz").json()) == (503, {"healthy": False})
+
+
+def test_metrics(env: Any) -> None:
+    client, _, workers, _ = env
+    workers.counters = {"web": {"bytes": 9000, "packets": 6, "drops": 1, "backlog_packets": 2,
+                                "backlog_bytes": 3000, "borrows": 4, "lends": 0}}
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(r.text) for s in fam.samples}
+
+    def cls(metric: str, name: str) -> float:
+        return samples[(metric, (("class", name), ("direction", "egress")))]
+
+    def wrk(metric: str, queue: str) -> float:
+        return samples[(metric, (("cpu", queue), ("queue", queue)))]
+
+    assert cls("imqd_class_bytes_total", "web") == 9000
+    assert cls("imqd_class_drops_total", "web") == 1
+    assert cls("imqd_class_backlog_packets", "web") == 2
+    assert cls("imqd_class_configured_rate_bits_per_second", "web") == 20e6
+    assert cls("imqd_class_configured_ceil_bits_per_second", "root") == 100e6
+    assert wrk("imqd_worker_packets_total", "0") == 100 and wrk("imqd_worker_packets_total", "1") == 50
+    assert wrk("imqd_worker_restarts_total", "0") == 1
+    assert wrk("imqd_worker_held_packets", "0") == 10
+    assert samples[("imqd_enabled", ())] == 1
+    # read at scrape time, not cached
+    workers.counters["web"]["bytes"] = 12000
+    workers.enabled = False
+    text = client.get("/metrics").text
+    assert 'imqd_class_bytes_total{class="web",direction="egress"} 12000.0' in text
+    assert "imqd_enabled 0.0" in text
+    # its own registry: nothing leaks into the process-global one
+    assert REGISTRY.get_sample_value("imqd_enabled") is None
+
+
+def test_two_apps_do_not_share_metrics(tmp_path: Path) -> None:
+    c1, _, _ = make_controller(tmp_path / "a", [{"name": "one", "rate": "1mbit"}])
+    c2, _, _ = make_controller(tmp_path / "b", [{"name": "two", "rate": "1mbit"}])
+    t1 = TestClient(create_app(c1, token=None, open_reads=True)).get("/metrics").text
+    t2 = TestClient(create_app(c2, token=None, open_reads=True)).get("/metrics").text
+    assert 'class="one"' in t1 and 'class="two"' not in t1
+    assert 'class="two"' in t2 and 'class="one"' not in t2
+
+
+def test_docs_and_openapi(env: Any) -> None:
+    client = env[0]
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/classes", "/classes/{name}", "/stats", "/enabled", "/healthz", "/metrics"} <= set(paths)
+    post = paths["/classes"]["post"]
+    assert {"201", "409", "422"} <= set(post["responses"])
+    assert "security" not in post  # no token configured
+
+
+# -- security -------------------------------------------------------------------------
+def secured(tmp_path: Path, open_reads: bool) -> tuple[TestClient, Controller, FakeWorkers, Path]:
+    controller, workers, path = make_controller(tmp_path, BASE)
+    return TestClient(create_app(controller, token=TOKEN, open_reads=open_reads)), controller, workers, path
+
+
+WRITES = [("post", "/classes", {"name": "new", "rate": "1mbit"}), ("patch", "/classes/web", {"rate": "1mbit"}),
+          ("delete", "/classes/web", None), ("put", "/enabled", {"enabled": False})]
+READS = ["/classes", "/classes/web", "/stats", "/enabled", "/metrics"]
+
+
+def call(client: TestClient, method: str, url: str, body: Any, headers: dict[str, str]) -> Any:
+    if body is None:
+        return client.request(method, url, headers=headers)
+    return client.request(method, url, json=body, headers=headers)
+
+
+@pytest.mark.parametrize("open_reads", [True, False])
+@pytest.mark.parametrize(("method", "url", "body"), WRITES)
+def test_writes_need_the_token(tmp_path: Path, open_reads: bool, method: str, url: str, body: Any) -> None:
+    client, controller, workers, path = secured(tmp_path, open_reads)
+    before = snapshot(controller, path)
+    for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": f"Basic {TOKEN}"},
+                    {"Authorization": f"Bearer {TOKEN}x"}):
+        r = call(client, method, url, body, headers)
+        assert r.status_code == 401, (headers, r.text)
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert r.json()["detail"][0]["loc"] == ["header", "Authorization"]
+    assert_unchanged(before, controller, path, workers, 0)
+    assert workers.enables == []
+    r = call(client, method, url, body, {"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code in (200, 201, 204), r.text
+
+
+@pytest.mark.parametrize("url", READS)
+def test_reads_open_only_when_asked(tmp_path: Path, url: str) -> None:
+    closed = secured(tmp_path / "closed", open_reads=False)[0]
+    assert closed.get(url).status_code == 401
+    assert closed.get(url, headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert closed.get(url, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    opened = secured(tmp_path / "open", open_reads=True)[0]
+    assert opened.get(url).status_code == 200
+
+
+def test_healthz_and_docs_stay_open(tmp_path: Path) -> None:
+    client = secured(tmp_path, open_reads=False)[0]
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert spec["paths"]["/classes"]["post"]["security"] == [{"HTTPBearer": []}]
+    assert spec["paths"]["/classes"]["get"]["security"] == [{"HTTPBearer": []}]
+    assert "security" not in spec["paths"]["/healthz"]["get"]
+
+
+def test_token_compared_in_constant_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        seen.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    client = secured(tmp_path, open_reads=False)[0]
+    assert client.get("/classes", headers={"Authorization": "Bearer guess"}).status_code == 401
+    assert seen == [(b"guess", TOKEN.encode())]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(guess=st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7e), min_size=1, max_size=40))
+def test_no_other_token_is_accepted(tmp_path: Path, guess: str) -> None:
+    client = secured(tmp_path, open_reads=False)[0]
+    r = client.get("/enabled", headers={"Authorization": f"Bearer {guess}"})
+    assert r.status_code == (200 if guess == TOKEN else 401)
+
+
+# -- body size ---------------------------------------------------------------------------
+@pytest.fixture
+def small(tmp_path: Path) -> tuple[TestClient, Controller, FakeWorkers, Path]:
+    controller, workers, path = make_controller(tmp_path, BASE)
+    return TestClient(create_app(controller, token=None, open_reads=True, max_body=1024)), controller, workers, path
+
+
+def padded(size: int) -> bytes:
+    """A valid class body of exactly ``size`` bytes (JSON allows trailing blanks)."""
+    raw = json.dumps({"name": "pad", "rate": "1mbit"}).encode()
+    return raw + b" " * (size - len(raw))
+
+
+def test_body_at_the_limit_is_accepted(small: Any) -> None:
+    client = small[0]
+    r = client.post("/classes", content=padded(1024), headers={"content-type": "application/json"})
+    assert r.status_code == 201, r.text
+
+
+def test_body_over_the_limit_by_content_length_is_413(small: Any) -> None:
+    client, controller, workers, path = small
+    before = snapshot(controller, path)
+    r = client.post("/classes", content=padded(1025), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert r.json()["detail"][0]["loc"] == ["body"]
+    assert_unchanged(before, controller, path, workers, 0)
+
+
+def test_streamed_body_over_the_limit_is_413(small: Any) -> None:
+    client, controller, workers, path = small
+    before = snapshot(controller, path)
+    sent: list[int] = []
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: chunked transfer encoding
+        for _ in range(100):
+            sent.append(1)
+            yield b" " * 100
+
+    r = client.post("/classes", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert_unchanged(before, controller, path, workers, 0)
+
+
+def test_lying_content_length_is_caught_on_the_stream(small: Any) -> None:
+    """A small Content-Length with a bigger body is cut off by counting received bytes."""
+    from imqd.api import BodyLimit
+
+    received: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover - must not be reached
+        received.append(scope)
+
+    limit = BodyLimit(app, max_body=10)
+    messages = [{"type": "http.request", "body": b"x" * 8, "more_body": True},
+                {"type": "http.request", "body": b"x" * 8, "more_body": False}]
+    out: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(msg: dict[str, Any]) -> None:
+        out.append(msg)
+
+    import anyio
+
+    scope = {"type": "http", "method": "POST", "path": "/classes", "headers": [(b"content-length", b"5")]}
+    anyio.run(limit, scope, receive, send)
+    assert not received
+    assert out[0]["status"] == 413
+
+
+# -- concurrency -----------------------------------------------------------------------
+def test_50_parallel_patches_lose_no_update(tmp_path: Path) -> None:
+    classes = [{"name": f"c{i}", "rate": "1mbit"} for i in range(50)]
+    controller, workers, path = make_controller(tmp_path, classes, push_delay=0.002)
+    want = {f"c{i}": (i + 2) * 1_000_000 for i in range(50)}
+    barrier = threading.Barrier(50)
+    with TestClient(create_app(controller, token=None, open_reads=True)) as client:
+
+        def patch(name: str) -> int:
+            barrier.wait()
+            return client.patch(f"/classes/{name}", json={"rate": want[name]}).status_code
+
+        with ThreadPoolExecutor(max_workers=50) as pool:
+            statuses = list(pool.map(patch, want))
+    assert statuses == [200] * 50
+    assert {c.name: c.rate for c in controller.config.classes} == want
+    assert {c.name: c.rate for c in disk(path).classes} == want
+    assert len(workers.pushes) == 50
+    # every pushed version builds on the previous one: each has one more changed class
+    changed = [sum(c.rate != 1_000_000 for c in cfg.classes) for cfg in workers.pushes]
+    assert changed == list(range(1, 51))
