@@ -45,12 +45,13 @@ class ImqdInstance:
     """A running ``imqd run`` in the router namespace of ``topo`` (a context manager)."""
 
     def __init__(self, topo: Topology, config: dict[str, Any] | None, *, queues: str = "0:1",
-                 extra_args: Sequence[str] = (), api: str = API_ADDR, apply_rules: bool = True) -> None:
+                 extra_args: Sequence[str] = (), api: str = API_ADDR, apply_rules: bool = True,
+                 config_path: Path | None = None) -> None:
         self.topo = topo
         self.queues = queues
         self.api = api
         self._dir = tempfile.mkdtemp(prefix="imqd-lab-")
-        self.config_path = Path(self._dir) / "imqd.yaml"
+        self.config_path = config_path or Path(self._dir) / "imqd.yaml"
         if config is not None:
             self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.log_path = Path(self._dir) / "imqd.log"
