@@ -214,7 +214,14 @@ def serve_api(controller: Any, api: tuple[str, int], *, token: str | None, open_
 
     app = create_app(controller, token=token, open_reads=open_stats or is_loopback(api[0]))
     server = uvicorn.Server(uvicorn.Config(app, host=api[0], port=api[1], log_level="warning", access_log=False))
-    server.run()  # handles SIGINT/SIGTERM by returning
+    # uvicorn captures SIGINT/SIGTERM while serving, and re-raises them with the handlers that were in
+    # place before once it has shut down.  Install harmless handlers first, so that re-raise returns
+    # here and the caller's cleanup (release held packets, remove rules) runs.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    server.run()
+    if not server.started:
+        raise CliError(f"--api {api[0]}:{api[1]}: the API server could not start (address in use?)")
 
 
 def is_loopback(host: str) -> bool:
