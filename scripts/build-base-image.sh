@@ -16,6 +16,13 @@
 #     which saves ~40 MB.
 #   * debootstrap leaves the host's /etc/resolv.conf and hostname in the tree; the
 #     runtime bind-mounts its own, so we empty them rather than bake the host's in.
+#   * This machine reaches PyPI through a TLS-intercepting egress proxy whose CA is only
+#     in the host's trust store (/usr/local/share/ca-certificates), so pip inside the
+#     build fails with CERTIFICATE_VERIFY_FAILED. We copy the host's local CAs and its CA
+#     bundle into the base image and point pip at the bundle (/etc/pip.conf); apt's
+#     ca-certificates package later re-creates the bundle including those CAs. Official
+#     debian:bookworm-slim builds are unaffected (the Dockerfile has nothing of this).
+#     Env IMQD_BASE_CA_DIR (default /usr/local/share/ca-certificates; empty: skip).
 #   * `podman import` gives an image with no CMD/ENV; we set PATH and CMD like the
 #     official image so `podman run IMAGE` behaves the same.
 set -eu
@@ -24,21 +31,30 @@ IMAGE=${1:-localhost/imqd-base:bookworm}
 MIRROR=${IMQD_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PODMAN=${PODMAN:-podman}
 
-if [ "${IMQD_BASE_REBUILD:-0}" != 1 ] && $PODMAN image exists "$IMAGE"; then
-    echo "build-base-image: $IMAGE already exists"
-    exit 0
+if [ "$(id -u)" -ne 0 ]; then
+    echo "build-base-image: must run as root (debootstrap)" >&2
+    exit 1
+fi
+command -v debootstrap >/dev/null || { echo "build-base-image: debootstrap missing (scripts/podman-setup.sh)" >&2; exit 1; }
+
+OLD_ID=""
+if $PODMAN image exists "$IMAGE"; then
+    if [ "${IMQD_BASE_REBUILD:-0}" != 1 ]; then
+        echo "build-base-image: $IMAGE already exists"
+        exit 0
+    fi
+    OLD_ID=$($PODMAN image inspect --format '{{.Id}}' "$IMAGE")
 fi
 
 ROOT=$(mktemp -d /var/tmp/imqd-base.XXXXXX)
-trap 'rm -rf "$ROOT"' EXIT INT TERM
+trap 'rm -rf "$ROOT" "$ROOT.log"' EXIT
+trap 'exit 130' INT TERM
 
 echo "build-base-image: debootstrap bookworm into $ROOT (from $MIRROR)"
 debootstrap --variant=minbase bookworm "$ROOT" "$MIRROR" >"$ROOT.log" 2>&1 || {
     tail -n 30 "$ROOT.log" >&2
-    rm -f "$ROOT.log"
     exit 1
 }
-rm -f "$ROOT.log"
 
 # Slim it down like debian:*-slim: apt lists and caches, docs, man pages, locales.
 rm -rf "$ROOT"/var/lib/apt/lists/* "$ROOT"/var/cache/apt/*.bin \
@@ -59,6 +75,14 @@ APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/a
 Dir::Cache::pkgcache "";
 Dir::Cache::srcpkgcache "";
 EOF
+CA_DIR=${IMQD_BASE_CA_DIR-/usr/local/share/ca-certificates}
+if [ -n "$CA_DIR" ] && ls "$CA_DIR"/*.crt >/dev/null 2>&1; then
+    mkdir -p "$ROOT/usr/local/share/ca-certificates" "$ROOT/etc/ssl/certs"
+    cp "$CA_DIR"/*.crt "$ROOT/usr/local/share/ca-certificates/"
+    cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/ca-certificates.crt"
+    printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' >"$ROOT/etc/pip.conf"
+    echo "build-base-image: trusting the host's local CAs from $CA_DIR (pip: /etc/pip.conf)"
+fi
 : >"$ROOT/etc/resolv.conf"
 : >"$ROOT/etc/hostname"
 
@@ -67,4 +91,8 @@ tar --numeric-owner -C "$ROOT" -c . | $PODMAN import --quiet \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'CMD ["bash"]' \
     - "$IMAGE" >/dev/null
+if [ -n "$OLD_ID" ]; then
+    # The replaced image is now untagged; drop it unless images built on it still use it.
+    $PODMAN rmi "$OLD_ID" >/dev/null 2>&1 || true
+fi
 echo "build-base-image: done: $($PODMAN image inspect --format '{{.Size}}' "$IMAGE") bytes"

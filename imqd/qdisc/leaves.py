@@ -16,6 +16,7 @@ and ``take_dropped() -> list[QueuedPacket]`` (packets it dropped inside
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
@@ -71,6 +72,16 @@ LeafChanger = Callable[[Any, LeafSpec], "list[QueuedPacket]"]
 _FACTORIES: dict[str, LeafFactory] = {}
 _CHANGERS: dict[str, LeafChanger] = {}
 
+# Kinds whose module registers them on import.  Imported on first use, so a
+# config naming them works without every caller importing every leaf module
+# (and the modules may import this one without a cycle).
+_LAZY_MODULES: dict[str, str] = {
+    "fq_codel": "imqd.qdisc.fq_codel",
+    "sfq": "imqd.qdisc.sfq",
+    "perhost": "imqd.qdisc.perhost",
+    "delay": "imqd.qdisc.netem",
+}
+
 
 def register_leaf(kind: str, factory: LeafFactory, changer: LeafChanger | None = None, *, replace: bool = False) -> None:
     """Make ``kind`` available to :func:`make_leaf`.
@@ -93,14 +104,26 @@ def register_leaf(kind: str, factory: LeafFactory, changer: LeafChanger | None =
 
 
 def leaf_kinds() -> list[str]:
-    return sorted(_FACTORIES)
+    """Every kind :func:`make_leaf` accepts (registered, or registered by a module loaded on demand)."""
+    return sorted(set(_FACTORIES) | set(_LAZY_MODULES))
+
+
+def _factory(kind: str) -> LeafFactory | None:
+    factory = _FACTORIES.get(kind)
+    if factory is None and kind in _LAZY_MODULES:
+        try:
+            importlib.import_module(_LAZY_MODULES[kind])
+        except ImportError:
+            return None
+        factory = _FACTORIES.get(kind)
+    return factory
 
 
 def make_leaf(spec: LeafSpec) -> Qdisc:
     """Build the qdisc ``spec`` describes; ``ValueError`` names the kind and the bad parameter."""
     if not isinstance(spec, LeafSpec):
         raise ValueError(f"leaf: expected a LeafSpec, got {spec!r}")
-    factory = _FACTORIES.get(spec.kind)
+    factory = _factory(spec.kind)
     if factory is None:
         raise ValueError(f"leaf: unknown kind {spec.kind!r} (known: {', '.join(leaf_kinds())})")
     try:

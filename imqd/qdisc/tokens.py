@@ -19,6 +19,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import MutableSequence, Protocol
 
 FIELDS_PER_SLOT = 3  # tokens, ctokens, t_c
+_UNLOCKED = nullcontext()  # reusable: a private store's "lock" costs no allocation per packet
 
 
 class TokenStore(Protocol):
@@ -52,7 +53,7 @@ class LocalTokenStore:
             self.values.extend([math.nan] * missing)  # type: ignore[attr-defined]
 
     def locked(self) -> AbstractContextManager[object]:
-        return nullcontext()
+        return _UNLOCKED
 
     def reset(self, slot: int) -> None:
         self.ensure(slot + 1)

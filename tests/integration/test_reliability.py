@@ -94,6 +94,8 @@ def test_sigterm_releases_every_held_packet(topology: Topology) -> None:
         held = sum(w["held"] for w in imqd.stats()["workers"])
         assert held > 200, f"a 1 mbit class should be holding most of 400 kB: {held}"
         assert imqd.stop() == 0
+        rules = topo.exec(topo.router_ns, ["iptables-save"]).stdout
+        assert "NFQUEUE" not in rules and "IMQD" not in rules, "--apply-rules removes its rules at exit"
     received = int(sink.stdout.readline())
     assert received == 400, f"SIGTERM must accept every held packet: received {received} of 400"
 
