@@ -9,8 +9,6 @@ The REST API and the CLI are thin layers over this class.
 from __future__ import annotations
 
 import threading
-import time
-from collections import deque
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,24 +35,6 @@ class Workers(Protocol):
     def class_stats(self) -> dict[str, dict[str, Any]]: ...
 
 
-class RateMeter:
-    """Turns cumulative byte counters into bit/s over roughly the last second."""
-
-    def __init__(self, window: float = 1.0) -> None:
-        self.window = window
-        self._samples: deque[tuple[float, dict[str, int]]] = deque()
-
-    def update(self, now: float, counters: dict[str, int]) -> dict[str, float]:
-        self._samples.append((now, dict(counters)))
-        while len(self._samples) > 2 and now - self._samples[1][0] >= self.window:
-            self._samples.popleft()
-        t0, old = self._samples[0]
-        dt = now - t0
-        if dt <= 0:
-            return {name: 0.0 for name in counters}
-        return {name: max(0.0, (value - old.get(name, value)) * 8 / dt) for name, value in counters.items()}
-
-
 class Controller:
     """Serialises changes: validate -> persist -> apply to all workers."""
 
@@ -63,8 +43,6 @@ class Controller:
         self.path = path
         self.workers = workers
         self._lock = threading.Lock()
-        self._meter = RateMeter()
-        self._stats_lock = threading.Lock()  # /stats and /metrics run in threadpool threads
         self.last_apply_s: float | None = None
 
     # -- changes -------------------------------------------------------------
@@ -109,8 +87,6 @@ class Controller:
 
     def stats(self) -> dict[str, Any]:
         per_class = self.workers.class_stats()
-        with self._stats_lock:
-            rates = self._meter.update(time.monotonic(), {n: s["bytes"] for n, s in per_class.items()})
         classes = {}
         for cls in self.config.classes:
             st = per_class.get(cls.name, {})
@@ -120,7 +96,7 @@ class Controller:
                 "packets": st.get("packets", 0),
                 "drops": st.get("drops", 0),
                 "backlog": {"packets": st.get("backlog_packets", 0), "bytes": st.get("backlog_bytes", 0)},
-                "rate_bps": round(rates.get(cls.name, 0.0)),
+                "rate_bps": round(st.get("rate_bps", 0.0)),
                 "borrowed": st.get("borrows", 0),
                 "lends": st.get("lends", 0),
             }

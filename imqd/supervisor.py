@@ -20,6 +20,7 @@ import multiprocessing as mp
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -35,6 +36,7 @@ APPLY_TIMEOUT_S = 2.0
 CRASH_WINDOW_S = 10.0
 CRASH_LOOP_COUNT = 5
 MAX_BACKOFF_S = 5.0
+RATE_WINDOW_S = 1.0
 SUMMED_CLASS_COUNTERS = ("bytes", "packets", "drops", "backlog_packets", "backlog_bytes", "borrows", "lends")
 
 
@@ -60,8 +62,28 @@ class WorkerSlot:
     stats: dict[str, Any] = field(default_factory=dict)
     fatal: str | None = None
     lost_on_crash: int = 0
+    history: deque[tuple[float, dict[str, int]]] = field(default_factory=deque)  # (worker time, class bytes)
+    rates: dict[str, float] = field(default_factory=dict)  # class -> bit/s over the last second
     died_at: float | None = None
     last_restart_s: float | None = None  # from death noticed to the new worker bound
+
+
+def class_rates(history: deque[tuple[float, dict[str, int]]], stats: dict[str, Any],
+                window: float = RATE_WINDOW_S) -> dict[str, float]:
+    """Per-class bit/s over about the last ``window`` seconds, from a worker's successive reports.
+
+    Uses the worker's own report times (not when the API was asked), so a report
+    that arrives late does not distort the rate.
+    """
+    now = float(stats.get("time", 0.0))
+    sample = {name: int(st.get("bytes", 0)) for name, st in (stats.get("classes") or {}).items()}
+    history.append((now, sample))
+    while len(history) > 2 and now - history[1][0] >= window:
+        history.popleft()
+    t0, old = history[0]
+    if now <= t0:
+        return {name: 0.0 for name in sample}
+    return {name: max(0.0, (b - old.get(name, b)) * 8 / (now - t0)) for name, b in sample.items()}
 
 
 class SlotMap:
@@ -263,6 +285,7 @@ class Supervisor:
                 w.applied = max(w.applied, msg[1])
             elif kind == "stats":
                 w.stats = msg[1]
+                w.rates = class_rates(w.history, msg[1])
                 w.applied = max(w.applied, msg[1].get("version", -1))
             elif kind == "fatal":
                 w.fatal = msg[1]
@@ -329,5 +352,6 @@ class Supervisor:
                 agg = out.setdefault(name, dict.fromkeys(SUMMED_CLASS_COUNTERS, 0))
                 for key in SUMMED_CLASS_COUNTERS:
                     agg[key] += int(st.get(key, 0) or 0)
+                agg["rate_bps"] = agg.get("rate_bps", 0.0) + w.rates.get(name, 0.0)
                 agg["direction"] = st.get("direction")
         return out
