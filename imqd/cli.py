@@ -178,7 +178,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not has_net_admin():
         raise CliError("imqd run needs CAP_NET_ADMIN (NFQUEUE and iptables): run as root or grant the capability")
     first, last = args.queues
-    sup = Supervisor(list(range(first, last + 1)), config, max_len=args.max_len, copy_range=args.copy_range)
+    sup = Supervisor(list(range(first, last + 1)), config, max_len=kernel_queue_len(config, args.max_len),
+                     copy_range=args.copy_range)
     stop = threading.Event()
     try:
         sup.start()
@@ -205,6 +206,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"imqd: removing rules failed: {exc}", file=sys.stderr)
         sup.stop()
     return 0
+
+
+def kernel_queue_len(config: Config, requested: int) -> int:
+    """The kernel queue must hold every packet a worker may hold: all leaf limits plus some slack."""
+    held = sum(c.limit for c in config.classes if config.is_leaf(c.name))
+    return max(requested, held + 1024)
 
 
 def serve_api(controller: Any, api: tuple[str, int], *, token: str | None, open_stats: bool) -> None:

@@ -1,0 +1,57 @@
+"""CLI argument handling that needs no root: flags are checked and named, configs validated."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from imqd.cli import host_port_arg, kernel_queue_len, main
+from imqd.config import parse_config
+
+
+def test_api_address_parsing() -> None:
+    assert host_port_arg("127.0.0.1:8000") == ("127.0.0.1", 8000)
+    assert host_port_arg("[::1]:9000") == ("::1", 9000)
+    assert host_port_arg("none") is None
+    for bad in ("8000", "host:", "host:x", "host:70000"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--api"):
+            host_port_arg(bad)
+
+
+def test_kernel_queue_holds_every_leaf_limit() -> None:
+    cfg = parse_config({"classes": [{"name": "p", "rate": "10mbit"},
+                                    {"name": "a", "parent": "p", "rate": "5mbit", "limit": 30000},
+                                    {"name": "b", "parent": "p", "rate": "5mbit", "limit": 5000}]})
+    assert kernel_queue_len(cfg, 100) == 35000 + 1024, "inner classes hold nothing"
+    assert kernel_queue_len(parse_config({"classes": []}), 20000) == 20000
+
+
+def test_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("classes:\n  - {name: a, rate: 1mbit}\n")
+    assert main(["check-config", str(good)]) == 0
+    assert "OK (1 classes)" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("classes:\n  - {name: a, rate: 1mbit, ceil: 1kbit}\n")
+    assert main(["check-config", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("imqd: invalid config") and "classes.a.ceil" in err
+
+
+def test_half_written_config_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "imqd.yaml"
+    path.write_text("classes:\n  - {name: a, rate: 1mb")
+    assert main(["check-config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert str(path) in err and "Traceback" not in err
+
+
+def test_rules_apply_needs_queues(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IMQD_QUEUES", raising=False)
+    assert main(["rules", "apply"]) == 1
+    assert "--queues is required" in capsys.readouterr().err
+    monkeypatch.setenv("IMQD_QUEUES", "9:1")
+    assert main(["rules", "apply"]) == 1
+    assert "IMQD_QUEUES" in capsys.readouterr().err
