@@ -133,10 +133,20 @@ class QueueWorker:
                 pass
 
     def _release(self, now: float) -> None:
-        pkts = self.shaper.release(now)
+        shaper = self.shaper
+        pkts = shaper.release(now)
         for p in pkts:
             p.handle.accept()
         self.counters.accepted += len(pkts)
+        self._drop_all(shaper.take_dropped())
+
+    def _drop_all(self, pkts: list[QueuedPacket]) -> None:
+        for p in pkts:
+            try:
+                p.handle.drop()
+            except Exception:
+                self.counters.errors += 1
+        self.counters.dropped += len(pkts)
 
     def _accept_all(self, pkts: list[QueuedPacket]) -> None:
         for p in pkts:
@@ -230,6 +240,7 @@ class QueueWorker:
                 self._send(("error", version, f"{type(exc).__name__}: {exc}"))
                 return
             self._accept_all(released)
+            self._drop_all(self.shaper.take_dropped())
             self._send(("applied", version))
         elif kind == "enabled":
             self._accept_all(self.shaper.set_enabled(bool(msg[1])))

@@ -148,6 +148,18 @@ class Shaper:
                 pkt = dequeue(now)
         return out
 
+    def take_dropped(self) -> list[QueuedPacket]:
+        """Packets the schedulers dropped outside enqueue (AQM in dequeue, a shrunk or replaced leaf).
+
+        The caller must give each of them a drop verdict.
+        """
+        out: list[QueuedPacket] = []
+        for tree in self.trees.values():
+            if tree is not None:
+                out.extend(tree.htb.take_dropped())
+        self.dropped += len(out)
+        return out
+
     def next_event(self, now: float) -> float | None:
         """When the next packet may be released (the worker's watchdog), or None."""
         best: float | None = None

@@ -156,3 +156,33 @@ def test_disable_releases_held_packets_in_order() -> None:
 def test_bind_error_message_names_the_queue() -> None:
     msg = describe_bind_error(7, OSError("Failed to create queue 7"))
     assert msg.startswith("queue 7:") and "\n" not in msg
+
+
+def test_live_change_that_shrinks_a_queue_drops_with_verdicts_and_keeps_the_rest() -> None:
+    worker, clock = make_worker([{"name": "a", "rate": "1mbit", "burst": 1600, "limit": 50, "default": True}])
+    pkts = [FakePacket(tcp(1400)) for _ in range(20)]
+    for p in pkts:
+        worker._on_packet(p)
+    held = worker.shaper.held
+    assert held >= 18
+    cfg = {"classes": [{"name": "a", "rate": "1mbit", "burst": 1600, "limit": 5, "default": True}]}
+    worker.handle_message(("config", 2, cfg, {}, True))
+    assert worker.shaper.held == 5 and worker.shaper.version == 2
+    dropped = [p for p in pkts if p.verdicts == ["drop"]]
+    assert len(dropped) == held - 5
+    for _ in range(20):
+        clock.now += 0.05
+        worker._release(clock.now)
+    assert all(len(p.verdicts) == 1 for p in pkts), "every packet got exactly one verdict"
+
+
+def test_removed_class_moves_its_packets_to_the_default_class() -> None:
+    worker, clock = make_worker([{"name": "a", "rate": "1mbit", "burst": 1600, "match": {"proto": "tcp"}},
+                                 {"name": "rest", "rate": "1mbit", "default": True}])
+    pkts = [FakePacket(tcp(1400)) for _ in range(10)]
+    for p in pkts:
+        worker._on_packet(p)
+    held = worker.shaper.held
+    worker.handle_message(("config", 2, {"classes": [{"name": "rest", "rate": "1mbit", "default": True}]}, {}, True))
+    assert worker.shaper.held == held, "no packet lost or released early"
+    assert worker.shaper.class_stats()["rest"]["backlog_packets"] == held
