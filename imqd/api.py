@@ -337,8 +337,19 @@ class StatsCollector:
             "conf_ceil": GaugeMetricFamily("imqd_class_configured_ceil_bits_per_second",
                                            "configured ceiling", labels=labels),
         }
+        leaf_gauges = {key: GaugeMetricFamily(f"imqd_class_{key}", doc, labels=labels) for key, doc in (
+            ("codel_drops", "packets dropped by CoDel (fq_codel leaves)"),
+            ("max_sojourn", "longest queueing delay seen now, seconds (fq_codel leaves)"),
+            ("active_hosts", "hosts with a sub-queue now (per_host leaves)"),
+            ("loss_drops", "packets dropped by loss emulation"))}
         config = self.controller.config
         for name, c in classes.items():
+            leaves = c.get("qdisc") or ()
+            for key, fam in leaf_gauges.items():
+                values = [float(leaf[key] or 0) for leaf in leaves if key in leaf]
+                if values:  # one series per class: workers summed, the longest sojourn taken
+                    fam.add_metric([str(name), str(c.get("direction", ""))],
+                                   max(values) if key == "max_sojourn" else sum(values))
             lv = [str(name), str(c.get("direction", ""))]
             for key, fam in counters.items():
                 fam.add_metric(lv, float(c.get(key) or 0))
@@ -352,6 +363,7 @@ class StatsCollector:
                 gauges["conf_ceil"].add_metric(lv, float(spec.effective_ceil))
         yield from counters.values()
         yield from gauges.values()
+        yield from leaf_gauges.values()
 
     @staticmethod
     def _workers(workers: list[dict[str, Any]]) -> Iterable[Metric]:

@@ -42,11 +42,13 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from imqd.packet import PORT_PROTOS
-from imqd.units import format_rate, format_size, parse_rate, parse_size
+from imqd.units import format_rate, format_size, parse_rate, parse_size, parse_time
 
 __all__ = [
     "ConfigError",
     "MatchSpec",
+    "QdiscSpec",
+    "PerHostSpec",
     "ClassSpec",
     "Config",
     "Direction",
@@ -282,6 +284,88 @@ class MatchSpec(BaseModel):
     oif: Annotated[str | None, BeforeValidator(_parse_ifname)] = None
 
 
+def _opt_time(v: Any) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        raise ValueError(f"invalid time {v!r}")
+    return parse_time(v)
+
+
+def _rate_or_zero(v: Any) -> int:
+    """A per-host rate: a tc rate, or 0 for "an equal share of the class among active hosts"."""
+    if v in (0, "0"):
+        return 0
+    return parse_rate(v)
+
+
+OptTime = Annotated[float | None, BeforeValidator(_opt_time)]
+LEAF_KINDS = ("fifo", "sfq", "fq_codel")
+
+
+class QdiscSpec(BaseModel):
+    """The leaf queue of a class (default: a tail-drop FIFO of ``limit`` packets).
+
+    ``sfq`` and ``fq_codel`` queue each flow (5-tuple hash) separately and serve
+    them by DRR; ``fq_codel`` adds CoDel (RFC 8290) per flow.  ``limit`` here is
+    the leaf's packet limit (the class's ``limit`` is used when it is not given).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["fifo", "sfq", "fq_codel"] = "fifo"
+    target: OptTime = Field(default=None, description="fq_codel: acceptable standing delay, e.g. 5ms")
+    interval: OptTime = Field(default=None, description="fq_codel: CoDel interval, e.g. 100ms")
+    flows: int | None = Field(default=None, ge=1, le=65536, strict=True)
+    quantum: OptSize = None
+    limit: int | None = Field(default=None, ge=1, strict=True)
+
+    @model_validator(mode="after")
+    def _check(self) -> QdiscSpec:
+        if self.kind != "fq_codel":
+            for f in ("target", "interval"):
+                if getattr(self, f) is not None:
+                    raise ValueError(f"{f} is an fq_codel setting, not one of {self.kind}")
+        if self.kind == "fifo" and (self.flows is not None or self.quantum is not None):
+            raise ValueError("flows and quantum need a flow-queueing kind (sfq or fq_codel)")
+        for f in ("target", "interval"):
+            v = getattr(self, f)
+            if v is not None and v <= 0:
+                raise ValueError(f"{f} must be above 0")
+        return self
+
+
+class PerHostSpec(BaseModel):
+    """PCQ / dummynet masks: one sub-queue per host address, created on its first packet.
+
+    Each host gets ``rate`` (and may use up to ``ceil``); ``rate: 0`` means an
+    equal share of what the class gets, among the hosts active now.  Hosts idle
+    for ``idle_timeout`` are forgotten.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: Literal["src", "dst"] = "dst"
+    prefix: int = Field(default=32, ge=0, le=32, strict=True)
+    prefix6: int = Field(default=64, ge=0, le=128, strict=True)
+    rate: Annotated[int, BeforeValidator(_rate_or_zero)] = 0
+    ceil: OptRate = None
+    burst: OptSize = None
+    limit: int = Field(default=100, ge=1, strict=True)
+    total_limit: int = Field(default=10240, ge=1, strict=True)
+    idle_timeout: Annotated[float, BeforeValidator(_opt_time)] = 60.0
+
+    @model_validator(mode="after")
+    def _check(self) -> PerHostSpec:
+        if self.ceil is not None and self.ceil < self.rate:
+            raise ValueError(f"per_host ceil {format_rate(self.ceil)} is below its rate {format_rate(self.rate)}")
+        if self.ceil is not None and self.rate == 0:
+            raise ValueError("per_host ceil needs a per-host rate (rate 0 means an equal share)")
+        if self.idle_timeout <= 0:
+            raise ValueError("idle_timeout must be above 0")
+        return self
+
+
 class ClassSpec(BaseModel):
     """One HTB class.  Rules within the class (ceil >= rate, ...) are checked here, tree rules by ``Config``."""
 
@@ -301,6 +385,12 @@ class ClassSpec(BaseModel):
     overhead: int | None = Field(default=None, ge=0, le=MAX_OVERHEAD, strict=True)
     default: bool = Field(default=False, strict=True)
     match: MatchSpec | None = None
+    qdisc: QdiscSpec | None = None
+    per_host: PerHostSpec | None = None
+    delay: OptTime = Field(default=None, description="added delay, e.g. 20ms (netem / dummynet delay)")
+    jitter: OptTime = Field(default=None, description="random extra delay up to this, e.g. 5ms")
+    loss: float | None = Field(default=None, ge=0, le=100, description="percent of packets dropped at random")
+    reorder: bool = Field(default=False, strict=True, description="with jitter: let packets overtake each other")
 
     @model_validator(mode="after")
     def _check_class(self) -> ClassSpec:
@@ -341,6 +431,17 @@ def _class_errors(c: ClassSpec) -> list[tuple[tuple[Any, ...], str]]:
     errs: list[tuple[tuple[Any, ...], str]] = []
     if c.ceil is not None and c.ceil < c.rate:
         errs.append((("ceil",), f"ceil {format_rate(c.ceil)} is below rate {format_rate(c.rate)}"))
+    emulates = c.delay is not None or c.jitter is not None or c.loss is not None
+    if emulates and c.qdisc is not None and c.qdisc.kind != "fifo":
+        errs.append((("qdisc",), "delay/jitter/loss emulation replaces the leaf queue: it cannot be combined "
+                                  f"with qdisc {c.qdisc.kind}"))
+    if emulates and c.per_host is not None:
+        errs.append((("per_host",), "delay/jitter/loss emulation cannot be combined with per_host"))
+    if c.per_host is not None and c.qdisc is not None and c.qdisc.kind != "fifo":
+        errs.append((("qdisc",), f"per_host queues each host itself: it cannot be combined with qdisc "
+                                  f"{c.qdisc.kind}"))
+    if c.reorder and not c.jitter:
+        errs.append((("reorder",), "reorder only has an effect with jitter"))
     m = c.match
     if m is None:
         return errs
@@ -697,6 +798,40 @@ def class_to_data(c: ClassSpec) -> dict[str, Any]:
             v = format_size(v)
         elif field == "match":
             v = _match_out(v)
+        elif field in ("qdisc", "per_host"):
+            v = _options_out(v)
+        elif field in _TIME_FIELDS:
+            v = format_time(v)
+        elif field == "reorder" and not v:
+            continue
+        out[field] = v
+    return out
+
+
+_TIME_FIELDS = frozenset(("delay", "jitter", "target", "interval", "idle_timeout"))
+
+
+def format_time(seconds: float) -> str:
+    """Readable seconds that parse_time reads back exactly (ms when whole, else s)."""
+    for unit, scale in (("s", 1), ("ms", 1000), ("us", 1_000_000)):
+        v = round(seconds * scale, 6)
+        if v == int(v) and parse_time(f"{int(v)}{unit}") == seconds:
+            return f"{int(v)}{unit}"
+    return repr(seconds)
+
+
+def _options_out(m: BaseModel) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field in type(m).model_fields:
+        v = getattr(m, field)
+        if v is None:
+            continue
+        if field in _RATE_FIELDS:
+            v = format_rate(v) if v else 0
+        elif field in _SIZE_FIELDS:
+            v = format_size(v)
+        elif field in _TIME_FIELDS:
+            v = format_time(v)
         out[field] = v
     return out
 

@@ -100,5 +100,7 @@ class Controller:
                 "borrowed": st.get("borrows", 0),
                 "lends": st.get("lends", 0),
             }
+            if "qdisc" in st:
+                classes[cls.name]["qdisc"] = st["qdisc"]
         return {"enabled": self.workers.enabled, "classes": classes, "workers": self.workers.worker_stats(),
                 "last_apply_seconds": self.last_apply_s}

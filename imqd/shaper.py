@@ -34,10 +34,35 @@ QUEUED = 1  # held by the scheduler: released later by release()
 
 def leaf_spec_for(cls: ClassSpec) -> LeafSpec:
     """The leaf qdisc a config class asks for (a tail-drop FIFO unless told otherwise)."""
-    params: dict[str, Any] = {"limit_packets": cls.limit}
-    if cls.limit_bytes is not None:
-        params["limit_bytes"] = cls.limit_bytes
-    return LeafSpec("fifo", tuple(sorted(params.items())))
+    params: dict[str, Any]
+    if cls.per_host is not None:
+        ph = cls.per_host
+        params = {"key": ph.key, "prefix": ph.prefix, "prefix6": ph.prefix6, "rate": ph.rate, "ceil": ph.ceil,
+                  "burst": ph.burst, "limit": ph.limit, "total_limit": ph.total_limit,
+                  "idle_timeout": ph.idle_timeout}
+        return LeafSpec.of("perhost", **{k: v for k, v in params.items() if v is not None})
+    if cls.delay is not None or cls.jitter is not None or cls.loss is not None:
+        params = {"delay": cls.delay or 0.0, "jitter": cls.jitter or 0.0, "loss": cls.loss or 0.0,
+                  "limit": cls.limit, "reorder": cls.reorder}
+        return LeafSpec.of("delay", **params)
+    q = cls.qdisc
+    if q is None or q.kind == "fifo":
+        params = {"limit_packets": q.limit if q is not None and q.limit else cls.limit}
+        if cls.limit_bytes is not None:
+            params["limit_bytes"] = cls.limit_bytes
+        return LeafSpec.of("fifo", **params)
+    params = {"flows": q.flows, "quantum": q.quantum, "limit": q.limit or cls.limit}
+    if q.kind == "fq_codel":
+        params.update(target=q.target, interval=q.interval)
+    return LeafSpec.of(q.kind, **{k: v for k, v in params.items() if v is not None})
+
+
+HOST_NONE, HOST_SRC, HOST_DST = 0, 1, 2
+
+
+def host_keys(classes: list[ClassSpec]) -> dict[str, int]:
+    """Which address a per-host leaf is keyed by (the worker fills ``QueuedPacket.host`` with it)."""
+    return {c.name: (HOST_SRC if c.per_host.key == "src" else HOST_DST) for c in classes if c.per_host}
 
 
 def htb_params(config: Config, direction: str, slots: dict[str, int]) -> list[HTBClassParams]:
@@ -69,6 +94,7 @@ class DirectionTree:
     htb: HTB
     overhead: dict[str, int]
     default: str | None
+    host_key: dict[str, int]
 
 
 @dataclass
@@ -110,7 +136,8 @@ class Shaper:
                 htb = old.htb
                 pending.append((htb, params, default))
             overhead = {c.name: config.effective_overhead(c) for c in classes}
-            new_trees[direction] = DirectionTree(Classifier.from_config(config, direction), htb, overhead, default)
+            new_trees[direction] = DirectionTree(Classifier.from_config(config, direction), htb, overhead, default,
+                                                 host_keys(classes))
         # Validate every existing tree's change before touching any (HTB.change is all-or-nothing per tree).
         for htb, params, default in pending:
             released.extend(htb.change(params, now, fallback=default))
@@ -130,7 +157,9 @@ class Shaper:
         if leaf is None:
             self.passed += 1
             return PASS, []
-        pkt = QueuedPacket(info.length + tree.overhead[leaf], handle, now, info.flow)
+        key = tree.host_key.get(leaf, HOST_NONE) if tree.host_key else HOST_NONE
+        host = None if key == HOST_NONE else (info.src if key == HOST_SRC else info.dst)
+        pkt = QueuedPacket(info.length + tree.overhead[leaf], handle, now, info.flow, host)
         dropped = tree.htb.enqueue(pkt, leaf, now)
         self.dropped += len(dropped)
         return QUEUED, dropped

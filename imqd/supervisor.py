@@ -353,5 +353,8 @@ class Supervisor:
                 for key in SUMMED_CLASS_COUNTERS:
                     agg[key] += int(st.get(key, 0) or 0)
                 agg["rate_bps"] = agg.get("rate_bps", 0.0) + w.rates.get(name, 0.0)
+                leaf = st.get("leaf") or {}
+                if leaf.get("kind", "fifo") != "fifo":  # fair-queueing / per-host / delay leaves: per worker
+                    agg.setdefault("qdisc", []).append({"queue": w.queue, **leaf})
                 agg["direction"] = st.get("direction")
         return out

@@ -594,3 +594,17 @@ def test_50_parallel_patches_lose_no_update(tmp_path: Path) -> None:
     # every pushed version builds on the previous one: each has one more changed class
     changed = [sum(c.rate != 1_000_000 for c in cfg.classes) for cfg in workers.pushes]
     assert changed == list(range(1, 51))
+
+
+def test_leaf_stats_reach_stats_and_metrics(env: Any) -> None:
+    client, _, workers, _ = env
+    workers.counters = {"web": {"bytes": 0, "packets": 0, "drops": 0, "backlog_packets": 0, "backlog_bytes": 0,
+                                "borrows": 0, "lends": 0, "direction": "egress",
+                                "qdisc": [{"queue": 0, "kind": "fq_codel", "codel_drops": 3, "max_sojourn": 0.004},
+                                          {"queue": 1, "kind": "fq_codel", "codel_drops": 4, "max_sojourn": 0.009}]}}
+    web = client.get("/stats").json()["classes"]["web"]
+    assert [q["codel_drops"] for q in web["qdisc"]] == [3, 4]
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    (drops,) = families["imqd_class_codel_drops"].samples
+    assert drops.value == 7 and drops.labels == {"class": "web", "direction": "egress"}
+    assert families["imqd_class_max_sojourn"].samples[0].value == 0.009

@@ -487,3 +487,42 @@ def test_random_valid_trees_validate_and_round_trip(data: dict[str, Any]) -> Non
         assert [k.name for k in cfg.children(c.name)] == [
             k["name"] for k in data["classes"] if k.get("parent") == c.name
         ]
+
+
+# -- issue 5: leaf queue, per-host and emulation options --------------------------------------
+def test_leaf_options_round_trip(tmp_path: Path) -> None:
+    cfg = parse_config({"classes": [
+        {"name": "a", "rate": "10mbit", "qdisc": {"kind": "fq_codel", "target": "5ms", "interval": "100ms"}},
+        {"name": "b", "rate": "10mbit", "per_host": {"key": "src", "prefix": 24, "rate": "2mbit", "ceil": "4mbit"}},
+        {"name": "c", "rate": "10mbit", "per_host": {"rate": 0, "idle_timeout": "30s"}},
+        {"name": "d", "rate": "10mbit", "delay": "20ms", "jitter": "500us", "loss": 0.5, "reorder": True},
+        {"name": "e", "rate": "10mbit", "qdisc": {"kind": "sfq", "flows": 128, "quantum": "3k"}},
+    ]})
+    a, b, c, d, e = cfg.classes
+    assert (a.qdisc.target, a.qdisc.interval) == (0.005, 0.1)
+    assert (b.per_host.key, b.per_host.prefix, b.per_host.rate, b.per_host.ceil) == ("src", 24, 2_000_000, 4_000_000)
+    assert c.per_host.rate == 0 and c.per_host.idle_timeout == 30.0
+    assert (d.delay, d.jitter, d.loss, d.reorder) == (0.02, 0.0005, 0.5, True)
+    assert e.qdisc.quantum == 3072
+    path = tmp_path / "c.yaml"
+    save_config_atomic(path, cfg)
+    assert load_config(path) == cfg
+
+
+@pytest.mark.parametrize("cls, where", [
+    ({"qdisc": {"kind": "fifo", "target": "5ms"}}, "classes.x.qdisc"),
+    ({"qdisc": {"kind": "codel"}}, "classes.x.qdisc.kind"),
+    ({"qdisc": {"kind": "fq_codel", "target": "-1ms"}}, "classes.x.qdisc"),
+    ({"per_host": {"rate": "5mbit", "ceil": "1mbit"}}, "classes.x.per_host"),
+    ({"per_host": {"key": "both"}}, "classes.x.per_host.key"),
+    ({"per_host": {"prefix": 33}}, "classes.x.per_host.prefix"),
+    ({"delay": "5ms", "qdisc": {"kind": "sfq"}}, "classes.x.qdisc"),
+    ({"delay": "5ms", "per_host": {}}, "classes.x.per_host"),
+    ({"loss": 101}, "classes.x.loss"),
+    ({"delay": "soon"}, "classes.x.delay"),
+    ({"reorder": True}, "classes.x.reorder"),
+])
+def test_bad_leaf_options_name_the_field(cls: dict, where: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"classes": [{"name": "x", "rate": "1mbit", **cls}]})
+    assert where in str(exc.value), str(exc.value)
