@@ -86,6 +86,26 @@ def class_rates(history: deque[tuple[float, dict[str, int]]], stats: dict[str, A
     return {name: max(0.0, (b - old.get(name, b)) * 8 / (now - t0)) for name, b in sample.items()}
 
 
+def kernel_queue_stats(path: str = "/proc/net/netfilter/nfnetlink_queue") -> dict[int, dict[str, int]]:
+    """Per bound queue: packets waiting in the kernel, and the kernel's own drop counters.
+
+    Columns: queue, peer portid, waiting, copy mode, copy range, queue_dropped
+    (the queue was at max_len), user_dropped (the netlink socket buffer was full),
+    last packet id.
+    """
+    out: dict[int, dict[str, int]] = {}
+    try:
+        with open(path) as fh:
+            for line in fh:
+                f = line.split()
+                if len(f) >= 7:
+                    out[int(f[0])] = {"kernel_waiting": int(f[2]), "queue_dropped": int(f[5]),
+                                      "user_dropped": int(f[6])}
+    except (OSError, ValueError):
+        pass
+    return out
+
+
 class SlotMap:
     """Class name -> token-store slot; a freed slot is reset before reuse."""
 
@@ -332,6 +352,7 @@ class Supervisor:
         return all(w.ready and self._alive(w) for w in self.workers.values())
 
     def worker_stats(self) -> list[dict[str, Any]]:
+        kernel = kernel_queue_stats()
         out = []
         for w in self.workers.values():
             s = dict(w.stats)
@@ -341,6 +362,8 @@ class Supervisor:
                      last_restart_seconds=w.last_restart_s)
             for key in ("packets", "verdicts", "accepted", "drops", "malformed", "errors", "held"):
                 s.setdefault(key, 0)
+            # Drops the kernel made before the worker saw the packet: queue full / socket buffer full.
+            s.update(kernel.get(w.queue, {"kernel_waiting": 0, "queue_dropped": 0, "user_dropped": 0}))
             out.append(s)
         return out
 

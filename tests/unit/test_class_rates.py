@@ -37,3 +37,14 @@ def test_new_class_and_counter_reset_never_go_negative() -> None:
     class_rates(history, report(0.0, a=1000))
     rates = class_rates(history, report(0.5, a=10, b=500))  # a restarted worker reports smaller counters
     assert rates["a"] == 0.0 and rates["b"] == 0.0
+
+
+def test_kernel_queue_counters_are_read_per_queue(tmp_path) -> None:
+    from imqd.supervisor import kernel_queue_stats
+
+    proc = tmp_path / "nfnetlink_queue"
+    proc.write_text("    0  12345     3 2   128     7    9    1000  1\n    1  12346     0 2   128     0    0      20  1\n")
+    stats = kernel_queue_stats(str(proc))
+    assert stats[0] == {"kernel_waiting": 3, "queue_dropped": 7, "user_dropped": 9}
+    assert stats[1]["queue_dropped"] == 0
+    assert kernel_queue_stats(str(tmp_path / "missing")) == {}
