@@ -46,7 +46,7 @@ class ImqdInstance:
 
     def __init__(self, topo: Topology, config: dict[str, Any] | None, *, queues: str = "0:1",
                  extra_args: Sequence[str] = (), api: str = API_ADDR, apply_rules: bool = True,
-                 config_path: Path | None = None) -> None:
+                 config_path: Path | None = None, wrapper: Sequence[str] = ()) -> None:
         self.topo = topo
         self.queues = queues
         self.api = api
@@ -59,7 +59,7 @@ class ImqdInstance:
                 "--api", api]
         if apply_rules:
             argv.append("--apply-rules")
-        self.argv = argv + list(extra_args)
+        self.argv = [*wrapper, *argv, *extra_args]  # wrapper: e.g. setpriv to drop capabilities
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> "ImqdInstance":

@@ -145,3 +145,23 @@ def test_crafted_malformed_packets_get_verdicts_and_no_worker_crashes(topology: 
     assert all(w["errors"] == 0 for w in after), after
     assert sum(w["held"] for w in after) == 0
     assert all(w["verdicts"] == w["packets"] - w["held"] for w in after), after
+
+
+@pytest.mark.skipif(not __import__("shutil").which("setpriv"), reason="needs setpriv (util-linux)")
+def test_runs_with_only_cap_net_admin(topology: Topology) -> None:
+    """imqd needs CAP_NET_ADMIN and nothing else: all other capabilities dropped, it binds, shapes, cleans up."""
+    topo = topology
+    config = {"overhead": 14, "classes": [
+        {"name": "up", "direction": "egress", "rate": "5mbit", "match": {"oif": topo.wan_iface}}]}
+    only = ["setpriv", "--bounding-set", "-all,+net_admin", "--inh-caps", "-all,+net_admin",
+            "--ambient-caps", "-all,+net_admin", "--"]
+    with topo.iperf3_server(5201), ImqdInstance(topo, config, queues="0", wrapper=only) as imqd:
+        status = open(f"/proc/{imqd.proc.pid}/status").read()
+        caps = {line.split(":")[0]: int(line.split()[1], 16) for line in status.splitlines()
+                if line.startswith(("CapEff", "CapPrm", "CapBnd"))}
+        assert caps == {"CapPrm": 1 << 12, "CapEff": 1 << 12, "CapBnd": 1 << 12}, caps
+        bps = topo.iperf3(0, seconds=3, omit=1)["bps"]
+        assert imqd.stop() == 0
+    assert bps == pytest.approx(5e6 * 1448 / 1514, rel=0.08)
+    rules = topo.exec(topo.router_ns, ["iptables-save"]).stdout
+    assert "NFQUEUE" not in rules
