@@ -1,0 +1,489 @@
+"""The measurements: each function drives traffic through a running system and returns plain records.
+
+No ratios or statistics here (that is :mod:`bench.report`); every record carries the repetition, the system
+and the raw numbers, so the JSON file can be re-analysed.  Traffic always flows client -> router -> server
+(upload, shaped on egress) or server -> client (download, shaped on ingress); see :mod:`bench.systems`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bench import udpgen
+from bench.report import top_frames
+from bench.systems import ABOVE_CAPACITY_BPS, DOWN, REPO, UP, Imqd, KernelHtb, Plain, System, read_queues
+from imqd.netns import Topology
+
+__all__ = ["Params", "QUICK", "FULL", "Bench"]
+
+UDP_PORT = 9
+MIN_PACKETS = 400  # full-size packets an accuracy run carries at least (low rates run longer)
+PROBES = 5  # datagrams per address when finding which queue an address hashes to
+TCP_PORTS = (5201, 5202)
+MSS = 1448  # TCP payload per full-size packet (1500 MTU - 20 IP - 20 TCP - 12 timestamps)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class Params:
+    """How much to measure: the full run or --quick."""
+
+    def __init__(self, *, reps: int, rates: Sequence[int], flows: Sequence[int], directions: Sequence[str],
+                 tcp_seconds: int, omit: int, step_warm: float, step_window: float, step_factor: float,
+                 lossy_steps: int, ceiling_tcp_seconds: int,
+                 ping_count: int, load_seconds: float,
+                 api_seconds: float, apply_count: int, profile_seconds: float) -> None:
+        self.reps = reps
+        self.rates = list(rates)
+        self.flows = list(flows)
+        self.directions = list(directions)
+        self.tcp_seconds = tcp_seconds
+        self.omit = omit
+        self.step_warm = step_warm
+        self.step_window = step_window
+        self.step_factor = step_factor
+        self.lossy_steps = lossy_steps
+        self.ceiling_tcp_seconds = ceiling_tcp_seconds
+        self.ping_count = ping_count
+        self.load_seconds = load_seconds
+        self.api_seconds = api_seconds
+        self.apply_count = apply_count
+        self.profile_seconds = profile_seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+FULL = Params(reps=3, rates=[1_000_000, 5_000_000, 20_000_000, 100_000_000], flows=[1, 8],
+              directions=[UP, DOWN], tcp_seconds=3, omit=1, step_warm=0.5, step_window=1.0, step_factor=1.4,
+              lossy_steps=2, ceiling_tcp_seconds=2,
+              ping_count=200, load_seconds=4, api_seconds=3.0, apply_count=30, profile_seconds=4)
+QUICK = Params(reps=1, rates=[20_000_000], flows=[1], directions=[UP, DOWN], tcp_seconds=2, omit=1,
+               step_warm=0.3, step_window=0.5, step_factor=1.8, lossy_steps=1,
+               ceiling_tcp_seconds=1, ping_count=30, load_seconds=2,
+               api_seconds=1.0, apply_count=5, profile_seconds=0)
+START_PPS = 10_000  # the first offered load of the ceiling search (and the load the CPU cost is read at)
+MAX_PPS = 400_000
+LOSS_STOP = 0.9  # stop rising once less than this share of the offered load arrives
+LOAD_RATE_BPS = 20_000_000  # the class rate of the latency-under-load runs
+HELD_TARGET = 10_000
+_BACKLOG_RE = re.compile(r"backlog \S+ (\d+)p")
+
+
+# -- process accounting -----------------------------------------------------------------------------------
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """utime + stime of `pids` (all threads), from /proc/PID/stat; vanished pids count 0."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+def memory_kib(pids: Sequence[int]) -> dict[str, int]:
+    """Sums over `pids`: VmRSS, VmHWM (peak RSS) and Pss (shared pages split between sharers), in KiB."""
+    out = {"rss": 0, "hwm": 0, "pss": 0}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        out["rss"] += int(line.split()[1])
+                    elif line.startswith("VmHWM:"):
+                        out["hwm"] += int(line.split()[1])
+            with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        out["pss"] += int(line.split()[1])
+        except OSError:
+            continue
+    return out
+
+
+class Bench:
+    """Measurements on one topology (one client with several addresses, one server)."""
+
+    def __init__(self, topo: Topology, params: Params, log: Callable[[str], None] = print) -> None:
+        self.topo = topo
+        self.p = params
+        self.log = log
+        self.client = topo.clients[0]
+        self.server_run = topo.runner(topo.server_ns)
+        self.sources: list[str] = [self.client.addrs4[0], self.client.addrs4[1]]
+        self.generator = udpgen.generator_argv(topo.server_addr4, UDP_PORT, 18, 1, sources=self.sources)[0]
+
+    # -- plumbing ---------------------------------------------------------------------------------------
+    def udp(self, seconds: float, *, size: int = 18, pps: float = 0, count: int = 0,
+            sources: Sequence[str] | None = None) -> list[subprocess.Popen[str]]:
+        """Start one generator process per source (real hosts are separate senders); returns them."""
+        procs = []
+        for src in sources or self.sources:
+            _, argv = udpgen.generator_argv(self.topo.server_addr4, UDP_PORT, size, seconds, pps=pps, count=count,
+                                            sources=[src])
+            procs.append(self.topo.popen(self.client.ns, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True))
+        return procs
+
+    @staticmethod
+    def finish(procs: Sequence[subprocess.Popen[str]]) -> dict[str, float]:
+        sent = 0
+        seconds = 0.0
+        for p in procs:
+            out, err = p.communicate(timeout=60)
+            if p.returncode != 0:
+                raise RuntimeError(f"udpgen exited {p.returncode}: {err.strip()[-300:]}")
+            res = udpgen.parse_output(out)
+            sent += res["sent"]
+            seconds = max(seconds, res["seconds"])
+        return {"sent": sent, "seconds": seconds}
+
+    def iperf(self, direction: str, flows: int = 1, *, seconds: int | None = None, omit: int | None = None,
+              port: int = TCP_PORTS[0], bind: str | None = None) -> float:
+        """TCP goodput in bit/s (as received)."""
+        return self.topo.iperf3(0, port=port, seconds=seconds or self.p.tcp_seconds,
+                                omit=self.p.omit if omit is None else omit, reverse=direction == DOWN,
+                                parallel=flows, bind=bind)["bps"]
+
+    def settle(self, system: System, timeout: float = 5.0) -> float:
+        """Wait until nothing waits in the router (NFQUEUE packets awaiting a verdict, which includes what
+        imqd holds, or a kernel HTB backlog), so one run's leftovers do not count in the next; returns the wait."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            waiting = sum(q["waiting"] for q in read_queues(self.topo).values())
+            if isinstance(system, KernelHtb):
+                out = self.topo.exec(self.topo.router_ns, ["tc", "-s", "qdisc", "show"]).stdout
+                waiting += sum(int(m) for m in _BACKLOG_RE.findall(out))
+            if waiting == 0:
+                break
+            time.sleep(0.1)
+        return time.monotonic() - t0
+
+    # -- queue mapping ----------------------------------------------------------------------------------------
+    def pick_sources(self) -> dict[int, str]:
+        """Two client addresses that the NFQUEUE flow hash sends to queues 0 and 1 (needs a 2-queue system up).
+
+        The hash (xt_NFQUEUE: jhash of the addresses and protocol, seeded once per boot of the module) cannot
+        be computed from outside, so each address sends a few probe datagrams and we watch which queue's last
+        packet id moves.
+        """
+        found: dict[int, str] = {}
+        with udpgen.Sink(self.server_run, UDP_PORT):
+            for addr in self.client.addrs4:
+                before = read_queues(self.topo)
+                self.finish(self.udp(1, count=PROBES, sources=[addr]))
+                time.sleep(0.05)
+                after = read_queues(self.topo)
+                # each probe passes a queue twice (PREROUTING, POSTROUTING); stray packets move others a little
+                moved = [q for q in after if after[q]["last_id"] - before.get(q, {}).get("last_id", 0) >= 2 * PROBES]
+                if len(moved) == 1 and moved[0] not in found:
+                    found[moved[0]] = addr
+                if len(found) == 2:
+                    break
+        if len(found) < 2:
+            raise RuntimeError(f"no two client addresses hash to different queues: {found}")
+        self.sources = [found[0], found[1]]
+        return found
+
+    # -- accuracy -----------------------------------------------------------------------------------------
+    def accuracy(self, system: System, rep: int) -> list[dict[str, Any]]:
+        """Goodput at each configured rate, flow count and direction; the other direction left unshaped.
+
+        A run lasts at least MIN_PACKETS full-size packets at the configured rate (5 s at 1 Mbit/s): iperf3's
+        goodput over a few hundred packets is too coarse to resolve 2%."""
+        out = []
+        for direction in self.p.directions:
+            other = DOWN if direction == UP else UP
+            if isinstance(system, KernelHtb):
+                system.stop()  # removes both directions' qdiscs (and any queued packets)
+            else:
+                system.set_rate(other, ABOVE_CAPACITY_BPS)
+            for rate in self.p.rates:
+                system.set_rate(direction, rate)
+                seconds = max(self.p.tcp_seconds, math.ceil(MIN_PACKETS * 1514 * 8 / rate))
+                for flows in self.p.flows:
+                    bps = self.iperf(direction, flows, seconds=seconds)
+                    out.append({"rep": rep, "system": system.name, "direction": direction, "rate_bps": rate,
+                                "flows": flows, "bps": bps, "seconds": seconds})
+                    self.log(f"  accuracy {system.name:<12} {direction:<8} {rate / 1e6:>5g} Mbit/s x{flows}: "
+                             f"{bps / 1e6:8.3f} Mbit/s")
+                    self.settle(system)
+        if isinstance(system, KernelHtb):
+            system.stop()
+        else:
+            for direction in (UP, DOWN):
+                system.set_rate(direction, ABOVE_CAPACITY_BPS)
+        return out
+
+    # -- ceiling (and CPU cost, measured in the same window) ---------------------------------------------------
+    def udp_step(self, system: System, sink: udpgen.Sink, pps: float, size: int = 18, settle: float = 5.0
+                 ) -> dict[str, Any]:
+        """One offered load (`pps` in total, 0 = full speed) from two senders: steady-state forwarded rate.
+
+        The rate is read from the sink's counter over a window that starts after a warm-up, so packets still
+        queued from the warm-up or the previous step do not count; the system's CPU time over the same
+        window gives the cost.
+        """
+        warm, window = self.p.step_warm, self.p.step_window
+        pids = system.pids()
+        procs = self.udp(warm + window + 0.15, size=size, pps=pps / len(self.sources))
+        try:
+            time.sleep(warm)
+            c0, t0, cpu0 = *_timed_count(sink), cpu_seconds(pids)
+            time.sleep(window)
+            c1, t1, cpu1 = *_timed_count(sink), cpu_seconds(pids)
+        finally:
+            gen = self.finish(procs)
+        self.settle(system, settle)
+        return {"offered_pps": gen["sent"] / gen["seconds"], "pps": (c1 - c0) / (t1 - t0), "packets": c1 - c0,
+                "cpu_s": cpu1 - cpu0, "target_pps": pps}
+
+    def ceiling_udp(self, system: System, rep: int) -> dict[str, Any]:
+        """Peak forwarded packets/s of 64-byte frames (18-byte UDP payload) over rising offered loads.
+
+        Full speed from two senders is not the peak on a Python NFQUEUE path: the senders' softirq work
+        starves the workers (receive livelock) and throughput collapses.  So the offered load rises from
+        START_PPS by a factor (Params.step_factor) until less than LOSS_STOP of it arrives in
+        Params.lossy_steps steps in a row;
+        the figure is the best forwarded rate of any step, the first step (fixed load) gives the CPU cost,
+        and a final full-speed step records the overload rate.  Plain forwarding only runs at full speed
+        (the generator is its limit).
+        """
+        steps: list[dict[str, Any]] = []
+        with udpgen.Sink(self.server_run, UDP_PORT) as sink:
+            if not isinstance(system, Plain):
+                pps, lossy = START_PPS, 0
+                while pps < MAX_PPS and lossy < self.p.lossy_steps:  # >1: one lossy step may be a noise dip
+                    step = self.udp_step(system, sink, pps)
+                    steps.append(step)
+                    lossy = lossy + 1 if step["pps"] < LOSS_STOP * step["offered_pps"] else 0
+                    pps *= self.p.step_factor
+            full = self.udp_step(system, sink, 0, settle=30.0)  # last: an overloaded queue takes long to drain
+        best = max([full, *steps], key=lambda s: s["pps"])
+        cost = steps[0] if steps else full
+        rec = {"rep": rep, "system": system.name, "traffic": "udp64", "pps": best["pps"],
+               "offered_pps": best["offered_pps"], "overload_pps": full["pps"], "full_speed_offered_pps":
+               full["offered_pps"], "cost_step": cost, "steps": steps}
+        self.log(f"  ceiling  {system.name:<12} udp64 {rec['pps']:>10,.0f} pps peak "
+                 f"(offered {best['offered_pps']:,.0f}; {full['pps']:,.0f} at full speed "
+                 f"{full['offered_pps']:,.0f}; {len(steps)} steps)")
+        return rec
+
+    def ceiling_tcp(self, system: System, rep: int) -> dict[str, Any]:
+        """Two full-size TCP uploads (one per source address, so two queues when there are two)."""
+        results: dict[str, float] = {}
+        pids = system.pids()
+        secs = self.p.ceiling_tcp_seconds
+
+        def run(port: int, src: str) -> None:
+            results[src] = self.iperf(UP, 1, seconds=secs, omit=1, port=port, bind=src)
+
+        cpu0 = cpu_seconds(pids)
+        pairs = zip(TCP_PORTS, self.sources, strict=True)
+        threads = [threading.Thread(target=run, args=(port, src)) for port, src in pairs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        cpu1 = cpu_seconds(pids)
+        bps = sum(results.values())
+        rec = {"rep": rep, "system": system.name, "traffic": "tcp1500", "bps": bps, "pps": bps / 8 / MSS,
+               "cpu_s": cpu1 - cpu0, "seconds": secs + 1}
+        self.log(f"  ceiling  {system.name:<12} tcp   {rec['pps']:>10,.0f} pps ({bps / 1e9:.3f} Gbit/s goodput)")
+        self.settle(system)
+        return rec
+
+    @staticmethod
+    def _worker_packets(system: System) -> int | None:
+        if not isinstance(system, Imqd):
+            return None
+        return sum(w.get("packets", 0) for w in system.stats()["workers"])
+
+    # -- latency -------------------------------------------------------------------------------------------
+    def ping(self, count: int, interval: float) -> list[float]:
+        return self.topo.ping(0, count=count, interval=interval, deadline=count * interval + 3)
+
+    def latency_idle(self, system: System, rep: int) -> dict[str, Any]:
+        """ping RTTs at low load (one echo every 10 ms, nothing else) through `system`."""
+        self.ping(3, 0.05)  # warm the ARP and conntrack entries
+        rtts = self.ping(self.p.ping_count, 0.01)
+        self.log(f"  latency  {system.name:<12} idle: median {_median(rtts) * 1000:.0f} us ({len(rtts)} replies)")
+        return {"rep": rep, "system": system.name, "rtts_ms": rtts}
+
+    def latency_loaded(self, system: System, rep: int, label: str) -> dict[str, Any]:
+        """ping RTTs through a class at LOAD_RATE_BPS saturated by one TCP upload (bufferbloat)."""
+        system.set_rate(UP, LOAD_RATE_BPS)
+        result: dict[str, float] = {}
+        warm = 1.5
+        secs = int(self.p.load_seconds + warm + 1)
+        t = threading.Thread(target=lambda: result.update(bps=self.iperf(UP, 1, seconds=secs, omit=0)))
+        t.start()
+        try:
+            time.sleep(warm)
+            count = int(self.p.load_seconds / 0.05)
+            rtts = self.ping(count, 0.05)
+        finally:
+            t.join()
+        if isinstance(system, KernelHtb):
+            system.stop()
+        else:
+            system.set_rate(UP, ABOVE_CAPACITY_BPS)
+        self.settle(system)
+        self.log(f"  latency  {label:<20} under load: median {_median(rtts):.1f} ms ({len(rtts)} replies, "
+                 f"{result.get('bps', 0) / 1e6:.1f} Mbit/s)")
+        return {"rep": rep, "system": label, "rtts_ms": rtts, "bps": result.get("bps")}
+
+    # -- memory with packets held ------------------------------------------------------------------------------
+    def held_memory(self, system: Imqd) -> dict[str, Any]:
+        """imqd's memory while a 1 mbit class holds >= HELD_TARGET packets (a paced burst of 1000-byte UDP)."""
+        inst = system.inst
+        assert inst is not None
+        status, body = inst.request("PATCH", "/classes/up", {"rate": 1_000_000, "limit": 2 * HELD_TARGET})
+        if status != 200:
+            raise RuntimeError(f"PATCH /classes/up: {status} {body}")
+        before = memory_kib(system.pids())
+        burst = int(HELD_TARGET * 1.2)
+        peak_held, peak_mem = 0, before
+        with udpgen.Sink(self.server_run, UDP_PORT):
+            procs = self.udp(10, size=1000, pps=10_000, count=burst, sources=self.sources[:1])
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline:
+                held = sum(w.get("held", 0) for w in system.stats()["workers"])
+                mem = memory_kib(system.pids())
+                if held > peak_held:
+                    peak_held, peak_mem = held, mem
+                if procs[0].poll() is not None and held < peak_held:
+                    break  # the burst is in and the class drains: the peak is behind us
+                time.sleep(0.2)
+            self.finish(procs)
+            after = memory_kib(system.pids())
+            # raise the rate first: everything held is released; only then restore the limit
+            inst.request("PATCH", "/classes/up", {"rate": ABOVE_CAPACITY_BPS})
+            self.settle(system, timeout=10)
+            inst.request("PATCH", "/classes/up", {"limit": None})
+        rec = {"held": peak_held, "before_kib": before, "at_peak_kib": peak_mem, "hwm_kib": after["hwm"],
+               "processes": len(system.pids())}
+        self.log(f"  memory   imqd held {peak_held} packets: RSS {before['rss']} -> {peak_mem['rss']} KiB, "
+                 f"PSS {before['pss']} -> {peak_mem['pss']} KiB")
+        return rec
+
+    # -- control plane -----------------------------------------------------------------------------------------
+    def api(self, system: Imqd, plan: dict[str, Any]) -> dict[str, Any]:
+        """Run the HTTP client below inside the router namespace (imqd's API listens on its loopback)."""
+        inst = system.inst
+        assert inst is not None
+        res = self.topo.exec(self.topo.router_ns, [sys.executable, "-c", _API_CLIENT, inst.api, json.dumps(plan)],
+                             timeout=120)
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+    # -- profile -----------------------------------------------------------------------------------------------
+    def profile(self, system: Imqd, seconds: float, pps: float) -> dict[str, Any]:
+        """py-spy samples of the worker under UDP load at `pps` (just above its peak): top frames by own and
+        total samples.  Idle samples (waiting in select) are not recorded, so shares are of busy time."""
+        spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+        if not os.path.exists(spy):
+            return {"error": "py-spy not installed (pip install py-spy)"}
+        pid = system.worker_pids()[0]
+        fd, path = tempfile.mkstemp(prefix="imqd-bench-pyspy-", suffix=".txt")
+        os.close(fd)
+        try:
+            with udpgen.Sink(self.server_run, UDP_PORT):
+                procs = self.udp(seconds + 2, pps=pps / len(self.sources))
+                time.sleep(0.5)
+                res = subprocess.run([spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "250", "-f",
+                                      "raw", "-o", path, "--nonblocking"], capture_output=True, text=True,
+                                     timeout=seconds + 30, check=False)
+                self.finish(procs)
+            self.settle(system)
+            if res.returncode != 0:
+                return {"error": f"py-spy exited {res.returncode}: {res.stderr.strip()[-300:]}"}
+            with open(path, encoding="utf-8", errors="replace") as f:
+                collapsed = f.read()
+        finally:
+            os.unlink(path)
+        top = top_frames(collapsed)
+        return {"pid": pid, "seconds": seconds, "offered_pps": pps, **top,
+                "source": {fr: source_line(fr) for fr, _ in top["own"]}}
+
+
+def _timed_count(sink: udpgen.Sink) -> tuple[int, float]:
+    """The sink's count and the moment it was read (the midpoint of the ~10 ms the read takes)."""
+    before = time.monotonic()
+    count = sink.count()
+    return count, (before + time.monotonic()) / 2
+
+
+def source_line(frame: str) -> str | None:
+    """The source text of a py-spy frame ``"f (imqd/x.py:12)"`` when the file is in this repository."""
+    where = frame.rpartition(" (")[2].rstrip(")")
+    path, _, lineno = where.rpartition(":")
+    if not lineno.isdigit() or not path.startswith(("imqd/", "bench/")):
+        return None
+    try:
+        with open(REPO / path, encoding="utf-8") as f:
+            for i, text in enumerate(f, 1):
+                if i == int(lineno):
+                    return text.strip()
+    except OSError:
+        return None
+    return None
+
+
+def _median(values: Sequence[float]) -> float:
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
+
+
+# A keep-alive HTTP client run inside the router namespace.  Plan keys:
+#   "apply": [[path, body], ...]  -> PATCH each, collect X-Imqd-Apply-Seconds and the wall time
+#   "rps":   {"seconds": S, "get": path, "patch": [path, [body, body, ...]]} -> requests per second of each
+_API_CLIENT = r"""
+import http.client, json, sys, time
+host, port = sys.argv[1].rsplit(":", 1)
+plan = json.loads(sys.argv[2])
+conn = http.client.HTTPConnection(host, int(port), timeout=30)
+def req(method, path, body=None):
+    data = None if body is None else json.dumps(body)
+    conn.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})
+    r = conn.getresponse(); payload = r.read()
+    if r.status >= 300:
+        raise SystemExit(f"{method} {path}: {r.status} {payload[:300]!r}")
+    return r
+out = {}
+if "apply" in plan:
+    apply, wall = [], []
+    for path, body in plan["apply"]:
+        t = time.perf_counter(); r = req("PATCH", path, body); wall.append(time.perf_counter() - t)
+        h = r.getheader("X-Imqd-Apply-Seconds")
+        apply.append(float(h) if h else None)
+    out["apply_s"] = apply; out["patch_wall_s"] = wall
+if "rps" in plan:
+    p = plan["rps"]; secs = p["seconds"]
+    n = 0; t0 = time.perf_counter()
+    while time.perf_counter() - t0 < secs:
+        req("GET", p["get"]); n += 1
+    out["get_rps"] = n / (time.perf_counter() - t0); out["get_n"] = n
+    path, bodies = p["patch"]
+    n = 0; t0 = time.perf_counter()
+    while time.perf_counter() - t0 < secs:
+        req("PATCH", path, bodies[n % len(bodies)]); n += 1
+    out["patch_rps"] = n / (time.perf_counter() - t0); out["patch_n"] = n
+print(json.dumps(out))
+"""

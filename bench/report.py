@@ -1,0 +1,481 @@
+"""From raw benchmark records to figures, target verdicts and the markdown page.  Pure: no I/O.
+
+Every ratio is formed *within* one repetition (imqd and its reference measured minutes apart in the same
+run), then summarised as min / median / max over the repetitions -- so a slow drift in the machine's load
+moves both sides of a ratio together instead of widening it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+__all__ = ["three", "median", "percentile", "paired", "top_frames", "summarize", "render_markdown", "limits",
+           "TARGETS", "REFERENCE", "SUBJECT"]
+
+REFERENCE = "kernel-htb"
+SUBJECT = "imqd x2"  # accuracy subject: the default deployment, --queues 0:1
+TARGETS = {
+    "accuracy": (0.98, 1.02),
+    "ceiling": 0.90,
+    "added_latency_us": 50.0,
+    "scaling": 1.6,
+}
+CEILING_PAIRS = (("imqd x1", "bare-loop x1"), ("imqd x2", "bare-loop x2"), ("bare-loop x1", "plain"),
+                 ("bare-loop x2", "plain"))
+SCALING_PAIRS = (("imqd x2", "imqd x1"), ("bare-loop x2", "bare-loop x1"))
+IDLE_PAIRS = (("imqd x1", "plain"), ("bare-loop x1", "plain"), ("imqd x1", "bare-loop x1"))
+TRAFFIC = {"udp64": "64-byte UDP frames", "tcp1500": "full-size TCP (2 flows)"}
+
+
+# -- statistics ----------------------------------------------------------------------------------------------
+def median(values: Sequence[float]) -> float:
+    """The median; NaN for no values."""
+    s = sorted(values)
+    if not s:
+        return math.nan
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); NaN for no values."""
+    if not 0 <= q <= 100:
+        raise ValueError(f"q: expected 0..100, got {q!r}")
+    s = sorted(values)
+    if not s:
+        return math.nan
+    rank = max(1, math.ceil(q / 100 * len(s)))
+    return s[rank - 1]
+
+
+def three(values: Iterable[float | None]) -> dict[str, float] | None:
+    """min / median / max / n of the finite values, or None when there are none."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return None
+    return {"min": min(vals), "median": median(vals), "max": max(vals), "n": len(vals)}
+
+
+def paired(num: dict[int, float], den: dict[int, float], op: str = "/") -> list[float]:
+    """Per repetition present on both sides: num / den (or num - den); a zero denominator is skipped."""
+    if op not in ("/", "-"):
+        raise ValueError(f"op: expected '/' or '-', got {op!r}")
+    out = []
+    for rep in sorted(set(num) & set(den)):
+        if op == "-":
+            out.append(num[rep] - den[rep])
+        elif den[rep]:
+            out.append(num[rep] / den[rep])
+    return out
+
+
+def _by_rep(records: Iterable[dict[str, Any]], value: str, **match: Any) -> dict[int, float]:
+    return {r["rep"]: r[value] for r in records
+            if all(r.get(k) == v for k, v in match.items()) and r.get(value) is not None}
+
+
+def top_frames(collapsed: str, n: int = 12) -> dict[str, Any]:
+    """From py-spy's raw (collapsed) output: samples, and the top `n` frames by own and by total samples."""
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    own_fn: Counter[str] = Counter()
+    samples = 0
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        samples += count
+        frames = stack.split(";")
+        own[frames[-1]] += count
+        own_fn[_function(frames[-1])] += count
+        for frame in {_function(f) for f in frames}:
+            total[frame] += count
+    return {"samples": samples, "own": own.most_common(n), "own_by_function": own_fn.most_common(n),
+            "total": total.most_common(n)}
+
+
+def _function(frame: str) -> str:
+    """``"f (pkg/mod.py:12)"`` -> ``"f (pkg/mod.py)"``: py-spy frames carry the line; functions aggregate lines."""
+    name, sep, where = frame.rpartition(" (")
+    if not sep or not where.endswith(")"):
+        return frame
+    path, colon, lineno = where[:-1].rpartition(":")
+    return f"{name} ({path})" if colon and lineno.isdigit() else frame
+
+
+# -- figures ---------------------------------------------------------------------------------------------------
+def summarize(raw: dict[str, Any]) -> dict[str, Any]:
+    """All figures and target verdicts from a run's raw records."""
+    out: dict[str, Any] = {
+        "accuracy": _accuracy(raw.get("accuracy") or []),
+        "ceiling": _ceiling(raw.get("ceiling") or []),
+        "latency_idle": _latency_idle(raw.get("latency_idle") or []),
+        "latency_load": _latency_load(raw.get("latency_load") or []),
+        "cost": _cost(raw.get("ceiling") or [], raw.get("memory")),
+        "control": _control(raw.get("control") or []),
+        "profile": raw.get("profile"),
+    }
+    out["scaling"] = {t: {f"{a} / {b}": three(paired(_by_rep(raw.get("ceiling") or [], "pps", system=a, traffic=t),
+                                                   _by_rep(raw.get("ceiling") or [], "pps", system=b, traffic=t)))
+                          for a, b in SCALING_PAIRS} for t in TRAFFIC}
+    out["targets"] = _targets(out)
+    return out
+
+
+def _accuracy(records: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = sorted({(r["direction"], r["rate_bps"], r["flows"]) for r in records},
+                  key=lambda k: (k[0] != "upload", k[1], k[2]))
+    rows, all_ratios = [], []
+    for direction, rate, flows in keys:
+        sel = dict(direction=direction, rate_bps=rate, flows=flows)
+        ref = _by_rep(records, "bps", system=REFERENCE, **sel)
+        sub = _by_rep(records, "bps", system=SUBJECT, **sel)
+        ratios = paired(sub, ref)
+        all_ratios += ratios
+        rows.append({"direction": direction, "rate_bps": rate, "flows": flows,
+                     "kernel_mbps": three(v / 1e6 for v in ref.values()),
+                     "imqd_mbps": three(v / 1e6 for v in sub.values()),
+                     "ratio": three(ratios)})
+    return {"reference": REFERENCE, "subject": SUBJECT, "rows": rows, "overall": three(all_ratios)}
+
+
+def _ceiling(records: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for traffic in TRAFFIC:
+        recs = [r for r in records if r["traffic"] == traffic]
+        systems = list(dict.fromkeys(r["system"] for r in recs))
+        pps = {s: three(r["pps"] for r in recs if r["system"] == s) for s in systems}
+        ratios = {f"{a} / {b}": three(paired(_by_rep(recs, "pps", system=a), _by_rep(recs, "pps", system=b)))
+                  for a, b in CEILING_PAIRS}
+        entry: dict[str, Any] = {"pps": pps, "ratios": ratios}
+        if traffic == "udp64":
+            entry["overload_pps"] = {s: three(r.get("overload_pps") for r in recs if r["system"] == s)
+                                     for s in systems}
+        else:
+            entry["gbps"] = {s: three(r["bps"] / 1e9 for r in recs if r["system"] == s) for s in systems}
+        out[traffic] = entry
+    return out
+
+
+def _latency_idle(records: list[dict[str, Any]]) -> dict[str, Any]:
+    med = {}
+    for r in records:
+        if r["rtts_ms"]:
+            med.setdefault(r["system"], {})[r["rep"]] = median(r["rtts_ms"]) * 1000
+    return {"median_us": {s: three(v.values()) for s, v in med.items()},
+            "added_us": {f"{a} - {b}": three(paired(med.get(a, {}), med.get(b, {}), "-")) for a, b in IDLE_PAIRS}}
+
+
+def _latency_load(records: list[dict[str, Any]]) -> dict[str, Any]:
+    labels = list(dict.fromkeys(r["system"] for r in records))
+    rows = {}
+    for label in labels:
+        recs = [r for r in records if r["system"] == label and r["rtts_ms"]]
+        rows[label] = {"median_ms": three(median(r["rtts_ms"]) for r in recs),
+                       "p90_ms": three(percentile(r["rtts_ms"], 90) for r in recs),
+                       "mbps": three((r.get("bps") or 0) / 1e6 for r in recs)}
+    med = {label: {r["rep"]: median(r["rtts_ms"]) for r in records if r["system"] == label and r["rtts_ms"]}
+           for label in labels}
+    ratio = three(paired(med.get("imqd FIFO", {}), med.get("kernel HTB + pfifo", {})))
+    return {"rows": rows, "imqd_fifo_over_kernel": ratio}
+
+
+def _cost(ceiling: list[dict[str, Any]], memory: dict[str, Any] | None) -> dict[str, Any]:
+    cpu: dict[str, list[float]] = {}
+    for r in ceiling:
+        step = r.get("cost_step")
+        if r["traffic"] != "udp64" or not step or not step.get("packets"):
+            continue
+        if r["system"] == "plain":
+            continue  # no process: the kernel's work is not attributed to anyone
+        cpu.setdefault(r["system"], []).append(step["cpu_s"] / (step["packets"] / 1e6))
+    at = {r["system"]: r["cost_step"].get("target_pps") for r in ceiling
+          if r["traffic"] == "udp64" and r.get("cost_step")}
+    mem = None
+    if memory:
+        held = memory.get("held") or 0
+        before, peak = memory["before_kib"], memory["at_peak_kib"]
+        mem = {"held": held, "processes": memory.get("processes"), "rss_before_mib": before["rss"] / 1024,
+               "rss_peak_mib": peak["rss"] / 1024, "pss_before_mib": before["pss"] / 1024,
+               "pss_peak_mib": peak["pss"] / 1024, "hwm_mib": memory.get("hwm_kib", 0) / 1024,
+               "bytes_per_held": (peak["pss"] - before["pss"]) * 1024 / held if held else None}
+    return {"cpu_s_per_mpkt": {s: three(v) for s, v in cpu.items()}, "at_pps": at, "memory": mem}
+
+
+def _control(records: list[dict[str, Any]]) -> dict[str, Any]:
+    sizes = sorted({r["classes"] for r in records})
+    out: dict[str, Any] = {"by_classes": {}}
+    for n in sizes:
+        recs = [r for r in records if r["classes"] == n]
+        apply = [a * 1000 for r in recs for a in r.get("apply_s", []) if a is not None]
+        out["by_classes"][n] = {
+            "workers": recs[0].get("workers"),
+            "apply_ms": three(apply),
+            "apply_p90_ms": percentile(apply, 90) if apply else None,
+            "get_stats_rps": three(r.get("get_rps") for r in recs),
+            "patch_rps": three(r.get("patch_rps") for r in recs),
+        }
+    return out
+
+
+def _med(x: dict[str, float] | None) -> float | None:
+    return None if x is None else x["median"]
+
+
+def _targets(s: dict[str, Any]) -> list[dict[str, Any]]:
+    """One verdict per target: the figure's median(s), met or not, and the rows that miss."""
+    out = []
+    lo, hi = TARGETS["accuracy"]
+    rows = [r for r in s["accuracy"]["rows"] if r["ratio"]]
+    miss = [r for r in rows if not lo <= r["ratio"]["median"] <= hi]
+    out.append({"figure": "accuracy", "target": f"{lo:.2f}-{hi:.2f} of kernel HTB",
+                "value": _med(s["accuracy"]["overall"]), "met": bool(rows) and not miss,
+                "misses": [f"{r['direction']} {r['rate_bps'] / 1e6:g} Mbit/s x{r['flows']}: "
+                           f"{r['ratio']['median']:.3f}" for r in miss]})
+    for traffic in TRAFFIC:
+        for pair in ("imqd x1 / bare-loop x1", "imqd x2 / bare-loop x2"):
+            v = _med(s["ceiling"].get(traffic, {}).get("ratios", {}).get(pair))
+            out.append({"figure": f"ceiling {traffic} {pair}", "target": f">= {TARGETS['ceiling']:.2f}",
+                        "value": v, "met": v is not None and v >= TARGETS["ceiling"], "misses": []})
+    v = _med(s["latency_idle"]["added_us"].get("imqd x1 - plain"))
+    out.append({"figure": "added latency (RTT, imqd x1 - plain)", "target": f"<= {TARGETS['added_latency_us']:.0f} us",
+                "value": v, "met": v is not None and v <= TARGETS["added_latency_us"], "misses": []})
+    for traffic in TRAFFIC:
+        v = _med(s["scaling"].get(traffic, {}).get("imqd x2 / imqd x1"))
+        out.append({"figure": f"scaling {traffic} imqd x2 / imqd x1", "target": f">= {TARGETS['scaling']:.1f}",
+                    "value": v, "met": v is not None and v >= TARGETS["scaling"], "misses": []})
+    return out
+
+
+# -- markdown ----------------------------------------------------------------------------------------------------
+def _f(x: dict[str, float] | None, fmt: str = "{:.3f}", scale: float = 1.0) -> str:
+    """'median (min-max)' or 'n/a'."""
+    if x is None:
+        return "n/a"
+    med, lo, hi = (fmt.format(x[k] * scale) for k in ("median", "min", "max"))
+    return med if x["n"] == 1 else f"{med} ({lo}–{hi})"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def render_markdown(s: dict[str, Any], meta: dict[str, Any], *, png: str | None = "benchmarks.png",
+                    json_name: str = "benchmarks.json") -> str:
+    """The page: machine and command, one table per figure, target verdicts and what limits the misses."""
+    m = meta.get("machine", {})
+    loads = [v for _, v in meta.get("loadavg", [])]
+    p = meta.get("params", {})
+    reps = p.get("reps", "?")
+    L: list[str] = ["# imqd benchmarks", ""]
+    L += ["Generated by `bench/` -- do not edit by hand; rerun the command below. Every figure is a ratio to a "
+          "reference measured in the same run on the same namespace topology (client -- router -- server, veth "
+          f"pairs), given as median (min–max) over {reps} repetition(s); ratios are formed within each "
+          f"repetition. Raw records: [{json_name}]({json_name}).", ""]
+    L += ["## Machine and command", ""]
+    L += [f"- Command: `{meta.get('command', '?')}` (as root), {meta.get('started', '')}, "
+          f"took {meta.get('duration_s', 0):.0f} s" + (" -- **quick mode: 1 repetition, short runs**"
+                                                       if meta.get("quick") else ""),
+          f"- Machine: {m.get('nproc')} CPUs, {m.get('cpu_model')}"
+          + (f" ({m['hypervisor']} guest)" if m.get("hypervisor") else "")
+          + f", Linux {m.get('kernel')}, Python {m.get('python')}, NetfilterQueue {m.get('netfilterqueue')}, "
+          f"{m.get('iperf3')}",
+          f"- Load average (1 min) during the run: mean {sum(loads) / len(loads):.2f}, max {max(loads):.2f} "
+          "(other work on the machine makes every figure noisier)" if loads else "- Load average: not sampled",
+          f"- UDP generator: {meta.get('generator', '?')}, one sender process per source address; source "
+          f"addresses by NFQUEUE queue: {meta.get('sources', {})}",
+          "- imqd: `imqd run --apply-rules`, `overhead: 14` (what kernel HTB counts on a veth), classes `up` "
+          "(egress, oif wan) and `down` (ingress, iif wan); x1 = `--queues 0`, x2 = `--queues 0:1`. Its rules "
+          "queue every forwarded packet twice (mangle PREROUTING and POSTROUTING); the bare loop gets the same "
+          "rules.", ""]
+    if png:
+        L += [f"![accuracy and ceiling]({png})", ""]
+
+    L += ["## Targets", ""]
+    L += _table(["figure", "target", "median", "verdict"],
+                ([t["figure"], t["target"], "n/a" if t["value"] is None else
+                  (f"{t['value']:.0f} µs" if "latency" in t["figure"] else f"{t['value']:.3f}"),
+                  ("met" if t["met"] else "**missed**") + ("" if not t["misses"] else ": " + "; ".join(t["misses"]))]
+                 for t in s["targets"]))
+    L += [""]
+
+    notes = limits(s, meta)
+    if notes:
+        L += ["### What limits the figures that miss", ""] + [f"- {n}" for n in notes] + [""]
+
+    a = s["accuracy"]
+    L += ["## Accuracy: TCP goodput, imqd / kernel HTB", "",
+          f"iperf3 goodput through a class at the configured rate; {a['subject']} vs kernel HTB ({a['reference']}: "
+          "HTB + `pfifo limit 1000` on the wan egress for uploads, on an IFB fed from the wan ingress for "
+          "downloads). The other direction is left unshaped. Each run lasts "
+          f"{p.get('tcp_seconds', '?')} s (5 s at 1 Mbit/s: at least 400 full-size packets) after "
+          f"{p.get('omit', '?')} s omitted for slow start. Overall ratio: " + _f(a["overall"]) + ".", ""]
+    L += _table(["direction", "rate", "flows", "kernel HTB Mbit/s", "imqd Mbit/s", "imqd / kernel"],
+                ([r["direction"], f"{r['rate_bps'] / 1e6:g} Mbit/s", str(r["flows"]), _f(r["kernel_mbps"]),
+                  _f(r["imqd_mbps"]), _f(r["ratio"])] for r in a["rows"]))
+    L += [""]
+
+    c = s["ceiling"]
+    L += ["## Ceiling: packets/s forwarded with every class above capacity", "",
+          "UDP: 64-byte Ethernet frames (18-byte payload) from two senders, one per source address (so x2 "
+          "systems get one host pair per queue). The offered load rises from 10 kpps by "
+          f"×{p.get('step_factor', '?')} until less than 90% arrives in {p.get('lossy_steps', '?')} step(s) "
+          "in a row; the figure is the best forwarded rate (steady state, counted by a DROP rule in the server "
+          "namespace). *At full speed* "
+          "is the rate when both senders send as fast as they can: the senders' kernel work then starves the "
+          "Python workers on 2 cores (receive livelock). TCP: two iperf3 uploads (one per source address), "
+          "packets/s = goodput / 1448-byte MSS.", ""]
+    systems = list(dict.fromkeys(list(c.get("udp64", {}).get("pps", {})) + list(c.get("tcp1500", {}).get("pps", {}))))
+    L += _table(["system", "UDP 64 B peak pps", "UDP at full speed pps", "TCP pps", "TCP Gbit/s"],
+                ([sy, _f(c.get("udp64", {}).get("pps", {}).get(sy), "{:,.0f}"),
+                  _f(c.get("udp64", {}).get("overload_pps", {}).get(sy), "{:,.0f}"),
+                  _f(c.get("tcp1500", {}).get("pps", {}).get(sy), "{:,.0f}"),
+                  _f(c.get("tcp1500", {}).get("gbps", {}).get(sy), "{:.3f}")] for sy in systems))
+    L += [""]
+    L += _table(["ratio", "UDP 64 B", "TCP"],
+                ([pair, _f(c.get("udp64", {}).get("ratios", {}).get(pair)),
+                  _f(c.get("tcp1500", {}).get("ratios", {}).get(pair))]
+                 for pair in [f"{x} / {y}" for x, y in CEILING_PAIRS]))
+    L += [""]
+
+    L += ["## Scaling: 2 workers / 1 worker", ""]
+    L += _table(["ratio", "UDP 64 B", "TCP"],
+                ([f"{x} / {y}", _f(s["scaling"].get("udp64", {}).get(f"{x} / {y}")),
+                  _f(s["scaling"].get("tcp1500", {}).get(f"{x} / {y}"))] for x, y in SCALING_PAIRS))
+    L += [""]
+
+    li = s["latency_idle"]
+    L += ["## Latency", "", f"**Low load:** {p.get('ping_count', '?')} pings at 10 ms intervals, nothing else "
+          "running; median RTT per repetition. Each RTT crosses the NFQUEUE path four times (echo and reply, "
+          "each queued at PREROUTING and POSTROUTING).", ""]
+    L += _table(["system", "median RTT µs"], ([sy, _f(v, "{:.0f}")] for sy, v in li["median_us"].items()))
+    L += [""]
+    L += _table(["added RTT", "µs"], ([k, _f(v, "{:.0f}")] for k, v in li["added_us"].items()))
+    L += [""]
+    ll = s["latency_load"]
+    L += ["**Under load (bufferbloat):** one TCP upload saturates a 20 Mbit/s class; pings from the same host go "
+          "through the same class (imqd x1, so one worker holds one FIFO; with x2 the ping's host pair may hash "
+          "to the other worker's FIFO and skip the queue). FIFO limit 1000 packets on both sides.", ""]
+    L += _table(["queue", "median RTT ms", "p90 RTT ms", "TCP Mbit/s"],
+                ([label, _f(r["median_ms"], "{:.1f}"), _f(r["p90_ms"], "{:.1f}"), _f(r["mbps"], "{:.1f}")]
+                 for label, r in ll["rows"].items()))
+    if "imqd fq_codel" not in ll["rows"]:
+        L += ["| imqd fq_codel | n/a: leaf not available (no fq_codel leaf key in imqd's class config) | | |"]
+    if "kernel HTB + fq_codel" not in ll["rows"]:
+        L += ["| kernel HTB + fq_codel | n/a: this kernel has no sch_fq_codel | | |"]
+    L += ["", f"imqd FIFO / kernel HTB + pfifo median RTT: {_f(ll['imqd_fifo_over_kernel'])}.", ""]
+
+    cost = s["cost"]
+    L += ["## Cost", "", "CPU seconds (user + system, all threads, from /proc/PID/stat) of the system's "
+          "processes per million forwarded 64-byte packets, at a fixed offered load of "
+          f"{next(iter(v for v in cost['at_pps'].values() if v), 0):,.0f} pps. The system time includes the "
+          "kernel work done in the verdict call (re-injection, forwarding).", ""]
+    L += _table(["system", "CPU s / Mpkt"], ([sy, _f(v, "{:.1f}")] for sy, v in cost["cpu_s_per_mpkt"].items()))
+    L += [""]
+    mem = cost["memory"]
+    if mem:
+        L += [f"**Memory with packets held:** a 1 Mbit/s class (limit 20000) fed a burst of 1000-byte UDP packets "
+              f"held {mem['held']:,} packets in imqd x1 ({mem['processes']} processes: supervisor/API, fork "
+              "server, resource tracker, worker).", ""]
+        L += _table(["", "before", f"with {mem['held']:,} held"],
+                    [["RSS sum MiB", f"{mem['rss_before_mib']:.1f}", f"{mem['rss_peak_mib']:.1f}"],
+                     ["PSS sum MiB (shared pages split)", f"{mem['pss_before_mib']:.1f}", f"{mem['pss_peak_mib']:.1f}"],
+                     ["peak RSS (VmHWM) sum MiB", "", f"{mem['hwm_mib']:.1f}"]])
+        if mem["bytes_per_held"] is not None:
+            L += ["", f"≈ {mem['bytes_per_held']:.0f} bytes of imqd memory per held packet (the packet itself "
+                  "stays in the kernel; imqd keeps the 128-byte copy and its queue entry)."]
+        L += [""]
+
+    ctl = s["control"]["by_classes"]
+    L += ["## Control plane", "", "Against a real imqd x2 in the router namespace over loopback HTTP, one "
+          "keep-alive client (Python http.client), sequential requests. *Apply* is the `X-Imqd-Apply-Seconds` "
+          "header of `PATCH /classes/{name}`: from the change until every worker applied it.", ""]
+    L += _table(["classes", "apply ms", "apply p90 ms", "GET /stats req/s", "PATCH /classes/{name} req/s"],
+                ([str(n), _f(v["apply_ms"], "{:.1f}"),
+                  "n/a" if v["apply_p90_ms"] is None else f"{v['apply_p90_ms']:.1f}",
+                  _f(v["get_stats_rps"], "{:.1f}"), _f(v["patch_rps"], "{:.2f}")] for n, v in ctl.items()))
+    L += [""]
+
+    prof = s.get("profile")
+    L += ["## Where the time goes (py-spy)", ""]
+    if prof and not prof.get("error") and prof.get("samples"):
+        L += [f"`py-spy record` on the imqd x1 worker (pid {prof['pid']}) for {prof['seconds']} s under "
+              f"{prof.get('offered_pps', 0):,.0f} pps of 64-byte UDP (just above its peak); {prof['samples']} "
+              "busy samples (idle time in select() is not sampled).", ""]
+        src = prof.get("source") or {}
+        L += ["Own time by line (a native call such as a verdict or a netlink receive counts as the Python line "
+              "that makes it, kernel work included):", ""]
+        L += _table(["own time", "frame", "source line"],
+                    ([f"{100 * n / prof['samples']:.1f}%", f"`{fr}`", f"`{src[fr]}`" if src.get(fr) else ""]
+                     for fr, n in prof["own"][:10]))
+        L += ["", "Own time by function:", ""]
+        L += _table(["own time", "function"], ([f"{100 * n / prof['samples']:.1f}%", f"`{fr}`"]
+                                               for fr, n in prof.get("own_by_function", [])[:8]))
+        L += ["", "Total (inclusive) time by function:", ""]
+        L += _table(["total time", "function"], ([f"{100 * n / prof['samples']:.1f}%", f"`{fr}`"]
+                                                 for fr, n in prof["total"][:12]))
+        L += [""]
+    else:
+        L += [f"not profiled in this run{': ' + prof['error'] if prof and prof.get('error') else ''}.", ""]
+    return "\n".join(L).rstrip() + "\n"
+
+
+def limits(s: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    """One sentence per missed target: what the measurements say limits it (numbers from this run)."""
+    missed = {t["figure"] for t in s["targets"] if not t["met"] and t["value"] is not None}
+    loads = [v for _, v in meta.get("loadavg", [])]
+    load = f"load average {sum(loads) / len(loads):.1f}" if loads else "unknown load"
+    nproc = meta.get("machine", {}).get("nproc", "?")
+    out = []
+    prof = s.get("profile") or {}
+    top = ""
+    if prof.get("samples"):
+        top = "; py-spy's top own-time functions of the worker: " + ", ".join(
+            f"`{fr.split(' (')[0]}` {100 * n / prof['samples']:.0f}%"
+            for fr, n in (prof.get("own_by_function") or prof["own"])[:4])
+    if "accuracy" in missed:
+        acc = next(t for t in s["targets"] if t["figure"] == "accuracy")
+        out.append("Accuracy outside 0.98-1.02 in: " + "; ".join(acc["misses"]) + ". imqd releases packets "
+                   "from a userspace timer (the worker's select() timeout); a class's burst holds one MTU plus "
+                   f"4 ms of rate, so a worker descheduled for longer than that ({nproc} CPUs shared with iperf3, "
+                   f"the kernel's forwarding work and other users, {load}) loses sending time that kernel HTB, run "
+                   "from softirq, does not.")
+    if any(f.startswith("ceiling") for f in missed):
+        bad = [t for t in s["targets"] if t["figure"].startswith("ceiling") and not t["met"]]
+        out.append("Ceiling below 0.90 of the bare loop for " + ", ".join(
+            f"{t['figure'][8:]} ({t['value']:.2f})" for t in bad) + ": per packet imqd does what the bare loop "
+                   "does (one netlink receive, one verdict) plus header parsing, classification, the HTB "
+                   "enqueue/dequeue and its counters, all in Python" + top + ". The two-worker figures share "
+                   f"{nproc} CPUs with the senders, so they are also the most sensitive to other load ({load}).")
+    if any(f.startswith("added latency") for f in missed):
+        added = s["latency_idle"]["added_us"]
+        bare, own = _med(added.get("bare-loop x1 - plain")), _med(added.get("imqd x1 - bare-loop x1"))
+        if bare is not None and own is not None:
+            out.append(f"Added RTT above 50 µs: the bare loop alone adds {bare:.0f} µs per RTT ({bare / 4:.0f} µs "
+                       "per NFQUEUE pass, four passes per RTT) -- the floor of the NFQUEUE-in-Python architecture "
+                       f"on this machine, above the target before imqd does anything; imqd adds {own:.0f} µs more "
+                       f"({own / 4:.0f} µs per pass): waking from select(), parsing, classifying and a trip "
+                       "through the HTB scheduler before the verdict.")
+    for traffic in TRAFFIC:
+        if f"scaling {traffic} imqd x2 / imqd x1" not in missed:
+            continue
+        ours = _med(s["scaling"][traffic].get("imqd x2 / imqd x1"))
+        bare = _med(s["scaling"][traffic].get("bare-loop x2 / bare-loop x1"))
+        if bare is not None and bare < TARGETS["scaling"]:
+            out.append(f"Scaling below 1.6 for {traffic} ({ours:.2f}): even the bare loop scales only {bare:.2f} "
+                       f"from 1 to 2 processes here. The machine has {nproc} CPUs, shared by the two workers, the "
+                       f"traffic senders, the kernel's forwarding work and other users ({load}): a second worker "
+                       "finds no idle core (the target applies where the machine has the cores).")
+        else:
+            shown = "n/a" if bare is None else f"{bare:.2f}"
+            out.append(f"Scaling below 1.6 for {traffic} ({ours:.2f}) while the bare loop scales {shown}: on "
+                       f"{nproc} CPUs shared by the two workers, the senders and the kernel's forwarding work, "
+                       "the heavier imqd worker (profile below) gets less of the second core; with other users "
+                       f"on the machine ({load}) single runs vary a lot.")
+    return out

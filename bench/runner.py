@@ -1,0 +1,231 @@
+"""One benchmark run: build the topology, measure every system in the same run, write JSON, markdown and PNG.
+
+Order: repetitions are the outer loop and every system is measured once per repetition, so slow drifts in
+the machine's load (other users of these 2 cores) spread over all systems instead of biasing one.  A system is
+started, measured, and stopped before the next one starts; nothing else shapes or queues meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.figures import Bench, Params
+from bench.systems import BareLoop, Imqd, KernelHtb, Plain, fq_codel_leaf, imqd_config
+from imqd.netns import Topology
+
+__all__ = ["run", "machine", "LoadSampler", "api_classes"]
+
+API_CLASSES = 1000
+
+
+class LoadSampler:
+    """Samples the 1-minute load average every `interval` seconds in a thread (the run's noise indicator)."""
+
+    def __init__(self, interval: float = 5.0) -> None:
+        self.interval = interval
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _sample(self) -> None:
+        self.samples.append((round(time.monotonic() - self._t0, 1), os.getloadavg()[0]))
+
+    def _loop(self) -> None:
+        while True:
+            self._sample()
+            if self._stop.wait(self.interval):
+                return
+
+
+def machine() -> dict[str, Any]:
+    """nproc, CPU model, kernel, Python, tool versions: what the page must say the numbers came from."""
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        iperf = subprocess.run(["iperf3", "--version"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        iperf = ""
+    try:
+        from importlib.metadata import version
+
+        import netfilterqueue  # noqa: F401
+
+        nfq = version("NetfilterQueue")
+    except Exception:  # noqa: BLE001
+        nfq = "unknown"
+    return {"nproc": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
+            "python": platform.python_version(), "iperf3": iperf.split("\n")[0].strip(), "netfilterqueue": nfq,
+            "hypervisor": _hypervisor()}
+
+
+def _hypervisor() -> str | None:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        return None
+    for line in out.splitlines():
+        if line.startswith("Hypervisor vendor:"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def api_classes(topo: Topology, n: int = API_CLASSES) -> dict[str, Any]:
+    """A config with `n` egress leaves under one root (each matching one UDP port) plus the up/down classes."""
+    extra: list[dict[str, Any]] = [{"name": "root", "direction": "egress", "rate": "10gbit",
+                                    "match": None}]
+    extra += [{"name": f"c{i}", "direction": "egress", "parent": "root", "rate": "1mbit", "ceil": "100mbit",
+               "match": {"proto": "udp", "dport": 20000 + i}} for i in range(n)]
+    cfg = imqd_config(topo)
+    cfg["classes"] = [c for c in cfg["classes"] if c["name"] == "down"] + extra
+    return cfg
+
+
+def run(params: Params, *, command: str, quick: bool, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure everything; returns the raw results (``report.summarize`` turns them into figures)."""
+    raw: dict[str, Any] = {"meta": {"command": command, "quick": quick, "params": params.as_dict(),
+                                    "machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z")},
+                           "accuracy": [], "ceiling": [], "latency_idle": [], "latency_load": [],
+                           "memory": None, "control": [], "profile": None, "sections": {}}
+    leaf = fq_codel_leaf()
+    raw["meta"]["fq_codel_leaf"] = leaf
+    t_start = time.monotonic()
+    prefix = f"bench{os.getpid() % 100000}"
+    with LoadSampler() as load, Topology(clients=1, extra_client_addrs=7, prefix=prefix, ipv6=False) as topo:
+        b = Bench(topo, params, log)
+        raw["meta"]["generator"] = b.generator
+        raw["meta"]["topology"] = topo.describe()
+        sections: dict[str, float] = raw["sections"]
+
+        def timed(name: str, fn: Callable[..., Any], *args: Any) -> Any:
+            t = time.monotonic()
+            try:
+                return fn(*args)
+            finally:
+                sections[name] = round(sections.get(name, 0.0) + time.monotonic() - t, 1)
+
+        with topo.iperf3_server(5201), topo.iperf3_server(5202):
+            with BareLoop(topo, (0, 1)):
+                raw["meta"]["sources"] = {str(q): a for q, a in b.pick_sources().items()}
+            log(f"sources by queue: {raw['meta']['sources']}; generator {b.generator}")
+            kernel_fq: bool | None = None
+            for rep in range(params.reps):
+                log(f"repetition {rep + 1}/{params.reps}")
+                for system in (Plain(topo), BareLoop(topo, (0, 0)), BareLoop(topo, (0, 1))):
+                    with system:
+                        raw["ceiling"].append(timed("ceiling", b.ceiling_udp, system, rep))
+                        raw["ceiling"].append(timed("ceiling", b.ceiling_tcp, system, rep))
+                        if system.name != "bare-loop x2":
+                            raw["latency_idle"].append(timed("latency", b.latency_idle, system, rep))
+                with KernelHtb(topo) as htb:
+                    raw["accuracy"] += timed("accuracy", b.accuracy, htb, rep)
+                    raw["latency_load"].append(timed("latency", b.latency_loaded, htb, rep, "kernel HTB + pfifo"))
+                if kernel_fq is None:
+                    kernel_fq = kernel_has_fq_codel(topo)
+                    raw["meta"]["kernel_fq_codel"] = kernel_fq
+                if kernel_fq:
+                    with KernelHtb(topo, leaf="fq_codel") as htbfq:
+                        raw["latency_load"].append(timed("latency", b.latency_loaded, htbfq, rep,
+                                                         "kernel HTB + fq_codel"))
+                with Imqd(topo, 1) as one:
+                    udp1 = timed("ceiling", b.ceiling_udp, one, rep)
+                    raw["ceiling"].append(udp1)
+                    raw["ceiling"].append(timed("ceiling", b.ceiling_tcp, one, rep))
+                    raw["latency_idle"].append(timed("latency", b.latency_idle, one, rep))
+                    raw["latency_load"].append(timed("latency", b.latency_loaded, one, rep, "imqd FIFO"))
+                    if rep == 0:
+                        raw["memory"] = timed("memory", b.held_memory, one)
+                        if params.profile_seconds:
+                            raw["profile"] = timed("profile", b.profile, one, params.profile_seconds,
+                                                   udp1["pps"] * 1.2)
+                if leaf is not None:
+                    with Imqd(topo, 1, imqd_config(topo, leaf=leaf)) as fq:
+                        raw["latency_load"].append(timed("latency", b.latency_loaded, fq, rep, "imqd fq_codel"))
+                with Imqd(topo, 2) as two:
+                    raw["ceiling"].append(timed("ceiling", b.ceiling_udp, two, rep))
+                    raw["ceiling"].append(timed("ceiling", b.ceiling_tcp, two, rep))
+                    raw["accuracy"] += timed("accuracy", b.accuracy, two, rep)
+                    raw["control"].append(timed("control", control_small, b, two, rep))
+                with Imqd(topo, 2, api_classes(topo)) as big:
+                    raw["control"].append(timed("control", control_big, b, big, rep))
+    raw["meta"]["duration_s"] = round(time.monotonic() - t_start, 1)
+    raw["meta"]["loadavg"] = load.samples
+    return raw
+
+
+def kernel_has_fq_codel(topo: Topology) -> bool:
+    """Whether this kernel has sch_fq_codel (many router kernels do not; this machine's may not)."""
+    dev = topo.wan_iface
+    res = topo.exec(topo.router_ns, ["tc", "qdisc", "replace", "dev", dev, "root", "fq_codel"], check=False)
+    topo.clear_tc(topo.router_ns, dev)
+    return res.returncode == 0
+
+
+def control_small(b: Bench, system: Imqd, rep: int) -> dict[str, Any]:
+    """Apply time of a rate change with 3 classes, 2 workers."""
+    rates = ["9gbit", "10gbit"]
+    plan = {"apply": [["/classes/up", {"rate": rates[i % 2]}] for i in range(b.p.apply_count)]}
+    res = b.api(system, plan)
+    b.log(f"  control  {len(system.config['classes'])} classes: apply median "
+          f"{sorted(res['apply_s'])[len(res['apply_s']) // 2] * 1000:.1f} ms")
+    return {"rep": rep, "classes": len(system.config["classes"]), "workers": system.workers, **res}
+
+
+def control_big(b: Bench, system: Imqd, rep: int) -> dict[str, Any]:
+    """Apply time and requests/s of GET /stats and PATCH /classes/{name} with API_CLASSES classes."""
+    plan = {"apply": [["/classes/c7", {"rate": f"{1 + i % 2}mbit"}] for i in range(b.p.apply_count)],
+            "rps": {"seconds": b.p.api_seconds, "get": "/stats",
+                    "patch": ["/classes/c7", [{"rate": "2mbit"}, {"rate": "1mbit"}]]}}
+    res = b.api(system, plan)
+    n = len(system.config["classes"])
+    b.log(f"  control  {n} classes: apply median {sorted(res['apply_s'])[len(res['apply_s']) // 2] * 1000:.1f} ms,"
+          f" GET /stats {res['get_rps']:.1f}/s, PATCH {res['patch_rps']:.1f}/s")
+    return {"rep": rep, "classes": n, "workers": system.workers, **res}
+
+
+def write_outputs(raw: dict[str, Any], out_dir: Path, log: Callable[[str], None] = print) -> dict[str, Path]:
+    """docs/benchmarks.{json,md,png} (names fixed, so the README can link them)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = report.summarize(raw)
+    paths = {"json": out_dir / "benchmarks.json", "md": out_dir / "benchmarks.md", "png": out_dir / "benchmarks.png"}
+    paths["json"].write_text(json.dumps({"raw": raw, "summary": summary}, indent=1, default=float) + "\n")
+    try:
+        from bench.chart import draw
+
+        draw(summary, paths["png"])
+        png: str | None = paths["png"].name
+    except ImportError as e:
+        log(f"chart skipped: {e} (pip install matplotlib)")
+        png = None
+    paths["md"].write_text(report.render_markdown(summary, raw["meta"], png=png, json_name=paths["json"].name))
+    return paths
+
+
+if __name__ == "__main__":  # pragma: no cover - use python -m bench
+    sys.exit("use: python -m bench [--quick] [--out docs/]")
