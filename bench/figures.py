@@ -29,6 +29,8 @@ __all__ = ["Params", "QUICK", "FULL", "Bench"]
 
 UDP_PORT = 9
 MIN_PACKETS = 400  # full-size packets an accuracy run carries at least (low rates run longer)
+WINDOW_S = 0.2  # accuracy runs: TCP windows add up to this much of the class rate ...
+WINDOW_MIN = 64 * 1024  # ... but at least this many bytes
 PROBES = 5  # datagrams per address when finding which queue an address hashes to
 TCP_PORTS = (5201, 5202)
 MSS = 1448  # TCP payload per full-size packet (1500 MTU - 20 IP - 20 TCP - 12 timestamps)
@@ -153,11 +155,14 @@ class Bench:
         return {"sent": sent, "seconds": seconds}
 
     def iperf(self, direction: str, flows: int = 1, *, seconds: int | None = None, omit: int | None = None,
-              port: int = TCP_PORTS[0], bind: str | None = None) -> float:
-        """TCP goodput in bit/s (as received)."""
-        return self.topo.iperf3(0, port=port, seconds=seconds or self.p.tcp_seconds,
-                                omit=self.p.omit if omit is None else omit, reverse=direction == DOWN,
-                                parallel=flows, bind=bind)["bps"]
+              port: int = TCP_PORTS[0], bind: str | None = None, window: int | None = None) -> float:
+        """TCP goodput in bit/s (as received); `window` = iperf3 -w per stream (None: the kernel's autotuning)."""
+        if window is None:
+            return self.topo.iperf3(0, port=port, seconds=seconds or self.p.tcp_seconds,
+                                    omit=self.p.omit if omit is None else omit, reverse=direction == DOWN,
+                                    parallel=flows, bind=bind)["bps"]
+        return iperf3_window(self.topo, direction == DOWN, flows, seconds or self.p.tcp_seconds,
+                             self.p.omit if omit is None else omit, port, window)
 
     def settle(self, system: System, timeout: float = 5.0) -> float:
         """Wait until nothing waits in the router (NFQUEUE packets awaiting a verdict, which includes what
@@ -204,7 +209,9 @@ class Bench:
         """Goodput at each configured rate, flow count and direction; the other direction left unshaped.
 
         A run lasts at least MIN_PACKETS full-size packets at the configured rate (5 s at 1 Mbit/s): iperf3's
-        goodput over a few hundred packets is too coarse to resolve 2%."""
+        goodput over a few hundred packets is too coarse to resolve 2%.  The TCP window is capped
+        (:func:`accuracy_window`), so the class's queue holds at most ~WINDOW_S of data: the shaper stays
+        saturated, but a run does not end with seconds of queue that iperf3's closing exchange waits behind."""
         out = []
         for direction in self.p.directions:
             other = DOWN if direction == UP else UP
@@ -216,9 +223,10 @@ class Bench:
                 system.set_rate(direction, rate)
                 seconds = max(self.p.tcp_seconds, math.ceil(MIN_PACKETS * 1514 * 8 / rate))
                 for flows in self.p.flows:
-                    bps = self.iperf(direction, flows, seconds=seconds)
+                    window = accuracy_window(rate, flows)
+                    bps = self.iperf(direction, flows, seconds=seconds, window=window)
                     out.append({"rep": rep, "system": system.name, "direction": direction, "rate_bps": rate,
-                                "flows": flows, "bps": bps, "seconds": seconds})
+                                "flows": flows, "bps": bps, "seconds": seconds, "window": window})
                     self.log(f"  accuracy {system.name:<12} {direction:<8} {rate / 1e6:>5g} Mbit/s x{flows}: "
                              f"{bps / 1e6:8.3f} Mbit/s")
                     self.settle(system)
@@ -418,6 +426,27 @@ class Bench:
         top = top_frames(collapsed)
         return {"pid": pid, "seconds": seconds, "offered_pps": pps, **top,
                 "source": {fr: source_line(fr) for fr, _ in top["own"]}}
+
+
+def accuracy_window(rate_bps: int, flows: int) -> int:
+    """iperf3 -w per stream: together WINDOW_S of the rate (at least WINDOW_MIN bytes), split over the flows."""
+    total = max(WINDOW_MIN, int(rate_bps / 8 * WINDOW_S))
+    return max(4096, total // flows)
+
+
+def iperf3_window(topo: Topology, reverse: bool, flows: int, seconds: int, omit: int, port: int, window: int
+                  ) -> float:
+    """iperf3 with ``-w`` (Topology.iperf3 has no window option): goodput in bit/s as received."""
+    argv = ["iperf3", "-c", topo.server_addr4, "-p", str(port), "-t", str(seconds), "-O", str(omit), "-J",
+            "-P", str(flows), "-w", str(window), "--connect-timeout", "3000", *(["-R"] if reverse else [])]
+    res = topo.exec(topo.clients[0].ns, argv, check=False, timeout=seconds + omit + 30)
+    try:
+        data = json.loads(res.stdout)
+    except json.JSONDecodeError as e:
+        raise RuntimeError(f"iperf3 gave no JSON (exit {res.returncode}): {res.stderr.strip()[-300:]}") from e
+    if "error" in data:
+        raise RuntimeError(f"iperf3 {' '.join(argv[1:])}: {data['error']}")
+    return float(data["end"]["sum_received"]["bits_per_second"])
 
 
 def _timed_count(sink: udpgen.Sink) -> tuple[int, float]:
