@@ -390,6 +390,23 @@ class StatsCollector:
 
 
 # -- the app ------------------------------------------------------------------------------
+def mount_offline_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs with its JavaScript and CSS from the swagger-ui-bundle package."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-static", StaticFiles(directory=str(swagger_ui_path)), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> Any:
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="imqd API",
+                                   swagger_js_url="/docs-static/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-static/swagger-ui.css",
+                                   swagger_favicon_url="/docs-static/favicon-32x32.png")
+
+
+
 def create_app(controller: Any, *, token: str | None, open_reads: bool, max_body: int = DEFAULT_MAX_BODY
                ) -> FastAPI:
     """The REST API over ``controller``; ``token`` guards writes (and reads unless ``open_reads``)."""
@@ -399,7 +416,9 @@ def create_app(controller: Any, *, token: str | None, open_reads: bool, max_body
         description="Shaping classes of an imqd router, changed live; statistics; on/off switch.",
         responses={413: {**_ERR, "description": _ERROR_TEXT[413]}},
         default_response_class=JSON,
+        docs_url=None,  # served below from local files: a router often has no route to a CDN
     )
+    mount_offline_docs(app)
     stats_lock = threading.Lock()  # the controller's rate meter is not thread-safe; scrapes run in threads
 
     def read_stats() -> dict[str, Any]:

@@ -418,7 +418,10 @@ def test_two_apps_do_not_share_metrics(tmp_path: Path) -> None:
 
 def test_docs_and_openapi(env: Any) -> None:
     client = env[0]
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    assert "/docs-static/swagger-ui-bundle.js" in docs.text and "cdn" not in docs.text, "works offline"
+    assert client.get("/docs-static/swagger-ui-bundle.js").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/classes", "/classes/{name}", "/stats", "/enabled", "/healthz", "/metrics"} <= set(paths)
     post = paths["/classes"]["post"]
