@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     rules.add_argument("action", choices=("apply", "remove", "show"))
     add_rule_options(rules)
 
+    tok = sub.add_parser("token", help="write a new random API bearer token to FILE (mode 600)")
+    tok.add_argument("file", type=Path)
+
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("config", type=Path)
 
@@ -244,12 +247,33 @@ def is_loopback(host: str) -> bool:
 
 def read_token(path: Path) -> str:
     try:
+        mode = path.stat().st_mode
         token = path.read_text().strip()
     except OSError as exc:
         raise CliError(f"--token-file {path}: {exc.strerror}") from None
+    if mode & 0o077:
+        raise CliError(f"--token-file {path}: readable by group or others (mode {mode & 0o777:o}); "
+                       f"chmod 600 {path}")
     if len(token) < 16:
         raise CliError(f"--token-file {path}: the token must be at least 16 characters")
     return token
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Write a new random API token to a file only its owner can read."""
+    import secrets
+
+    path: Path = args.file
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise CliError(f"{path}: exists already (remove it first to make a new token)") from None
+    except OSError as exc:
+        raise CliError(f"{path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_urlsafe(32) + "\n")
+    print(f"{path}: new token written (mode 600); start imqd with --token-file {path}")
+    return 0
 
 
 def cmd_rules(args: argparse.Namespace) -> int:
@@ -282,7 +306,7 @@ def cmd_client(args: argparse.Namespace) -> int:
     return run_client(args)
 
 
-COMMANDS = {"run": cmd_run, "rules": cmd_rules, "check-config": cmd_check_config, "lab": cmd_lab,
+COMMANDS = {"run": cmd_run, "rules": cmd_rules, "token": cmd_token, "check-config": cmd_check_config, "lab": cmd_lab,
             "class": cmd_client, "stats": cmd_client, "enable": cmd_client}
 
 

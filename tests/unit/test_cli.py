@@ -55,3 +55,21 @@ def test_rules_apply_needs_queues(capsys: pytest.CaptureFixture[str], monkeypatc
     monkeypatch.setenv("IMQD_QUEUES", "9:1")
     assert main(["rules", "apply"]) == 1
     assert "IMQD_QUEUES" in capsys.readouterr().err
+
+
+def test_token_file_is_created_0600_and_open_ones_are_refused(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    from imqd.cli import CliError, read_token
+
+    path = tmp_path / "token"
+    assert main(["token", str(path)]) == 0
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    token = read_token(path)
+    assert len(token) >= 40
+    assert main(["token", str(path)]) == 1, "never overwrites an existing token"
+    assert "exists" in capsys.readouterr().err
+    os.chmod(path, 0o644)
+    with pytest.raises(CliError, match="chmod 600"):
+        read_token(path)
