@@ -104,6 +104,11 @@ class QueueWorker:
         c = self.counters
         c.packets += 1
         try:
+            direction = "ingress" if pkt.hook in INGRESS_HOOKS else "egress"
+            if not self.shaper.shapes(direction):  # no classes there, or shaping off: no need to look
+                pkt.accept()
+                c.accepted += 1
+                return
             now = self._clock()
             try:
                 info = parse_headers(pkt.get_payload())
@@ -112,7 +117,6 @@ class QueueWorker:
                 pkt.accept()
                 c.accepted += 1
                 return
-            direction = "ingress" if pkt.hook in INGRESS_HOOKS else "egress"
             verdict, dropped = self.shaper.admit(
                 info, direction, pkt.get_mark(), self.ifaces.get(pkt.indev), self.ifaces.get(pkt.outdev), pkt, now
             )
@@ -196,7 +200,7 @@ class QueueWorker:
                     if ctrl is not None and ctrl in ready:
                         self._on_control()
                 now = clock()
-                if shaper.held:
+                if shaper.busy:
                     self._release(now)
                 if now >= next_stats and ctrl is not None:
                     self.send_stats()

@@ -168,7 +168,7 @@ class Shaper:
         """Every packet the schedulers release at ``now`` (in release order)."""
         out: list[QueuedPacket] = []
         for tree in self.trees.values():
-            if tree is None:
+            if tree is None or not tree.htb.busy:
                 continue
             dequeue = tree.htb.dequeue
             pkt = dequeue(now)
@@ -176,6 +176,10 @@ class Shaper:
                 out.append(pkt)
                 pkt = dequeue(now)
         return out
+
+    def shapes(self, direction: str) -> bool:
+        """Whether packets of ``direction`` can be shaped at all (else they pass without a look)."""
+        return self.enabled and self.trees[direction] is not None
 
     def take_dropped(self) -> list[QueuedPacket]:
         """Packets the schedulers dropped outside enqueue (AQM in dequeue, a shrunk or replaced leaf).
@@ -185,8 +189,10 @@ class Shaper:
         out: list[QueuedPacket] = []
         for tree in self.trees.values():
             if tree is not None:
-                out.extend(tree.htb.take_dropped())
-        self.dropped += len(out)
+                dropped = tree.htb.take_dropped()
+                if dropped:
+                    out.extend(dropped)
+                    self.dropped += len(dropped)
         return out
 
     def next_event(self, now: float) -> float | None:
@@ -212,6 +218,11 @@ class Shaper:
         """Switch shaping on/off; switching off releases everything held (no reordering)."""
         self.enabled = enabled
         return [] if enabled else self.drain()
+
+    @property
+    def busy(self) -> bool:
+        """Whether any packet is held (O(1)); ``held`` counts them."""
+        return any(t is not None and t.htb.busy for t in self.trees.values())
 
     @property
     def held(self) -> int:

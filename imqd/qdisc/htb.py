@@ -455,41 +455,44 @@ class HTB:
             return None
         self._last_now = now
         skip: list[_Class] | None = None
-        with self._locked():
-            while True:
-                cl = self._select(now, skip)
-                if cl is None:
-                    return None
-                q = cl.q
-                pkt = q.dequeue(now)
-                if cl.take_dropped is not None:
-                    self._collect_dropped(cl, self._dq_dropped)
-                key = cl.key
-                self._ne_cache = None
-                if pkt is None:
-                    # The leaf said it had something and then had not (it dropped it, or is not
-                    # work-conserving): move on, as htb_dequeue_tree does.
-                    if q.backlog_packets == 0:
-                        cl.active = False
-                        self._active.remove(cl)
-                    else:
-                        skip = (skip or []) + [cl]
-                    self._ptr[key] = cl.idx + 1
-                    continue
-                size = pkt.size
-                level = key >> 3
-                d = cl.deficit[level] - size
-                if d < 0:
-                    d += cl.quantum
-                    self._ptr[key] = cl.idx + 1
-                else:
-                    self._ptr[key] = cl.idx
-                cl.deficit[level] = d
-                if not q.backlog_packets:
+        while True:
+            cl = self._select(now, skip)
+            if cl is None:
+                return None
+            q = cl.q
+            pkt = q.dequeue(now)
+            if cl.take_dropped is not None:
+                self._collect_dropped(cl, self._dq_dropped)
+            key = cl.key
+            self._ne_cache = None
+            if pkt is None:
+                # The leaf said it had something and then had not (it dropped it, or is not
+                # work-conserving): move on, as htb_dequeue_tree does.
+                if q.backlog_packets == 0:
                     cl.active = False
                     self._active.remove(cl)
+                else:
+                    skip = (skip or []) + [cl]
+                self._ptr[key] = cl.idx + 1
+                continue
+            size = pkt.size
+            level = key >> 3
+            d = cl.deficit[level] - size
+            if d < 0:
+                d += cl.quantum
+                self._ptr[key] = cl.idx + 1
+            else:
+                self._ptr[key] = cl.idx
+            cl.deficit[level] = d
+            if not q.backlog_packets:
+                cl.active = False
+                self._active.remove(cl)
+            # Only the charge needs the shared lock: selection reads token state that other workers
+            # may change at any time anyway (they can only make it smaller), like the kernel's lockless
+            # mode checks; a race costs at most one packet of credit per worker.
+            with self._locked():
                 self._charge(cl, level, size, now)
-                return pkt
+            return pkt
 
     def _charge(self, cl: _Class, level: int, size: int, now: float) -> None:
         """htb_charge_class: the lender and its ancestors pay tokens; classes below it borrowed."""
@@ -537,8 +540,7 @@ class HTB:
         """What ``dequeue(now)`` would return (barring a leaf that drops on dequeue), without charging."""
         if not self._active:
             return None
-        with self._locked():
-            cl = self._select(now, None)
+        cl = self._select(now, None)  # reads only: no lock (see dequeue)
         return None if cl is None else cl.q.peek(now)
 
     def next_event(self, now: float) -> float | None:
@@ -561,34 +563,34 @@ class HTB:
         vals = self._vals
         inf = math.inf
         best = inf
-        with self._locked():
-            for cl in active:
-                t = inf
-                cmax = -inf
-                for c in cl.chain:
-                    b = c.base
-                    tc = vals[b + 2]
-                    rc = tc - vals[b + 1]  # time ctokens reach 0 (NaN for a fresh slot: never binding)
-                    if rc > cmax:
-                        cmax = rc
-                    if cmax >= t:
-                        break  # classes further up cannot make it earlier
-                    rt = tc - vals[b]
-                    cand = rt if rt > cmax else cmax
-                    if cand < t:
-                        t = cand
-                if not cl.wc:
-                    e = cl.q.next_event(now)
-                    if e is None:
-                        continue
-                    if e > t:
-                        t = e
-                    if t <= now and cl.q.peek(now) is None:
-                        t = now + _NWC_POLL  # the leaf said "now" but cannot: poll it soon
-                if t <= now:
-                    return now
-                if t < best:
-                    best = t
+        # Reads only: no lock (another worker's charge can only make the answer later).
+        for cl in active:
+            t = inf
+            cmax = -inf
+            for c in cl.chain:
+                b = c.base
+                tc = vals[b + 2]
+                rc = tc - vals[b + 1]  # time ctokens reach 0 (NaN for a fresh slot: never binding)
+                if rc > cmax:
+                    cmax = rc
+                if cmax >= t:
+                    break  # classes further up cannot make it earlier
+                rt = tc - vals[b]
+                cand = rt if rt > cmax else cmax
+                if cand < t:
+                    t = cand
+            if not cl.wc:
+                e = cl.q.next_event(now)
+                if e is None:
+                    continue
+                if e > t:
+                    t = e
+                if t <= now and cl.q.peek(now) is None:
+                    t = now + _NWC_POLL  # the leaf said "now" but cannot: poll it soon
+            if t <= now:
+                return now
+            if t < best:
+                best = t
         if best == inf:
             return None
         self._ne_cache = best
@@ -613,12 +615,19 @@ class HTB:
         each ``dequeue`` round and after each ``change``.
         """
         out = self._dq_dropped
+        if not out:
+            return out  # the common case: nothing dropped, nothing allocated
         self._dq_dropped = []
         return out
 
     @property
     def backlog_packets(self) -> int:
         return sum(cl.q.backlog_packets for cl in self._active)
+
+    @property
+    def busy(self) -> bool:
+        """Whether any leaf holds a packet (O(1), for the per-packet path)."""
+        return bool(self._active)
 
     @property
     def backlog_bytes(self) -> int:
