@@ -79,6 +79,7 @@ START_PPS = 10_000  # the first offered load of the ceiling search (and the load
 MAX_PPS = 400_000
 LOSS_STOP = 0.9  # stop rising once less than this share of the offered load arrives
 LOAD_RATE_BPS = 20_000_000  # the class rate of the latency-under-load runs
+LOAD_FLOWS = 4  # TCP uploads that load the class in the latency-under-load runs
 HELD_TARGET = 10_000
 _BACKLOG_RE = re.compile(r"backlog \S+ (\d+)p")
 
@@ -333,12 +334,12 @@ class Bench:
         return {"rep": rep, "system": system.name, "rtts_ms": rtts}
 
     def latency_loaded(self, system: System, rep: int, label: str) -> dict[str, Any]:
-        """ping RTTs through a class at LOAD_RATE_BPS saturated by one TCP upload (bufferbloat)."""
+        """ping RTTs through a class at LOAD_RATE_BPS saturated by LOAD_FLOWS TCP uploads (bufferbloat)."""
         system.set_rate(UP, LOAD_RATE_BPS)
         result: dict[str, float] = {}
-        warm = 1.5
+        warm = 2.0
         secs = int(self.p.load_seconds + warm + 1)
-        t = threading.Thread(target=lambda: result.update(bps=self.iperf(UP, 1, seconds=secs, omit=0)))
+        t = threading.Thread(target=lambda: result.update(bps=self.iperf(UP, LOAD_FLOWS, seconds=secs, omit=0)))
         t.start()
         try:
             time.sleep(warm)

@@ -7,6 +7,7 @@ moves both sides of a ratio together instead of widening it.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -368,7 +369,7 @@ def render_markdown(s: dict[str, Any], meta: dict[str, Any], *, png: str | None 
     L += _table(["added RTT", "µs"], ([k, _f(v, "{:.0f}")] for k, v in li["added_us"].items()))
     L += [""]
     ll = s["latency_load"]
-    L += ["**Under load (bufferbloat):** one TCP upload saturates a 20 Mbit/s class; pings from the same host go "
+    L += ["**Under load (bufferbloat):** four TCP uploads saturate a 20 Mbit/s class; pings from the same host go "
           "through the same class (imqd x1, so one worker holds one FIFO; with x2 the ping's host pair may hash "
           "to the other worker's FIFO and skip the queue). FIFO limit 1000 packets on both sides.", ""]
     L += _table(["queue", "median RTT ms", "p90 RTT ms", "TCP Mbit/s"],
@@ -378,7 +379,11 @@ def render_markdown(s: dict[str, Any], meta: dict[str, Any], *, png: str | None 
         L += ["| imqd fq_codel | n/a: leaf not available (no fq_codel leaf key in imqd's class config) | | |"]
     if "kernel HTB + fq_codel" not in ll["rows"]:
         L += ["| kernel HTB + fq_codel | n/a: this kernel has no sch_fq_codel | | |"]
-    L += ["", f"imqd FIFO / kernel HTB + pfifo median RTT: {_f(ll['imqd_fifo_over_kernel'])}.", ""]
+    L += ["", f"imqd FIFO / kernel HTB + pfifo median RTT: {_f(ll['imqd_fifo_over_kernel'])}."]
+    if meta.get("fq_codel_leaf"):
+        L += ["", f"imqd fq_codel: the classes carry `{json.dumps(meta['fq_codel_leaf'])}` (CoDel target and "
+              "interval at their defaults)."]
+    L += [""]
 
     cost = s["cost"]
     L += ["## Cost", "", "CPU seconds (user + system, all threads, from /proc/PID/stat) of the system's "

@@ -186,3 +186,18 @@ def test_removed_class_moves_its_packets_to_the_default_class() -> None:
     worker.handle_message(("config", 2, {"classes": [{"name": "rest", "rate": "1mbit", "default": True}]}, {}, True))
     assert worker.shaper.held == held, "no packet lost or released early"
     assert worker.shaper.class_stats()["rest"]["backlog_packets"] == held
+
+
+def test_bind_errors_say_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import imqd.queue_worker as qw
+
+    monkeypatch.setattr(qw, "has_net_admin", lambda: False)
+    assert "CAP_NET_ADMIN" in describe_bind_error(0, OSError("x"))
+    monkeypatch.setattr(qw, "has_net_admin", lambda: True)
+    real_exists = qw.os.path.exists
+    monkeypatch.setattr(qw.os.path, "exists",
+                        lambda p: False if p.endswith("nfnetlink_queue") else real_exists(p))
+    assert "no nfnetlink_queue support" in describe_bind_error(0, OSError("x"))
+    monkeypatch.setattr(qw.os.path, "exists", real_exists)
+    monkeypatch.setattr(qw, "queue_is_bound", lambda q: q == 5)
+    assert describe_bind_error(5, OSError("x")) == "queue 5: already bound by another process (is another imqd running?)"
