@@ -125,25 +125,25 @@ def _whole(x: Decimal) -> int:
     return int(x.to_integral_value(rounding=ROUND_HALF_EVEN))
 
 
+def _parse_scaled(v: str | int | float, what: str, units: dict[str, int], default_unit: str) -> int:
+    """A non-negative whole number from a tc-style ``"<number><unit>"`` string, int or float."""
+    _check_type(v, what)
+    if isinstance(v, str):
+        num, unit = _split(v, what)
+        scale = units.get(unit or default_unit)
+        if scale is None:
+            raise ValueError(f"invalid {what} {v!r}: unknown unit {unit!r} (use one of {', '.join(units)})")
+        return _whole(num * scale)
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ValueError(f"invalid {what} {v!r}: must be finite")
+    if v < 0:
+        raise ValueError(f"invalid {what} {v!r}: must not be negative")
+    return _whole(Decimal(v)) if isinstance(v, float) else v
+
+
 def parse_rate(v: str | int | float) -> int:
     """Parse a tc rate (``"100mbit"``, ``"1.5MBps"``, ``8000``) into bit/s (int >= 1)."""
-    _check_type(v, "rate")
-    if isinstance(v, str):
-        num, unit = _split(v, "rate")
-        scale = RATE_UNITS.get(unit or "bit")
-        if scale is None:
-            raise ValueError(f"invalid rate {v!r}: unknown unit {unit!r} (use one of {', '.join(RATE_UNITS)})")
-        bps = _whole(num * scale)
-    elif isinstance(v, float):
-        if not math.isfinite(v):
-            raise ValueError(f"invalid rate {v!r}: must be finite")
-        if v < 0:
-            raise ValueError(f"invalid rate {v!r}: must not be negative")
-        bps = _whole(Decimal(v))
-    else:
-        if v < 0:
-            raise ValueError(f"invalid rate {v!r}: must not be negative")
-        bps = v
+    bps = _parse_scaled(v, "rate", RATE_UNITS, "bit")
     if bps <= 0:
         raise ValueError(f"invalid rate {v!r}: must be at least 1bit")
     if bps > MAX_RATE:
@@ -153,23 +153,7 @@ def parse_rate(v: str | int | float) -> int:
 
 def parse_size(v: str | int | float) -> int:
     """Parse a tc size (``"1514"``, ``"15k"``, ``"1mb"``, ``"8kbit"``) into bytes (int >= 0)."""
-    _check_type(v, "size")
-    if isinstance(v, str):
-        num, unit = _split(v, "size")
-        scale = SIZE_UNITS.get(unit or "b")
-        if scale is None:
-            raise ValueError(f"invalid size {v!r}: unknown unit {unit!r} (use one of {', '.join(SIZE_UNITS)})")
-        n = _whole(num * scale)
-    elif isinstance(v, float):
-        if not math.isfinite(v):
-            raise ValueError(f"invalid size {v!r}: must be finite")
-        if v < 0:
-            raise ValueError(f"invalid size {v!r}: must not be negative")
-        n = _whole(Decimal(v))
-    else:
-        if v < 0:
-            raise ValueError(f"invalid size {v!r}: must not be negative")
-        n = v
+    n = _parse_scaled(v, "size", SIZE_UNITS, "b")
     if n > MAX_SIZE:
         raise ValueError(f"invalid size {v!r}: exceeds the 32-bit limit")
     return n

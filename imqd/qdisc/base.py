@@ -35,6 +35,22 @@ class QueuedPacket:
     meta: dict[str, Any] | None = field(default=None, repr=False)
 
 
+class CountedBacklog:
+    """``backlog_packets``/``backlog_bytes`` for leaves that keep running ``_qlen``/``_bytes`` counters."""
+
+    __slots__ = ()
+    _qlen: int
+    _bytes: int
+
+    @property
+    def backlog_packets(self) -> int:
+        return self._qlen
+
+    @property
+    def backlog_bytes(self) -> int:
+        return self._bytes
+
+
 class Qdisc(Protocol):
     """A leaf or classful queueing discipline (the kernel's Qdisc_ops)."""
 

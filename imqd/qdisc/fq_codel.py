@@ -34,7 +34,7 @@ from itertools import chain
 from operator import attrgetter
 from typing import Any
 
-from imqd.qdisc.base import QueuedPacket
+from imqd.qdisc.base import CountedBacklog, QueuedPacket
 from imqd.qdisc.codel import Codel, CodelState
 from imqd.qdisc.leaves import LeafSpec, check_params, register_leaf
 
@@ -77,7 +77,7 @@ class _Flow(CodelState):
         self.index = index
 
 
-class FqCodel:
+class FqCodel(CountedBacklog):
     """The fq_codel leaf.  Parameters (all optional):
 
     ``target`` (s, 0.005), ``interval`` (s, 0.1), ``limit`` (packets, 10240),
@@ -309,13 +309,6 @@ class FqCodel:
 
     # -- introspection -----------------------------------------------------------------
 
-    @property
-    def backlog_packets(self) -> int:
-        return self._qlen
-
-    @property
-    def backlog_bytes(self) -> int:
-        return self._bytes
 
     def stats(self, now: float | None = None, top: int = 10) -> dict[str, Any]:
         """Counters plus the ``top`` flows by backlog; ``max_sojourn`` is the oldest head's age at ``now``.

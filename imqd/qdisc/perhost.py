@@ -43,7 +43,7 @@ from collections import deque
 from itertools import count
 from typing import Any
 
-from imqd.qdisc.base import QueuedPacket
+from imqd.qdisc.base import CountedBacklog, QueuedPacket
 from imqd.qdisc.leaves import LeafSpec, check_params, register_leaf
 from imqd.qdisc.sfq import DepthIndex
 from imqd.qdisc.tbf import TokenBucket
@@ -145,7 +145,7 @@ class _Config:
         return TokenBucket(self.cap, self.burst) if self.cap else None
 
 
-class PerHost:
+class PerHost(CountedBacklog):
     """The per-host fair-share leaf; see the module docstring for the parameters."""
 
     __slots__ = (
@@ -432,13 +432,6 @@ class PerHost:
 
     # -- introspection -----------------------------------------------------------------
 
-    @property
-    def backlog_packets(self) -> int:
-        return self._qlen
-
-    @property
-    def backlog_bytes(self) -> int:
-        return self._bytes
 
     def _host_name(self, key: int) -> str:
         if key == _NO_HOST:

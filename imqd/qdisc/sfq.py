@@ -19,7 +19,7 @@ from collections.abc import Hashable
 from operator import attrgetter
 from typing import Any, Generic, TypeVar
 
-from imqd.qdisc.base import QueuedPacket
+from imqd.qdisc.base import CountedBacklog, QueuedPacket
 from imqd.qdisc.leaves import LeafSpec, check_params, register_leaf
 
 T = TypeVar("T", bound=Hashable)
@@ -98,7 +98,7 @@ class _Slot:
 _bytes_of = attrgetter("bytes")
 
 
-class Sfq:
+class Sfq(CountedBacklog):
     """The sfq leaf.  Parameters: ``flows`` (buckets, 1024), ``quantum`` (bytes, 1514),
     ``limit`` (packets in total, 127 like the kernel)."""
 
@@ -238,13 +238,6 @@ class Sfq:
             dropped.append(self._drop_longest())  # type: ignore[arg-type]
         return dropped
 
-    @property
-    def backlog_packets(self) -> int:
-        return self._qlen
-
-    @property
-    def backlog_bytes(self) -> int:
-        return self._bytes
 
     def stats(self, top: int = 10) -> dict[str, Any]:
         """Counters plus the ``top`` buckets by backlog (one pass over the active buckets)."""
