@@ -32,13 +32,21 @@ def draw(summary: dict[str, Any], path: Path) -> None:
     ax1.axhspan(lo, hi, color="tab:green", alpha=0.15, label=f"target {lo}–{hi}")
     ax1.axhline(1.0, color="grey", lw=0.8)
     ax1.errorbar(range(len(rows)), med, yerr=err, fmt="o", color="tab:blue", capsize=3, label="imqd / kernel HTB")
+    for key, marker, color, label in (("kernel_of_ideal", "x", "tab:red", "kernel HTB / ideal"),
+                                      ("imqd_of_ideal", "+", "tab:green", "imqd / ideal")):
+        vals = [r.get(key) for r in rows]
+        if any(vals):
+            ax1.plot([i for i, v in enumerate(vals) if v], [v["median"] for v in vals if v], marker, color=color,
+                     label=label)
     ax1.set_xlim(-0.7, max(1, len(rows)) - 0.3)
     ax1.set_xticks(range(len(rows)), labels, rotation=60, ha="right", fontsize=8)
     ax1.set_ylabel("goodput ratio")
-    ax1.set_title("Accuracy: imqd / kernel HTB (median, min–max)")
+    ax1.set_title("Accuracy: goodput ratios (median; bars: min–max of imqd / kernel)")
     ax1.legend(fontsize=8, loc="lower right")
     if med:
-        span = max(0.05, *(abs(m - 1) + max(lo_e, hi_e) + 0.01 for m, lo_e, hi_e in zip(med, *err, strict=True)))
+        extra = [r[k]["median"] for r in rows for k in ("kernel_of_ideal", "imqd_of_ideal") if r.get(k)]
+        span = max(0.05, *(abs(m - 1) + max(lo_e, hi_e) + 0.01 for m, lo_e, hi_e in zip(med, *err, strict=True)),
+                   *(abs(v - 1) + 0.01 for v in extra))
         ax1.set_ylim(1 - span, 1 + span)
 
     ceiling = summary["ceiling"]

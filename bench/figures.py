@@ -424,7 +424,7 @@ class Bench:
                 collapsed = f.read()
         finally:
             os.unlink(path)
-        top = top_frames(collapsed)
+        top = top_frames(collapsed, n=30)
         return {"pid": pid, "seconds": seconds, "offered_pps": pps, **top,
                 "source": {fr: source_line(fr) for fr, _ in top["own"]}}
 

@@ -431,9 +431,10 @@ def render_markdown(s: dict[str, Any], meta: dict[str, Any], *, png: str | None 
         L += ["", "Own time by function:", ""]
         L += _table(["own time", "function"], ([f"{100 * n / prof['samples']:.1f}%", f"`{fr}`"]
                                                for fr, n in prof.get("own_by_function", [])[:8]))
-        L += ["", "Total (inclusive) time by function:", ""]
+        L += ["", "Total (inclusive) time by function (imqd's own code; the process entry frames are left out):", ""]
+        own_code = [(fr, n) for fr, n in prof["total"] if "(imqd/" in fr or "(bench/" in fr]
         L += _table(["total time", "function"], ([f"{100 * n / prof['samples']:.1f}%", f"`{fr}`"]
-                                                 for fr, n in prof["total"][:12]))
+                                                 for fr, n in own_code[:10]))
         L += [""]
     else:
         L += [f"not profiled in this run{': ' + prof['error'] if prof and prof.get('error') else ''}.", ""]
