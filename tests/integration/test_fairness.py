@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import threading
 import time
@@ -17,36 +18,42 @@ GOODPUT_FACTOR = 1448 / 1514  # TCP payload per charged byte with overhead 14
 SECONDS = 6
 
 
-def test_per_host_limit_holds_for_each_host(topology_factory: Any) -> None:
-    """Four hosts behind the router download at once; a per_host class gives each 5 mbit (within 5%)."""
-    topo = topology_factory(extra_client_addrs=3)
+def test_per_host_limit_holds_for_each_host_while_the_parent_is_saturated(topology_factory: Any) -> None:
+    """Four hosts download at once through a per_host class (5 mbit each) while a sibling class's bulk
+    download takes the rest of a saturated 30 mbit parent: each host gets its 5 mbit (within 5%)."""
+    topo = topology_factory(clients=2, extra_client_addrs=3)
     hosts = topo.clients[0].addrs4[:4]
+    bulk_host = topo.clients[1].addrs4[0]
     config = {"overhead": 14, "classes": [
-        {"name": "subscribers", "direction": "ingress", "rate": "40mbit", "match": {"iif": topo.wan_iface},
-         "per_host": {"key": "dst", "rate": "5mbit"}}]}
+        {"name": "wan", "direction": "ingress", "rate": "30mbit"},
+        {"name": "subscribers", "direction": "ingress", "parent": "wan", "rate": "20mbit", "ceil": "30mbit",
+         "match": {"dst": "198.18.10.0/24"}, "per_host": {"key": "dst", "rate": "5mbit"}},
+        {"name": "bulk", "direction": "ingress", "parent": "wan", "rate": "10mbit", "ceil": "30mbit",
+         "match": {"dst": "198.18.11.0/24"}},
+    ]}
     results: dict[str, float] = {}
 
-    def run(i: int, addr: str) -> None:
-        results[addr] = topo.iperf3(0, port=5201 + i, bind=addr, reverse=True, seconds=SECONDS, omit=1)["bps"]
+    def run(client: int, port: int, addr: str) -> None:
+        results[addr] = topo.iperf3(client, port=port, bind=addr, reverse=True, seconds=SECONDS, omit=1)["bps"]
 
-    servers = [topo.iperf3_server(5201 + i) for i in range(len(hosts))]
-    for s in servers:
-        s.__enter__()
-    try:
-        with ImqdInstance(topo, config, queues="0:1") as imqd:
-            threads = [threading.Thread(target=run, args=(i, a)) for i, a in enumerate(hosts)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            stats = imqd.stats()["classes"]["subscribers"]
-    finally:
-        for s in servers:
-            s.__exit__(None, None, None)
-    for addr, bps in results.items():
-        assert bps == pytest.approx(5e6 * GOODPUT_FACTOR, rel=0.05), f"{addr}: {bps / 1e6:.2f} Mbit/s"
-    active = sum(q.get("hosts", 0) for q in stats["qdisc"])
-    assert active >= len(hosts), stats["qdisc"]
+    jobs = [(0, 5201 + i, a) for i, a in enumerate(hosts)] + [(1, 5201 + len(hosts), bulk_host)]
+    with contextlib.ExitStack() as stack:
+        for _, port, _ in jobs:
+            stack.enter_context(topo.iperf3_server(port))
+        imqd = stack.enter_context(ImqdInstance(topo, config, queues="0:1"))
+        threads = [threading.Thread(target=run, args=job) for job in jobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stats = imqd.stats()["classes"]
+    for addr in hosts:
+        assert results[addr] == pytest.approx(5e6 * GOODPUT_FACTOR, rel=0.05), f"{addr}: {results[addr] / 1e6:.2f}"
+    total = sum(results.values())
+    assert total == pytest.approx(30e6 * GOODPUT_FACTOR, rel=0.05), f"parent not saturated: {results}"
+    assert results[bulk_host] == pytest.approx(10e6 * GOODPUT_FACTOR, rel=0.1), results
+    active = sum(q.get("hosts", 0) for q in stats["subscribers"]["qdisc"])
+    assert active >= len(hosts), stats["subscribers"]["qdisc"]
 
 
 def rtt_under_load(topo: Any, config: dict[str, Any]) -> tuple[float, float]:
