@@ -25,11 +25,12 @@ from typing import Any
 
 from imqd import rules
 from imqd.config import ClassSpec, parse_config
+from imqd.kernel_queues import PROC_PATH, parse_nfqueue_table
 from imqd.lab import ImqdInstance
 from imqd.netns import Topology
 
 __all__ = ["System", "Plain", "KernelHtb", "BareLoop", "Imqd", "imqd_config", "fq_codel_leaf", "descendants",
-           "parse_queues_file", "UP", "DOWN", "FIFO_LIMIT", "ABOVE_CAPACITY_BPS"]
+           "UP", "DOWN", "FIFO_LIMIT", "ABOVE_CAPACITY_BPS"]
 
 UP, DOWN = "upload", "download"
 FIFO_LIMIT = 1000  # packets: imqd's default leaf FIFO; the kernel reference gets the same pfifo
@@ -109,19 +110,8 @@ class KernelHtb(System):
         self._ifb = None
 
 
-def parse_queues_file(text: str) -> dict[int, dict[str, int]]:
-    """/proc/net/netfilter/nfnetlink_queue -> {queue: {portid, waiting, queue_dropped, user_dropped, last_id}}."""
-    out: dict[int, dict[str, int]] = {}
-    for line in text.splitlines():
-        f = line.split()
-        if len(f) >= 8 and all(x.isdigit() for x in f[:8]):
-            out[int(f[0])] = {"portid": int(f[1]), "waiting": int(f[2]), "queue_dropped": int(f[5]),
-                              "user_dropped": int(f[6]), "last_id": int(f[7])}
-    return out
-
-
 def read_queues(topo: Topology) -> dict[int, dict[str, int]]:
-    return parse_queues_file(topo.exec(topo.router_ns, ["cat", "/proc/net/netfilter/nfnetlink_queue"]).stdout)
+    return parse_nfqueue_table(topo.exec(topo.router_ns, ["cat", PROC_PATH]).stdout)
 
 
 class BareLoop(System):

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from imqd.config import parse_config
+from imqd.kernel_queues import PROC_PATH, read_nfqueue_table
 from imqd.packet import MalformedPacket, parse_headers
 from imqd.qdisc.base import QueuedPacket
 from imqd.shaper import PASS, Shaper
@@ -249,8 +250,6 @@ class QueueWorker:
         elif kind == "enabled":
             self._accept_all(self.shaper.set_enabled(bool(msg[1])))
             self._send(("applied", self.shaper.version))
-        elif kind == "stats":
-            self.send_stats()
         elif kind == "stop":
             self._stop = True
 
@@ -293,7 +292,7 @@ def describe_bind_error(queue: int, exc: OSError) -> str:
     """Turn netfilterqueue's bind failure into one line that says what to do."""
     if not has_net_admin():
         return f"queue {queue}: binding NFQUEUE needs CAP_NET_ADMIN (run as root or grant the capability)"
-    if not os.path.exists("/proc/net/netfilter/nfnetlink_queue"):
+    if not os.path.exists(PROC_PATH):
         return f"queue {queue}: the kernel has no nfnetlink_queue support (modprobe nfnetlink_queue)"
     if queue_is_bound(queue):
         return f"queue {queue}: already bound by another process (is another imqd running?)"
@@ -313,12 +312,8 @@ def has_net_admin() -> bool:
 
 
 def queue_is_bound(queue: int) -> bool:
-    """Whether some process is bound to ``queue`` (from /proc/net/netfilter/nfnetlink_queue)."""
-    try:
-        with open("/proc/net/netfilter/nfnetlink_queue") as fh:
-            return any(line.split() and int(line.split()[0]) == queue for line in fh)
-    except OSError:
-        return False
+    """Whether some process is bound to ``queue`` in this network namespace."""
+    return queue in read_nfqueue_table()
 
 
 def pin_to_cpu(cpu: int | None) -> None:

@@ -26,6 +26,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from imqd.config import Config
+from imqd.kernel_queues import PROC_PATH, read_nfqueue_table
 from imqd.queue_worker import EXIT_FATAL, WorkerOptions, worker_main
 from imqd.shared_tokens import SharedTokenStore
 
@@ -86,24 +87,10 @@ def class_rates(history: deque[tuple[float, dict[str, int]]], stats: dict[str, A
     return {name: max(0.0, (b - old.get(name, b)) * 8 / (now - t0)) for name, b in sample.items()}
 
 
-def kernel_queue_stats(path: str = "/proc/net/netfilter/nfnetlink_queue") -> dict[int, dict[str, int]]:
-    """Per bound queue: packets waiting in the kernel, and the kernel's own drop counters.
-
-    Columns: queue, peer portid, waiting, copy mode, copy range, queue_dropped
-    (the queue was at max_len), user_dropped (the netlink socket buffer was full),
-    last packet id.
-    """
-    out: dict[int, dict[str, int]] = {}
-    try:
-        with open(path) as fh:
-            for line in fh:
-                f = line.split()
-                if len(f) >= 7:
-                    out[int(f[0])] = {"kernel_waiting": int(f[2]), "queue_dropped": int(f[5]),
-                                      "user_dropped": int(f[6])}
-    except (OSError, ValueError):
-        pass
-    return out
+def kernel_queue_stats(path: str = PROC_PATH) -> dict[int, dict[str, int]]:
+    """Per bound queue: packets waiting in the kernel, and the kernel's own drop counters."""
+    return {q: {"kernel_waiting": row["waiting"], "queue_dropped": row["queue_dropped"],
+                "user_dropped": row["user_dropped"]} for q, row in read_nfqueue_table(path).items()}
 
 
 class SlotMap:
@@ -257,10 +244,6 @@ class Supervisor:
                     break
                 self._cond.wait(left)
         return time.monotonic() - t0
-
-    def request_stats(self) -> None:
-        for w in self.workers.values():
-            self._send(w, ("stats",))
 
     @staticmethod
     def _alive(w: WorkerSlot) -> bool:

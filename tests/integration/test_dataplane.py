@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from imqd.kernel_queues import PROC_PATH, parse_nfqueue_table
 from imqd.lab import ImqdInstance
 from imqd.netns import Topology
 
@@ -93,14 +94,9 @@ def test_siblings_share_then_borrow_up_to_ceil(topology: Topology) -> None:
 
 
 def queue_last_ids(topo: Topology) -> dict[int, int]:
-    """Per queue: the id of the last packet queued (from /proc/net/netfilter/nfnetlink_queue)."""
-    out = topo.exec(topo.router_ns, ["cat", "/proc/net/netfilter/nfnetlink_queue"]).stdout
-    ids = {}
-    for line in out.splitlines():
-        fields = line.split()
-        if len(fields) >= 8:  # queue, portid, waiting, copy mode, range, q dropped, user dropped, last id
-            ids[int(fields[0])] = int(fields[7])
-    return ids
+    """Per queue: the id of the last packet queued (from the router's nfnetlink_queue table)."""
+    table = parse_nfqueue_table(topo.exec(topo.router_ns, ["cat", PROC_PATH]).stdout)
+    return {q: row["last_id"] for q, row in table.items()}
 
 
 def queue_of(topo: Topology, source: str, probes: int = 5) -> int:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from bench import report, udpgen
 from bench.report import median, paired, percentile, summarize, three, top_frames
-from bench.systems import parse_queues_file
+from imqd.kernel_queues import parse_nfqueue_table
 
 finite = st.floats(min_value=-1e9, max_value=1e9, allow_nan=False)
 
@@ -114,13 +114,13 @@ def test_generator_argv_validates_and_python_fallback_has_same_arguments() -> No
     assert udpgen.frame_bytes(18) == 64
 
 
-def test_parse_queues_file() -> None:
+def test_parse_nfqueue_table() -> None:
     text = "    0  25091 17267 2   128 92943     0   201963  1\n    1  25092     0 2   128     0     4       77  1\n"
-    q = parse_queues_file(text)
+    q = parse_nfqueue_table(text)
     assert q[0] == {"portid": 25091, "waiting": 17267, "queue_dropped": 92943, "user_dropped": 0,
                     "last_id": 201963}
     assert q[1]["user_dropped"] == 4 and q[1]["last_id"] == 77
-    assert parse_queues_file("") == {}
+    assert parse_nfqueue_table("") == {}
 
 
 # -- summary and page ------------------------------------------------------------------------------------------
