@@ -35,7 +35,6 @@ PROBES = 5  # datagrams per address when finding which queue an address hashes t
 TCP_PORTS = (5201, 5202)
 MSS = 1448  # TCP payload per full-size packet (1500 MTU - 20 IP - 20 TCP - 12 timestamps)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class Params:
@@ -315,12 +314,6 @@ class Bench:
         self.log(f"  ceiling  {system.name:<12} tcp   {rec['pps']:>10,.0f} pps ({bps / 1e9:.3f} Gbit/s goodput)")
         self.settle(system)
         return rec
-
-    @staticmethod
-    def _worker_packets(system: System) -> int | None:
-        if not isinstance(system, Imqd):
-            return None
-        return sum(w.get("packets", 0) for w in system.stats()["workers"])
 
     # -- latency -------------------------------------------------------------------------------------------
     def ping(self, count: int, interval: float) -> list[float]:

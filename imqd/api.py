@@ -301,6 +301,12 @@ class BodyLimit:
 
 
 # -- metrics ------------------------------------------------------------------------------
+def counter_families(prefix: str, labels: list[str], specs: Iterable[tuple[str, str]]
+                     ) -> dict[str, CounterMetricFamily]:
+    """Counter families keyed by the stats field they read: ``prefix + field``, with its help text."""
+    return {key: CounterMetricFamily(prefix + key, doc, labels=labels) for key, doc in specs}
+
+
 class StatsCollector:
     """Prometheus collector reading the controller's stats at scrape time (no state of its own)."""
 
@@ -321,12 +327,12 @@ class StatsCollector:
 
     def _classes(self, classes: dict[str, dict[str, Any]]) -> Iterable[Metric]:
         labels = ["class", "direction"]
-        counters = {key: CounterMetricFamily(f"imqd_class_{name}", doc, labels=labels) for key, name, doc in (
-            ("bytes", "bytes", "bytes sent by the class"),
-            ("packets", "packets", "packets sent by the class"),
-            ("drops", "drops", "packets dropped by the class"),
-            ("borrowed", "borrowed", "times the class borrowed from its parent"),
-            ("lends", "lends", "times the class lent to its children"))}
+        counters = counter_families("imqd_class_", labels, (
+            ("bytes", "bytes sent by the class"),
+            ("packets", "packets sent by the class"),
+            ("drops", "packets dropped by the class"),
+            ("borrowed", "times the class borrowed from its parent"),
+            ("lends", "times the class lent to its children")))
         gauges = {
             "backlog_packets": GaugeMetricFamily("imqd_class_backlog_packets", "packets held now", labels=labels),
             "backlog_bytes": GaugeMetricFamily("imqd_class_backlog_bytes", "bytes held now", labels=labels),
@@ -368,13 +374,13 @@ class StatsCollector:
     @staticmethod
     def _workers(workers: list[dict[str, Any]]) -> Iterable[Metric]:
         labels = ["queue", "cpu"]
-        counters = {key: CounterMetricFamily(f"imqd_worker_{name}", doc, labels=labels) for key, name, doc in (
-            ("packets", "packets", "packets the worker received"),
-            ("verdicts", "verdicts", "verdicts the worker issued"),
-            ("drops", "drops", "packets the worker dropped"),
-            ("malformed", "malformed", "packets the worker could not parse (accepted unshaped)"),
-            ("restarts", "restarts", "times the worker was restarted"),
-            ("lost_on_crash", "lost_on_crash", "held packets lost when the worker died"))}
+        counters = counter_families("imqd_worker_", labels, (
+            ("packets", "packets the worker received"),
+            ("verdicts", "verdicts the worker issued"),
+            ("drops", "packets the worker dropped"),
+            ("malformed", "packets the worker could not parse (accepted unshaped)"),
+            ("restarts", "times the worker was restarted"),
+            ("lost_on_crash", "held packets lost when the worker died")))
         held = GaugeMetricFamily("imqd_worker_held_packets", "packets the worker holds now", labels=labels)
         up = GaugeMetricFamily("imqd_worker_up", "1 when the worker is alive and bound to its queue",
                                labels=labels)

@@ -7,7 +7,6 @@ ends in one line on stderr and a non-zero exit code -- never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal

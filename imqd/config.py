@@ -300,7 +300,6 @@ def _rate_or_zero(v: Any) -> int:
 
 
 OptTime = Annotated[float | None, BeforeValidator(_opt_time)]
-LEAF_KINDS = ("fifo", "sfq", "fq_codel")
 
 
 class QdiscSpec(BaseModel):

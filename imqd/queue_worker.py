@@ -19,7 +19,6 @@ and accepted; any unexpected error in the callback accepts the packet.
 
 from __future__ import annotations
 
-import errno
 import os
 import select
 import signal
@@ -191,13 +190,12 @@ class QueueWorker:
                 now = clock()
                 wake = shaper.next_event(now)
                 timeout = MAX_SLEEP_S if wake is None else min(max(wake - now, 0.0), MAX_SLEEP_S)
-                try:
-                    ready, _, _ = select.select(watch, [], [], timeout)
-                except InterruptedError:
-                    continue
+                ready, _, _ = select.select(watch, [], [], timeout)  # retried on EINTR (PEP 475)
                 if ready:
                     if fd in ready:
-                        self._drain_socket(nfq)
+                        # Handles every packet already received; netfilterqueue itself skips ENOBUFS
+                        # (socket overflow: the kernel dropped packets and counts them as user_dropped).
+                        nfq.run(block=False)
                     if ctrl is not None and ctrl in ready:
                         self._on_control()
                 now = clock()
@@ -212,15 +210,6 @@ class QueueWorker:
                 nfq.unbind()
             except Exception:
                 pass
-
-    def _drain_socket(self, nfq: Any) -> None:
-        try:
-            nfq.run(block=False)
-        except OSError as exc:
-            # ENOBUFS: the socket overflowed and the kernel dropped packets
-            # (counted by the kernel as user_dropped); keep serving.
-            if exc.errno != errno.ENOBUFS:
-                raise
 
     # -- control channel -----------------------------------------------------
     def _on_control(self) -> None:

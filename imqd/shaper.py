@@ -65,10 +65,10 @@ def host_keys(classes: list[ClassSpec]) -> dict[str, int]:
     return {c.name: (HOST_SRC if c.per_host.key == "src" else HOST_DST) for c in classes if c.per_host}
 
 
-def htb_params(config: Config, direction: str, slots: dict[str, int]) -> list[HTBClassParams]:
+def htb_params(classes: list[ClassSpec], slots: dict[str, int]) -> list[HTBClassParams]:
     """Translate one direction's classes into HTB parameters (slots index the token store)."""
     out = []
-    for cls in config.direction_classes(direction):
+    for cls in classes:
         out.append(
             HTBClassParams(
                 name=cls.name,
@@ -93,7 +93,6 @@ class DirectionTree:
     classifier: Classifier
     htb: HTB
     overhead: dict[str, int]
-    default: str | None
     host_key: dict[str, int]
 
 
@@ -105,8 +104,6 @@ class Shaper:
     trees: dict[str, DirectionTree | None] = field(default_factory=lambda: {d: None for d in DIRECTIONS})
     enabled: bool = True
     version: int = 0
-    dropped: int = 0
-    passed: int = 0
 
     def apply(self, config: Config, now: float, slots: dict[str, int] | None = None,
               version: int | None = None) -> list[QueuedPacket]:
@@ -121,9 +118,9 @@ class Shaper:
         released: list[QueuedPacket] = []
         pending: list[tuple[HTB, list[HTBClassParams], str | None]] = []
         for direction in DIRECTIONS:
-            params = htb_params(config, direction, slots)
             classes = config.direction_classes(direction)
-            default = next((c.name for c in classes if c.default), None)
+            params = htb_params(classes, slots)
+            default = config.default_class(direction)
             old = self.trees.get(direction)
             if not params:
                 new_trees[direction] = None
@@ -134,9 +131,9 @@ class Shaper:
                 htb = HTB(params, now, tokens=self.tokens)
             else:
                 htb = old.htb
-                pending.append((htb, params, default))
+                pending.append((htb, params, default.name if default else None))
             overhead = {c.name: config.effective_overhead(c) for c in classes}
-            new_trees[direction] = DirectionTree(Classifier.from_config(config, direction), htb, overhead, default,
+            new_trees[direction] = DirectionTree(Classifier.from_config(config, direction), htb, overhead,
                                                  host_keys(classes))
         # Validate every existing tree's change before touching any (HTB.change is all-or-nothing per tree).
         for htb, params, default in pending:
@@ -151,18 +148,14 @@ class Shaper:
         """Classify and queue one packet; return (PASS|QUEUED, packets to drop)."""
         tree = self.trees[direction]
         if tree is None or not self.enabled:
-            self.passed += 1
             return PASS, []
         leaf = tree.classifier.classify(info, mark, iif, oif)
         if leaf is None:
-            self.passed += 1
             return PASS, []
         key = tree.host_key.get(leaf, HOST_NONE) if tree.host_key else HOST_NONE
         host = None if key == HOST_NONE else (info.src if key == HOST_SRC else info.dst)
         pkt = QueuedPacket(info.length + tree.overhead[leaf], handle, now, info.flow, host)
-        dropped = tree.htb.enqueue(pkt, leaf, now)
-        self.dropped += len(dropped)
-        return QUEUED, dropped
+        return QUEUED, tree.htb.enqueue(pkt, leaf, now)
 
     def release(self, now: float) -> list[QueuedPacket]:
         """Every packet the schedulers release at ``now`` (in release order)."""
@@ -189,10 +182,7 @@ class Shaper:
         out: list[QueuedPacket] = []
         for tree in self.trees.values():
             if tree is not None:
-                dropped = tree.htb.take_dropped()
-                if dropped:
-                    out.extend(dropped)
-                    self.dropped += len(dropped)
+                out.extend(tree.htb.take_dropped())
         return out
 
     def next_event(self, now: float) -> float | None:
