@@ -28,7 +28,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from imqd.config import parse_config
 from imqd.kernel_queues import PROC_PATH, read_nfqueue_table
 from imqd.packet import MalformedPacket, parse_headers
 from imqd.qdisc.base import QueuedPacket
@@ -226,9 +225,9 @@ class QueueWorker:
         kind = msg[0]
         now = self._clock()
         if kind == "config":
-            _, version, cfg_dict, slots, enabled = msg
+            _, version, config, slots, enabled = msg
             try:
-                released = self.shaper.apply(parse_config(cfg_dict), now, slots, version)
+                released = self.shaper.apply(config, now, slots, version)
                 released += self.shaper.set_enabled(enabled)
             except Exception as exc:  # the supervisor validated it; report, keep the old tree
                 self._send(("error", version, f"{type(exc).__name__}: {exc}"))
@@ -237,8 +236,10 @@ class QueueWorker:
             self._drop_all(self.shaper.take_dropped())
             self._send(("applied", version))
         elif kind == "enabled":
-            self._accept_all(self.shaper.set_enabled(bool(msg[1])))
-            self._send(("applied", self.shaper.version))
+            _, version, enabled = msg
+            self._accept_all(self.shaper.set_enabled(bool(enabled)))
+            self.shaper.version = version
+            self._send(("applied", version))
         elif kind == "stop":
             self._stop = True
 

@@ -179,7 +179,8 @@ class Supervisor:
         self._send(w, self._config_message())
 
     def _config_message(self) -> tuple[Any, ...]:
-        return ("config", self.version, self.config.model_dump(mode="json"), self.slots, self.enabled)
+        # The validated Config itself (pickled with its derived indexes): workers need not validate it again.
+        return ("config", self.version, self.config, self.slots, self.enabled)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Tell every worker to release its packets and exit; kill stragglers."""
@@ -228,8 +229,8 @@ class Supervisor:
             self.enabled = enabled
             self.version += 1
             version = self.version
-            msg = self._config_message()
-        return self._broadcast_and_wait(msg, version, timeout)
+        # Only the switch travels; a worker (re)started later gets it with the config message.
+        return self._broadcast_and_wait(("enabled", version, enabled), version, timeout)
 
     def _broadcast_and_wait(self, msg: tuple[Any, ...], version: int, timeout: float) -> float:
         t0 = time.monotonic()

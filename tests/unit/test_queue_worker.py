@@ -145,7 +145,8 @@ def test_disable_releases_held_packets_in_order() -> None:
     order: list[int] = []
     for i, p in enumerate(pkts):
         p.accept = (lambda i=i, p=p: (order.append(i), p.verdicts.append("accept")))  # type: ignore[method-assign]
-    worker.handle_message(("enabled", False))
+    worker.handle_message(("enabled", 2, False))
+    assert worker.shaper.version == 2 and not worker.shaper.enabled
     assert all(p.verdicts for p in pkts)
     assert order == sorted(order)
     late = FakePacket(tcp())
@@ -166,7 +167,7 @@ def test_live_change_that_shrinks_a_queue_drops_with_verdicts_and_keeps_the_rest
     held = worker.shaper.held
     assert held >= 18
     cfg = {"classes": [{"name": "a", "rate": "1mbit", "burst": 1600, "limit": 5, "default": True}]}
-    worker.handle_message(("config", 2, cfg, {}, True))
+    worker.handle_message(("config", 2, parse_config(cfg), {}, True))
     assert worker.shaper.held == 5 and worker.shaper.version == 2
     dropped = [p for p in pkts if p.verdicts == ["drop"]]
     assert len(dropped) == held - 5
@@ -183,7 +184,8 @@ def test_removed_class_moves_its_packets_to_the_default_class() -> None:
     for p in pkts:
         worker._on_packet(p)
     held = worker.shaper.held
-    worker.handle_message(("config", 2, {"classes": [{"name": "rest", "rate": "1mbit", "default": True}]}, {}, True))
+    rest_only = parse_config({"classes": [{"name": "rest", "rate": "1mbit", "default": True}]})
+    worker.handle_message(("config", 2, rest_only, {}, True))
     assert worker.shaper.held == held, "no packet lost or released early"
     assert worker.shaper.class_stats()["rest"]["backlog_packets"] == held
 
