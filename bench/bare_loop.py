@@ -23,14 +23,20 @@ def accept(pkt: Any) -> None:
     pkt.accept()
 
 
-def serve(queue: int, cpu: int | None = None) -> None:
+def serve(queue: int, cpu: int | None = None, batch: bool = False, select_loop: bool = False) -> None:
     """Bind `queue` and accept everything until a signal arrives."""
     from netfilterqueue import COPY_PACKET, NetfilterQueue
 
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     nfq = NetfilterQueue()
-    nfq.bind(queue, accept, max_len=MAX_LEN, mode=COPY_PACKET, range=COPY_RANGE, sock_len=SOCK_LEN)
+    last = [-1]
+
+    def note(pkt: Any) -> None:
+        last[0] = pkt.id
+
+    nfq.bind(queue, note if batch else accept, max_len=MAX_LEN, mode=COPY_PACKET, range=COPY_RANGE,
+             sock_len=SOCK_LEN)
 
     def stop(*_: object) -> None:
         raise KeyboardInterrupt
@@ -38,21 +44,49 @@ def serve(queue: int, cpu: int | None = None) -> None:
     signal.signal(signal.SIGTERM, stop)
     print(f"bare_loop: queue {queue} bound, pid {os.getpid()}", flush=True)
     try:
-        nfq.run()
+        if batch:
+            run_batched(nfq, queue, last)
+        elif select_loop:
+            import select
+
+            fd = nfq.get_fd()
+            while True:
+                select.select([fd], [], [], None if os.environ.get("BARE_NO_TIMEOUT") else 0.25)
+                nfq.run(block=False)
+        else:
+            nfq.run()
     except KeyboardInterrupt:
         pass
     finally:
         nfq.unbind()
 
 
+def run_batched(nfq: Any, queue: int, last: list[int]) -> None:
+    """select(), drain the socket, then one batch verdict for everything received."""
+    import select
+
+    from imqd.nfnetlink import VerdictBatch
+
+    fd = nfq.get_fd()
+    batch = VerdictBatch(queue)
+    while True:
+        select.select([fd], [], [])
+        nfq.run(block=False)
+        if last[0] >= 0:
+            os.write(fd, batch.message(last[0]))
+            last[0] = -1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bare_loop", description=__doc__.splitlines()[0])
     parser.add_argument("--queue", type=int, required=True)
     parser.add_argument("--cpu", type=int, default=None, help="pin to this CPU (as imqd pins queue i to CPU i)")
+    parser.add_argument("--batch", action="store_true", help="one batch verdict per drained socket")
+    parser.add_argument("--select", action="store_true", help="select() + run(block=False), verdicts one by one")
     args = parser.parse_args(argv)
     if not 0 <= args.queue <= 65535:
         parser.error(f"--queue {args.queue}: expected 0..65535")
-    serve(args.queue, args.cpu)
+    serve(args.queue, args.cpu, args.batch, args.select)
     return 0
 
 

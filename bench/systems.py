@@ -117,10 +117,13 @@ def read_queues(topo: Topology) -> dict[int, dict[str, int]]:
 class BareLoop(System):
     """One ``bench.bare_loop`` process per queue (queue i pinned to CPU i, as imqd does) + imqd's rules."""
 
-    def __init__(self, topo: Topology, queues: tuple[int, int] = (0, 0), log_dir: str | None = None) -> None:
+    def __init__(self, topo: Topology, queues: tuple[int, int] = (0, 0), log_dir: str | None = None,
+                 batch: bool = False, extra: tuple[str, ...] = ()) -> None:
         super().__init__(topo)
         self.queues = queues
-        self.name = f"bare-loop x{queues[1] - queues[0] + 1}"
+        self.batch = batch
+        self.extra = extra
+        self.name = f"bare-loop{'-batch' if batch else ''} x{queues[1] - queues[0] + 1}"
         self.log_dir = log_dir
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -129,6 +132,7 @@ class BareLoop(System):
         wanted = list(range(self.queues[0], self.queues[1] + 1))
         for i, q in enumerate(wanted):
             argv = [sys.executable, "-m", "bench.bare_loop", "--queue", str(q), "--cpu", str(i % ncpu)]
+            argv += (["--batch"] if self.batch else []) + list(self.extra)
             self.procs.append(self.topo.popen(self.topo.router_ns, argv, cwd=str(REPO), stdout=subprocess.DEVNULL,
                                               stderr=subprocess.PIPE))
         deadline = time.monotonic() + timeout

@@ -1,22 +1,33 @@
 """Packet classification: first matching rule wins, else the default class, else None (unshaped).
 
-``Classifier`` compiles its rules into one generated Python function (the way
+``Classifier`` compiles its rules into generated Python functions (the way
 ``dataclasses`` and ``namedtuple`` generate code): each rule becomes an ``if``
 over local variables and integer constants, only the conditions a rule really
-has are tested, and only the ``PacketInfo`` attributes some rule needs are
-loaded.  Everything put into the generated source is an ``int`` or a ``repr``
-of a validated string.  ``Match.matches`` is the plain interpreted version of
-the same test; it is the reference the tests hold the compiled code to.
+has are tested, and only the fields some rule needs are loaded.  Everything
+put into the generated source is an ``int`` or a ``repr`` of a validated
+string.  ``Match.matches`` is the plain interpreted version of the same test;
+it is the reference the tests hold the compiled code to.
+
+Two functions come out of the same rule body:
+
+* ``classify(info, mark, iif, oif)`` over a parsed :class:`PacketInfo`;
+* ``classify_bytes(data, mark, iif, oif) -> (length, class)`` over the raw
+  header bytes -- the worker's per-packet path.  For the common packet (IPv4
+  without options) it reads just the bytes the rules need, straight from
+  ``data``, instead of building a ``PacketInfo``; anything else goes through
+  :func:`imqd.packet.parse_headers`, which also raises ``MalformedPacket``.
+  Both give the same answer for every input (a property test holds them to it).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from imqd.packet import PacketInfo
+from imqd.packet import PORT_PROTOS, PacketInfo, parse_headers
 
 if TYPE_CHECKING:
     from imqd.config import Config, Direction, MatchSpec
@@ -25,6 +36,7 @@ __all__ = ["Match", "Classifier"]
 
 U32 = 0xFFFFFFFF
 ClassifyFn = Callable[[PacketInfo, int, "str | None", "str | None"], "str | None"]
+ClassifyBytesFn = Callable[[bytes, int, "str | None", "str | None"], "tuple[int, str | None]"]
 
 
 def _net(cidr: str | None) -> tuple[int, int, int]:
@@ -146,7 +158,24 @@ class Match:
         return cond
 
 
+_RETURN = re.compile(r"^(\s*)return ")
 _ATTRS = ("family", "src", "dst", "proto", "sport", "dport", "dscp")  # PacketInfo fields rules may read
+
+# How classify_bytes reads each field from an IPv4 header without options (data[0] == 0x45, at least 20
+# bytes, total length >= 20): the same values parse_headers would put in PacketInfo.
+_V4_LOADS = {
+    "family": "    family = 4",
+    "proto": "    proto = data[9]",
+    "dscp": "    dscp = data[1] >> 2",
+    "src": "    src = _from_bytes(data[12:16], 'big')",
+    "dst": "    dst = _from_bytes(data[16:20], 'big')",
+    # ports: first fragment (offset 0), a port protocol, and 4 L4 bytes inside both packet and capture
+    "ports": ("    if data[9] in _PORT_PROTOS and not (data[6] & 31 or data[7]) and length >= 24 and len(data) >= 24:\n"
+              "        sport = data[20] << 8 | data[21]\n"
+              "        dport = data[22] << 8 | data[23]\n"
+              "    else:\n"
+              "        sport = dport = -1"),
+}
 
 
 class Classifier:
@@ -156,9 +185,10 @@ class Classifier:
     generated function (no method binding per call); ``source`` is its code.
     """
 
-    __slots__ = ("rules", "default", "classify", "source")
+    __slots__ = ("rules", "default", "classify", "classify_bytes", "source")
 
     classify: ClassifyFn
+    classify_bytes: ClassifyBytesFn
 
     def __init__(self, rules: Sequence[tuple[str, Match]], default: str | None) -> None:
         self.rules: tuple[tuple[str, Match], ...] = tuple(rules)
@@ -167,11 +197,14 @@ class Classifier:
             if not isinstance(name, str) or not isinstance(m, Match):
                 raise TypeError(f"a rule is (class name, Match), got ({name!r}, {m!r})")
         self.source = self._generate()
-        namespace: dict[str, object] = {}
-        exec(compile(self.source, "<imqd.classifier>", "exec"), {}, namespace)  # noqa: S102 -- see module doc
+        namespace: dict[str, object] = {"_parse": parse_headers, "_PORT_PROTOS": PORT_PROTOS,
+                                        "_from_bytes": int.from_bytes}
+        exec(compile(self.source, "<imqd.classifier>", "exec"), namespace)  # noqa: S102 -- see module doc
         self.classify = namespace["classify"]  # type: ignore[assignment]
+        self.classify_bytes = namespace["classify_bytes"]  # type: ignore[assignment]
 
     def _generate(self) -> str:
+        """Source of ``classify`` and ``classify_bytes``: one rule body, two ways of loading the fields."""
         body: list[str] = []
         used: set[str] = set()
         for name, m in self.rules:
@@ -184,7 +217,22 @@ class Classifier:
         else:
             body.append(f"    return {self.default!r}")
         loads = [f"    {v} = info.{v}" for v in _ATTRS if v in used]
-        return "\n".join(["def classify(info, mark, iif, oif):", *loads, *body]) + "\n"
+        v4_loads = [_V4_LOADS[v] for v in ("family", "proto", "dscp", "src", "dst") if v in used]
+        if used & {"sport", "dport"}:
+            v4_loads.append(_V4_LOADS["ports"])
+        # classify_bytes: the same body, nested under the IPv4 test (no extra call), returning the length too
+        fast = [" " * 8 + _RETURN.sub(r"\1return length, ", line) for line in "\n".join(v4_loads + body).split("\n")]
+        return "\n".join([
+            "def classify(info, mark, iif, oif):", *loads, *body,
+            "",
+            "def classify_bytes(data, mark, iif, oif):",
+            "    if len(data) >= 20 and data[0] == 69:",
+            "        length = data[2] << 8 | data[3]",
+            "        if length >= 20:",
+            *fast,
+            "    info = _parse(data)",
+            "    return info.length, classify(info, mark, iif, oif)",
+        ]) + "\n"
 
     @classmethod
     def from_config(cls, config: Config, direction: Direction) -> Classifier:

@@ -19,17 +19,16 @@ from typing import Any
 
 from imqd.classifier import Classifier
 from imqd.config import ClassSpec, Config
-from imqd.packet import PacketInfo
+from imqd.packet import parse_headers
 from imqd.qdisc.base import QueuedPacket
 from imqd.qdisc.htb import HTB, HTBClassParams
 from imqd.qdisc.leaves import LeafSpec
-from imqd.qdisc.tokens import LocalTokenStore, TokenStore
+from imqd.rules import INGRESS_HOOKS
+from imqd.qdisc.tokens import LocalTokenStore, SlotMap, TokenStore
 
 DIRECTIONS = ("ingress", "egress")
-
-# What admit() decided for a packet.
-PASS = 0  # not shaped: accept now
-QUEUED = 1  # held by the scheduler: released later by release()
+# netfilter hook number (NF_INET_*, 0..4) -> the tree that shapes it, like IMQ's imq0 and imq1 (imqd.rules)
+HOOK_DIRECTIONS = tuple("ingress" if hook in INGRESS_HOOKS else "egress" for hook in range(5))
 
 
 def leaf_spec_for(cls: ClassSpec) -> LeafSpec:
@@ -86,14 +85,45 @@ def htb_params(classes: list[ClassSpec], slots: dict[str, int]) -> list[HTBClass
     return out
 
 
-@dataclass(slots=True)
 class DirectionTree:
-    """One direction's scheduler: classifier + HTB + per-class overhead."""
+    """One direction's scheduler (IMQ's imq0 or imq1): classifier + HTB + per-class overhead."""
 
-    classifier: Classifier
-    htb: HTB
-    overhead: dict[str, int]
-    host_key: dict[str, int]
+    __slots__ = ("classifier", "htb", "overhead", "host_key", "needs_info", "_classify_bytes", "_send_now")
+
+    def __init__(self, classifier: Classifier, htb: HTB, overhead: dict[str, int], host_key: dict[str, int],
+                 needs_info: frozenset[str]) -> None:
+        self.classifier = classifier
+        self.htb = htb
+        self.overhead = overhead
+        self.host_key = host_key
+        self.needs_info = needs_info  # leaves whose qdisc reads QueuedPacket.flow or .host
+        self._classify_bytes = classifier.classify_bytes  # bound once: admit runs per packet
+        self._send_now = htb.send_now
+
+    def admit(self, data: bytes, mark: int, iif: str | None, oif: str | None, handle: Any,
+              now: float) -> list[QueuedPacket] | None:
+        """Classify one packet from its header bytes, then let it through at once or queue it.
+
+        Returns ``None`` when the packet may go now -- no class takes it, or HTB lets it straight through
+        (:meth:`HTB.send_now`) -- and the caller accepts it.  Otherwise the scheduler holds it and the
+        returned list holds what its leaf dropped (maybe the packet itself): the caller drops those.
+        Raises :class:`~imqd.packet.MalformedPacket` for bytes that are no IP packet.
+        """
+        length, leaf = self._classify_bytes(data, mark, iif, oif)
+        if leaf is None:
+            return None
+        size = length + self.overhead[leaf]
+        if self._send_now(leaf, size, now):
+            return None
+        flow = 0
+        host = None
+        if leaf in self.needs_info:  # flow-aware and per-host leaves want the parsed 5-tuple
+            info = parse_headers(data)
+            flow = info.flow
+            key = self.host_key.get(leaf, HOST_NONE)
+            if key != HOST_NONE:
+                host = info.src if key == HOST_SRC else info.dst
+        return self.htb.enqueue(QueuedPacket(size, handle, now, flow, host), leaf, now)
 
 
 @dataclass
@@ -104,6 +134,10 @@ class Shaper:
     trees: dict[str, DirectionTree | None] = field(default_factory=lambda: {d: None for d in DIRECTIONS})
     enabled: bool = True
     version: int = 0
+    _own_slots: SlotMap | None = None  # slots when the caller gives none (a private store)
+    #: hook number -> the tree that shapes it, None when nothing does (or shaping is off): the worker's
+    #: per-packet lookup, kept current by apply() and set_enabled()
+    by_hook: tuple[DirectionTree | None, ...] = (None,) * len(HOOK_DIRECTIONS)
 
     def apply(self, config: Config, now: float, slots: dict[str, int] | None = None,
               version: int | None = None) -> list[QueuedPacket]:
@@ -112,8 +146,10 @@ class Shaper:
         Either the whole change is installed or, if HTB refuses it, nothing
         changes and the error propagates.
         """
-        if slots is None:
-            slots = {}
+        if slots is None:  # both trees share the store: give every class its own slot across directions
+            if self._own_slots is None:
+                self._own_slots = SlotMap(self.tokens)
+            slots = self._own_slots.assign(c.name for c in config.classes)
         new_trees: dict[str, DirectionTree | None] = {}
         released: list[QueuedPacket] = []
         pending: list[tuple[HTB, list[HTBClassParams], str | None]] = []
@@ -133,29 +169,27 @@ class Shaper:
                 htb = old.htb
                 pending.append((htb, params, default.name if default else None))
             overhead = {c.name: config.effective_overhead(c) for c in classes}
+            needs_info = frozenset(c.name for c in classes if leaf_spec_for(c).kind != "fifo")
             new_trees[direction] = DirectionTree(Classifier.from_config(config, direction), htb, overhead,
-                                                 host_keys(classes))
+                                                 host_keys(classes), needs_info)
         # Validate every existing tree's change before touching any (HTB.change is all-or-nothing per tree).
         for htb, params, default in pending:
             released.extend(htb.change(params, now, fallback=default))
         self.trees = new_trees
+        self._index_hooks()
         if version is not None:
             self.version = version
         return released
 
-    def admit(self, info: PacketInfo, direction: str, mark: int, iif: str | None, oif: str | None,
-              handle: Any, now: float) -> tuple[int, list[QueuedPacket]]:
-        """Classify and queue one packet; return (PASS|QUEUED, packets to drop)."""
-        tree = self.trees[direction]
-        if tree is None or not self.enabled:
-            return PASS, []
-        leaf = tree.classifier.classify(info, mark, iif, oif)
-        if leaf is None:
-            return PASS, []
-        key = tree.host_key.get(leaf, HOST_NONE) if tree.host_key else HOST_NONE
-        host = None if key == HOST_NONE else (info.src if key == HOST_SRC else info.dst)
-        pkt = QueuedPacket(info.length + tree.overhead[leaf], handle, now, info.flow, host)
-        return QUEUED, tree.htb.enqueue(pkt, leaf, now)
+    def admit(self, direction: str, data: bytes, mark: int, iif: str | None, oif: str | None, handle: Any,
+              now: float) -> list[QueuedPacket] | None:
+        """:meth:`DirectionTree.admit` in ``direction``; ``None`` (accept now) when it is not shaped."""
+        tree = self.trees[direction] if self.enabled else None
+        return None if tree is None else tree.admit(data, mark, iif, oif, handle, now)
+
+    def _index_hooks(self) -> None:
+        """Recompute ``by_hook``: after every change of the trees or of the switch."""
+        self.by_hook = tuple(self.trees[d] if self.enabled else None for d in HOOK_DIRECTIONS)
 
     def release(self, now: float) -> list[QueuedPacket]:
         """Every packet the schedulers release at ``now`` (in release order)."""
@@ -169,10 +203,6 @@ class Shaper:
                 out.append(pkt)
                 pkt = dequeue(now)
         return out
-
-    def shapes(self, direction: str) -> bool:
-        """Whether packets of ``direction`` can be shaped at all (else they pass without a look)."""
-        return self.enabled and self.trees[direction] is not None
 
     def take_dropped(self) -> list[QueuedPacket]:
         """Packets the schedulers dropped outside enqueue (AQM in dequeue, a shrunk or replaced leaf).
@@ -207,12 +237,16 @@ class Shaper:
     def set_enabled(self, enabled: bool) -> list[QueuedPacket]:
         """Switch shaping on/off; switching off releases everything held (no reordering)."""
         self.enabled = enabled
+        self._index_hooks()
         return [] if enabled else self.drain()
 
     @property
     def busy(self) -> bool:
         """Whether any packet is held (O(1)); ``held`` counts them."""
-        return any(t is not None and t.htb.busy for t in self.trees.values())
+        for t in self.trees.values():
+            if t is not None and t.htb.busy:
+                return True
+        return False
 
     @property
     def held(self) -> int:

@@ -21,32 +21,30 @@ import math
 from multiprocessing import shared_memory
 from typing import Any, MutableSequence
 
-from imqd.qdisc.tokens import FIELDS_PER_SLOT
+from imqd.qdisc.tokens import FIELDS_PER_SLOT, LOCK_TIMEOUT_S
 
 DEFAULT_SLOTS = 65536
-LOCK_TIMEOUT_S = 0.005
 
 
 class _TimedLock:
-    """Context manager over a multiprocessing lock that never blocks for long."""
+    """Context manager over the store's lock that never blocks for long (for the paths off the per-packet one)."""
 
-    __slots__ = ("_lock", "_held", "timeouts")
+    __slots__ = ("_store", "_held")
 
-    def __init__(self, lock: Any) -> None:
-        self._lock = lock
+    def __init__(self, store: "SharedTokenStore") -> None:
+        self._store = store
         self._held = False
-        self.timeouts = 0
 
     def __enter__(self) -> "_TimedLock":
-        self._held = self._lock.acquire(True, LOCK_TIMEOUT_S)
+        self._held = self._store.lock.acquire(True, LOCK_TIMEOUT_S)
         if not self._held:
-            self.timeouts += 1
+            self._store.timeouts += 1
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._held:
             self._held = False
-            self._lock.release()
+            self._store.lock.release()
 
 
 class SharedTokenStore:
@@ -62,7 +60,9 @@ class SharedTokenStore:
         self._owner = owner
         self.values: MutableSequence[float] = shm.buf.cast("d")
         self.slots = len(self.values) // FIELDS_PER_SLOT
-        self._lock = _TimedLock(lock)
+        self.lock = lock  # HTB's per-packet charge takes it directly: acquire(True, LOCK_TIMEOUT_S)
+        self.timeouts = 0  # acquisitions that timed out (the charge then went ahead unlocked)
+        self._locked = _TimedLock(self)
 
     @classmethod
     def create(cls, lock: Any, slots: int = DEFAULT_SLOTS) -> "SharedTokenStore":
@@ -84,14 +84,14 @@ class SharedTokenStore:
 
     @property
     def lock_timeouts(self) -> int:
-        return self._lock.timeouts
+        return self.timeouts
 
     def ensure(self, slots: int) -> None:
         if slots > self.slots:
             raise ValueError(f"too many classes: the shared token store holds {self.slots} slots")
 
     def locked(self) -> _TimedLock:
-        return self._lock
+        return self._locked
 
     def reset(self, slot: int) -> None:
         base = slot * FIELDS_PER_SLOT

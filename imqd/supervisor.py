@@ -28,6 +28,7 @@ from typing import Any
 from imqd.config import Config
 from imqd.kernel_queues import PROC_PATH, read_nfqueue_table
 from imqd.queue_worker import EXIT_FATAL, WorkerOptions, worker_main
+from imqd.qdisc.tokens import SlotMap
 from imqd.shared_tokens import SharedTokenStore
 
 log = logging.getLogger("imqd.supervisor")
@@ -93,28 +94,6 @@ def kernel_queue_stats(path: str = PROC_PATH) -> dict[int, dict[str, int]]:
                 "user_dropped": row["user_dropped"]} for q, row in read_nfqueue_table(path).items()}
 
 
-class SlotMap:
-    """Class name -> token-store slot; a freed slot is reset before reuse."""
-
-    def __init__(self, store: SharedTokenStore) -> None:
-        self.store = store
-        self.slots: dict[str, int] = {}
-
-    def assign(self, config: Config) -> dict[str, int]:
-        names = {c.name for c in config.classes}
-        for gone in set(self.slots) - names:
-            del self.slots[gone]
-        used = set(self.slots.values())
-        free = (i for i in range(self.store.slots) if i not in used)
-        for name in sorted(names - set(self.slots)):
-            slot = next(free, None)
-            if slot is None:
-                raise SupervisorError(f"too many classes (the token store holds {self.store.slots})")
-            self.store.reset(slot)
-            self.slots[name] = slot
-        return dict(self.slots)
-
-
 class Supervisor:
     """One worker per queue, restarted when it dies; configuration pushed to all."""
 
@@ -129,11 +108,11 @@ class Supervisor:
                                          "netfilterqueue"])
         self.lock = self.ctx.Lock()
         self.store = SharedTokenStore.create(self.lock)
-        self.slot_map = SlotMap(self.store)
+        self.slot_map = SlotMap(self.store, self.store.slots)
         self.config = config
         self.enabled = True
         self.version = 1
-        self.slots = self.slot_map.assign(config)
+        self.slots = self.assign_slots(config)
         cpus = cpus if cpus is not None else sorted(os.sched_getaffinity(0))
         self.workers = {q: WorkerSlot(q, cpus[i % len(cpus)] if cpus else None) for i, q in enumerate(queues)}
         self.max_len = max_len
@@ -178,6 +157,13 @@ class Supervisor:
         w.process, w.conn, w.pid, w.ready, w.restart_at = proc, parent, proc.pid, False, None
         self._send(w, self._config_message())
 
+    def assign_slots(self, config: Config) -> dict[str, int]:
+        """Shared token-store slots for every class of ``config`` (kept across changes)."""
+        try:
+            return self.slot_map.assign(c.name for c in config.classes)
+        except ValueError as exc:
+            raise SupervisorError(str(exc)) from None
+
     def _config_message(self) -> tuple[Any, ...]:
         # The validated Config itself (pickled with its derived indexes): workers need not validate it again.
         return ("config", self.version, self.config, self.slots, self.enabled)
@@ -217,7 +203,7 @@ class Supervisor:
         the new version when they are restarted.
         """
         with self._cond:
-            self.slots = self.slot_map.assign(config)
+            self.slots = self.assign_slots(config)
             self.config = config
             self.version += 1
             version = self.version

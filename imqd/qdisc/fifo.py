@@ -38,6 +38,13 @@ class Fifo:
         self.limit_bytes = limit_bytes
         self.drops = 0
 
+    @property
+    def passthrough_max(self) -> int:
+        """Largest packet that, offered to this FIFO while empty, the next dequeue hands straight back.
+
+        A parent that sees it is idle may then skip the queue altogether (HTB's :meth:`send_now`)."""
+        return self.limit_bytes if self.limit_bytes is not None else 1 << 62
+
     def enqueue(self, pkt: QueuedPacket, now: float) -> list[QueuedPacket]:
         q = self._q
         lb = self.limit_bytes

@@ -43,7 +43,7 @@ from typing import Any, Sequence
 
 from imqd.qdisc.base import QueuedPacket
 from imqd.qdisc.leaves import LeafSpec, change_leaf, make_leaf
-from imqd.qdisc.tokens import FIELDS_PER_SLOT, LocalTokenStore, TokenStore
+from imqd.qdisc.tokens import FIELDS_PER_SLOT, LOCK_TIMEOUT_S, LocalTokenStore, TokenStore
 
 MAX_DEPTH = 8  # TC_HTB_MAXDEPTH: levels 0..7
 NUM_PRIO = 8  # TC_HTB_NUMPRIO
@@ -110,7 +110,7 @@ class _Class:
     __slots__ = (
         "name", "params", "idx", "level", "prio", "quantum", "slot", "base",
         "buffer", "cbuffer", "spb", "cspb", "chain", "parent_name",
-        "q", "spec", "wc", "take_dropped", "active", "deficit", "key",
+        "q", "spec", "wc", "take_dropped", "active", "deficit", "key", "passthrough",
         "bytes", "packets", "drops", "borrows", "lends",
     )  # fmt: skip
 
@@ -119,6 +119,7 @@ class _Class:
         self.q: Any = None
         self.spec: LeafSpec | None = None
         self.wc = True
+        self.passthrough = 0
         self.take_dropped: Any = None
         self.active = False
         self.deficit = [0] * MAX_DEPTH
@@ -144,6 +145,8 @@ class _Class:
         self.q = q
         self.spec = spec
         self.wc = bool(getattr(q, "work_conserving", False)) if q is not None else True
+        # packets up to this size may skip an empty leaf (send_now); 0 = never (the leaf keeps state per packet)
+        self.passthrough = int(getattr(q, "passthrough_max", 0)) if q is not None else 0
         self.take_dropped = getattr(q, "take_dropped", None) if q is not None else None
 
 
@@ -157,6 +160,7 @@ class HTB:
         self.tokens: TokenStore = tokens if tokens is not None else LocalTokenStore()
         self._vals = self.tokens.values
         self._locked = self.tokens.locked
+        self._lock = self.tokens.lock  # None: private store, no locking on the per-packet path
         self._classes: dict[str, _Class] = {}
         self._order: list[_Class] = []
         self._leaf_map: dict[str, _Class] = {}
@@ -387,11 +391,7 @@ class HTB:
 
     def enqueue(self, pkt: QueuedPacket, leaf: str, now: float) -> list[QueuedPacket]:
         """Queue ``pkt`` in leaf class ``leaf``; return what its leaf qdisc dropped (maybe ``pkt``)."""
-        cl = self._leaf_map.get(leaf)
-        if cl is None:
-            if leaf in self._classes:
-                raise ValueError(f"enqueue: class {leaf!r} is an inner class, not a leaf")
-            raise ValueError(f"enqueue: unknown class {leaf!r}")
+        cl = self._leaf_map.get(leaf) or self._no_leaf(leaf, "enqueue")
         dropped = cl.q.enqueue(pkt, now)
         if dropped:
             cl.drops += len(dropped)
@@ -403,6 +403,53 @@ class HTB:
         elif not cl.wc:  # the leaf's own next event may have moved
             self._ne_cache = None
         return dropped
+
+    def _no_leaf(self, leaf: str, what: str) -> _Class:
+        if leaf in self._classes:
+            raise ValueError(f"{what}: class {leaf!r} is an inner class, not a leaf")
+        raise ValueError(f"{what}: unknown class {leaf!r}")
+
+    def send_now(self, leaf: str, size: int, now: float) -> bool:
+        """Let a packet of ``size`` bytes through leaf ``leaf`` at once if HTB would dequeue it at once.
+
+        The worker's fast path.  When no leaf is backlogged, ``enqueue`` followed by ``dequeue`` hands the
+        packet straight back if its leaf qdisc passes it through unchanged (a FIFO within its limits) and
+        the class may send at ``now`` (on its own tokens or by borrowing).  ``send_now`` does exactly what
+        that pair would do -- the same DRR deficit and pointer update, the same charge up the tree -- without
+        queueing anything.  Returns False and changes nothing otherwise; the caller then ``enqueue``s.
+        """
+        if self._active:
+            return False
+        cl = self._leaf_map.get(leaf) or self._no_leaf(leaf, "send_now")
+        if size > cl.passthrough:
+            return False
+        vals = self._vals
+        key = _NO_KEY
+        for c in cl.chain:  # as _select, for the only leaf that would be backlogged
+            b = c.base
+            tc = vals[b + 2]
+            if now < tc - vals[b + 1]:
+                return False  # CANT_SEND: the packet must wait
+            if now >= tc - vals[b]:
+                key = (c.level << 3) | cl.prio
+                break
+            if tc != tc:
+                self._init_slot(c, now)
+                key = (c.level << 3) | cl.prio
+                break
+        if key == _NO_KEY:
+            return False
+        level = key >> 3
+        d = cl.deficit[level] - size
+        if d < 0:
+            d += cl.quantum
+            self._ptr[key] = cl.idx + 1
+        else:
+            self._ptr[key] = cl.idx
+        cl.deficit[level] = d
+        self._last_now = now
+        self._charge_locked(cl, level, size, now)
+        return True
 
     def _select(self, now: float, skip: list[_Class] | None) -> _Class | None:
         """The leaf to serve at ``now`` (call with the token lock held); sets its ``key``."""
@@ -490,9 +537,23 @@ class HTB:
             # Only the charge needs the shared lock: selection reads token state that other workers
             # may change at any time anyway (they can only make it smaller), like the kernel's lockless
             # mode checks; a race costs at most one packet of credit per worker.
-            with self._locked():
-                self._charge(cl, level, size, now)
+            self._charge_locked(cl, level, size, now)
             return pkt
+
+    def _charge_locked(self, cl: _Class, level: int, size: int, now: float) -> None:
+        """_charge under the store's lock, taken directly (no context manager on the per-packet path)."""
+        lock = self._lock
+        if lock is None:
+            self._charge(cl, level, size, now)
+            return
+        held = lock.acquire(True, LOCK_TIMEOUT_S)
+        if not held:
+            self.tokens.timeouts += 1  # a worker died holding it: charge anyway (see shared_tokens)
+        try:
+            self._charge(cl, level, size, now)
+        finally:
+            if held:
+                lock.release()
 
     def _charge(self, cl: _Class, level: int, size: int, now: float) -> None:
         """htb_charge_class: the lender and its ancestors pay tokens; classes below it borrowed."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import struct
 
 import pytest
 from hypothesis import given, settings
@@ -10,7 +11,8 @@ from hypothesis import strategies as st
 
 from imqd.classifier import Classifier, Match
 from imqd.config import parse_config
-from imqd.packet import PacketInfo
+from imqd.packet import MalformedPacket, PacketInfo, parse_headers
+from scapy.all import IP, TCP, UDP
 
 
 def pkt(src: str = "198.18.1.10", dst: str = "198.18.2.20", proto: int = 6, sport: int = 40000,
@@ -216,3 +218,62 @@ def test_compiled_equals_reference(ms: list[Match], info: PacketInfo, mark: int,
     rules = [(f"c{i}", m) for i, m in enumerate(ms)]
     want = next((name for name, m in rules if m.matches(info, mark, iif, oif)), default)
     assert Classifier(rules, default).classify(info, mark, iif, oif) == want
+
+
+# --- classify_bytes (raw headers, the worker's path) agrees with parse_headers + classify --------
+
+def _v4_header(draw: st.DrawFn) -> bytes:
+    """An IPv4 packet prefix with fields drawn near the edges classify_bytes' fast path tests."""
+    src = draw(st.sampled_from(["198.18.1.10", "198.18.200.1", "10.1.2.3"]))
+    dst = draw(st.sampled_from(["198.18.1.10", "198.18.200.1", "10.1.2.3"]))
+    ihl = draw(st.sampled_from([5, 5, 5, 6, 4]))
+    total = draw(st.sampled_from([20, 23, 24, 46, 1500, 19, 0]))
+    frag = draw(st.sampled_from([0, 0, 0x2000, 0x0001, 0x4000, 0x0100]))
+    proto = draw(st.sampled_from([6, 17, 1, 132, 47]))
+    tos = draw(st.integers(0, 255))
+    head = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, tos, total, 0, frag, 64, proto, 0,
+                       ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed)
+    rest = bytes(draw(st.lists(st.integers(0, 100), min_size=0, max_size=12)))
+    data = head + b"\0" * max(0, ihl * 4 - 20) + rest
+    return data[: draw(st.integers(0, len(data)))] if draw(st.booleans()) else data
+
+
+@st.composite
+def raw_packets(draw: st.DrawFn) -> bytes:
+    kind = draw(st.sampled_from(["v4", "v4", "v6", "junk"]))
+    if kind == "v4":
+        return _v4_header(draw)
+    if kind == "v6":
+        src, dst = draw(st.sampled_from(ADDRS[3:])), draw(st.sampled_from(ADDRS[3:]))
+        nh = draw(st.sampled_from([6, 17, 58]))
+        head = struct.pack("!IHBB16s16s", 6 << 28 | draw(st.integers(0, 255)) << 20, 40, nh, 64,
+                           ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed)
+        return head + bytes(draw(st.lists(st.integers(0, 100), max_size=8)))
+    return draw(st.binary(max_size=60))
+
+
+@settings(max_examples=400)
+@given(st.lists(matches(), max_size=6), raw_packets(), st.integers(0, 255),
+       st.none() | st.sampled_from(["eth0", "ppp0"]), st.none() | st.sampled_from(["wan0", "lan0"]),
+       st.none() | st.just("dflt"))
+def test_classify_bytes_equals_parse_then_classify(ms: list[Match], data: bytes, mark: int, iif: str | None,
+                                                   oif: str | None, default: str | None) -> None:
+    c = Classifier([(f"c{i}", m) for i, m in enumerate(ms)], default)
+    try:
+        info = parse_headers(data)
+    except MalformedPacket:
+        with pytest.raises(MalformedPacket):
+            c.classify_bytes(data, mark, iif, oif)
+        return
+    assert c.classify_bytes(data, mark, iif, oif) == (info.length, c.classify(info, mark, iif, oif))
+
+
+def test_classify_bytes_reads_ports_of_an_ipv4_packet() -> None:
+    c = Classifier([("web", Match(proto=6, dport=(443, 443), src="198.18.0.0/15")), ("dns", Match(dport=(53, 53)))],
+                   "rest")
+    web = bytes(IP(src="198.18.1.2", dst="198.19.0.1") / TCP(dport=443))
+    dns = bytes(IP(src="10.0.0.1", dst="198.19.0.1") / UDP(dport=53) / b"q")
+    frag = bytes(IP(src="198.18.1.2", dst="198.19.0.1", proto=6, frag=10) / (b"\x01\xbb" * 4))  # later fragment: no ports
+    assert c.classify_bytes(web, 0, None, None) == (40, "web")
+    assert c.classify_bytes(dns, 0, None, None) == (29, "dns")
+    assert c.classify_bytes(frag, 0, None, None)[1] == "rest"

@@ -230,3 +230,59 @@ def test_change_loses_and_duplicates_nothing(first: list[HTBClassParams], change
     drained = d.h.drain()
     assert sorted(id(p) for p in drained) == sorted(d.outstanding)
     assert d.h.backlog_packets == 0
+
+
+def _state(h: HTB) -> tuple[Any, ...]:
+    """Everything send_now may touch: token state, DRR deficits and pointers, per-class counters."""
+    classes = tuple((cl.name, tuple(cl.deficit), cl.bytes, cl.packets, cl.borrows, cl.lends)
+                    for cl in h._order)
+    return tuple(h.tokens.values), tuple(h._ptr), classes, h.backlog_packets
+
+
+@SETTINGS
+@given(classes=trees(), ops=steps)
+def test_send_now_is_enqueue_then_dequeue_on_an_idle_tree(classes: list[HTBClassParams], ops: Any) -> None:
+    """The worker's fast path changes exactly what enqueue + dequeue would, whenever it says yes.
+
+    Two trees see the same arrivals at the same times; A offers each packet to send_now first, B only
+    enqueues and, when A's send_now succeeded, dequeues at once.  Both must release the same packets at the
+    same times and end in the same state."""
+    a, b = HTB(classes, 0.0), HTB(classes, 0.0)
+    leaves = sorted(a.leaves())
+    now = 0.0
+    for pick, size, count, advance in ops:
+        leaf = leaves[pick % len(leaves)]
+        for _ in range(count):
+            pa, pb = QueuedPacket(size), QueuedPacket(size)
+            if a.send_now(leaf, size, now):
+                assert not b.busy, "send_now said yes although a packet was waiting"
+                assert not b.enqueue(pb, leaf, now)
+                assert b.dequeue(now) is pb, "enqueue + dequeue would have let it through too"
+            else:
+                assert len(a.enqueue(pa, leaf, now)) == len(b.enqueue(pb, leaf, now))
+                for h in (a, b):
+                    while h.dequeue(now) is not None:
+                        pass
+                    h.take_dropped()
+            assert _state(a) == _state(b)
+        now += advance * 10 * MTU * 8 / classes[0].rate
+
+
+def test_send_now_refuses_when_a_packet_waits_or_tokens_lack() -> None:
+    h = HTB([HTBClassParams("a", None, 8000.0, 8000.0, 1500, 1500),
+             HTBClassParams("b", None, 8000.0, 8000.0, 1500, 1500)], 0.0)
+    assert h.send_now("a", 1000, 0.0) and h.send_now("a", 1000, 0.0), "tokens >= 0 let a packet go, as HTB"
+    assert not h.send_now("a", 1000, 0.0), "the bucket is overdrawn now"
+    assert h.backlog_packets == 0, "a refusal queues nothing"
+    assert h.enqueue(QueuedPacket(1000), "a", 0.0) == []
+    assert not h.send_now("b", 100, 0.0), "b has tokens, but a packet waits: it must queue behind"
+    assert not h.send_now("a", 1000, 10.0), "a packet still waits in a"
+    assert h.dequeue(10.0) is not None and h.send_now("b", 100, 10.0), "idle again: b goes straight through"
+
+
+def test_send_now_skips_no_leaf_that_keeps_state() -> None:
+    fq = HTB([HTBClassParams("a", None, 8e6, 8e6, 1500, 1500, leaf=LeafSpec.of("fq_codel"))], 0.0)
+    assert not fq.send_now("a", 100, 0.0), "fq_codel tracks flows per packet: never skipped"
+    small = HTB([HTBClassParams("a", None, 8e6, 8e6, 1500, 1500, leaf=LeafSpec.of("fifo", limit_bytes=500))], 0.0)
+    assert not small.send_now("a", 600, 0.0), "a packet its FIFO would refuse is not sent past it"
+    assert small.send_now("a", 400, 0.0)

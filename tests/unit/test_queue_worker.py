@@ -4,14 +4,60 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import struct
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.all import IP, TCP, UDP, IPv6
 
 from imqd.config import parse_config
-from imqd.queue_worker import QueueWorker, WorkerOptions, describe_bind_error
+from imqd.queue_worker import SOLO_MAX, QueueWorker, WorkerOptions, describe_bind_error
 from imqd.shaper import Shaper
+
+
+class FakeKernelQueue:
+    """nfnetlink_queue as the worker sees it: ids in arrival order, one verdict each, batch verdicts.
+
+    ``delivered`` is the order in which the kernel re-injected (or dropped) packets; a verdict for an id
+    the kernel no longer has is counted in ``enoent`` (the real kernel answers ENOENT and nothing happens).
+    """
+
+    def __init__(self) -> None:
+        self.next_id = 1
+        self.pending: dict[int, FakePacket] = {}  # insertion order == id order
+        self.delivered: list[tuple[int, str]] = []
+        self.enoent = 0
+        self.batches = 0
+
+    def arrive(self, payload: bytes, hook: int = 4, **kw: object) -> FakePacket:
+        pkt = FakePacket(payload, hook=hook, kernel=self, id=self.next_id, **kw)  # type: ignore[arg-type]
+        self.next_id += 1
+        self.pending[pkt.id] = pkt
+        return pkt
+
+    def verdict(self, pkt_id: int, verdict: str) -> None:
+        pkt = self.pending.pop(pkt_id, None)
+        if pkt is None:
+            self.enoent += 1
+            return
+        pkt.verdicts.append(verdict)
+        self.delivered.append((pkt_id, verdict))
+
+    def write(self, msg: bytes) -> int:
+        """A netlink message from the worker: only NFQNL_MSG_VERDICT_BATCH is expected."""
+        length, mtype, _flags, _seq, _pid = struct.unpack_from("=IHHII", msg)
+        assert length == len(msg) and mtype == (3 << 8) | 3, "a verdict batch message"
+        _nla_len, nla_type = struct.unpack_from("=HH", msg, 20)
+        verdict, max_id = struct.unpack_from(">II", msg, 24)
+        assert nla_type == 2 and verdict == 1
+        self.batches += 1
+        swept = [i for i in self.pending if i <= max_id]
+        if not swept:
+            self.enoent += 1
+        for i in swept:
+            self.verdict(i, "accept")
+        return len(msg)
 
 
 @dataclass
@@ -21,7 +67,10 @@ class FakePacket:
     indev: int = 0
     outdev: int = 0
     mark: int = 0
+    kernel: FakeKernelQueue | None = None
+    id: int = 0
     verdicts: list[str] = field(default_factory=list)
+    given: bool = False  # netfilterqueue's own "verdict already given" flag (batches do not set it)
 
     def get_payload(self) -> bytes:
         return self.payload[:128]
@@ -29,11 +78,20 @@ class FakePacket:
     def get_mark(self) -> int:
         return self.mark
 
+    def _verdict(self, verdict: str) -> None:
+        if self.given:
+            raise RuntimeError("Verdict already given for this packet")
+        self.given = True
+        if self.kernel is None:
+            self.verdicts.append(verdict)
+        else:
+            self.kernel.verdict(self.id, verdict)
+
     def accept(self) -> None:
-        self.verdicts.append("accept")
+        self._verdict("accept")
 
     def drop(self) -> None:
-        self.verdicts.append("drop")
+        self._verdict("drop")
 
 
 class FakeClock:
@@ -44,13 +102,23 @@ class FakeClock:
         return self.now
 
 
-def make_worker(classes: list[dict]) -> tuple[QueueWorker, FakeClock]:
+def make_worker(classes: list[dict], kernel: FakeKernelQueue | None = None) -> tuple[QueueWorker, FakeClock]:
     shaper = Shaper()
     shaper.apply(parse_config({"classes": classes}), 100.0)
     worker = QueueWorker(WorkerOptions(queue=0, cpu=None), shaper)
     clock = FakeClock()
     worker._clock = clock
+    if kernel is not None:
+        worker.write_verdicts = kernel.write
     return worker, clock
+
+
+def drain(worker: QueueWorker, pkts: list[FakePacket]) -> None:
+    """One drain of the socket as the worker's loop does it: every packet, then the flush."""
+    worker.begin_drain()
+    for p in pkts:
+        worker._on_packet(p)
+    worker.flush()
 
 
 def tcp(size: int = 1000, dst: str = "198.19.0.2") -> bytes:
@@ -58,17 +126,17 @@ def tcp(size: int = 1000, dst: str = "198.19.0.2") -> bytes:
 
 
 def test_unshaped_packet_is_accepted_at_once() -> None:
-    worker, _ = make_worker([{"name": "a", "rate": "1mbit", "match": {"dst": "198.19.9.0/24"}}])
-    pkt = FakePacket(tcp())
-    worker._on_packet(pkt)
-    assert pkt.verdicts == ["accept"]
+    kernel = FakeKernelQueue()
+    worker, _ = make_worker([{"name": "a", "rate": "1mbit", "match": {"dst": "198.19.9.0/24"}}], kernel)
+    pkt = kernel.arrive(tcp())
+    drain(worker, [pkt])
+    assert pkt.verdicts == ["accept"] and kernel.enoent == 0
 
 
 def test_shaped_packets_wait_for_tokens_and_keep_order() -> None:
     worker, clock = make_worker([{"name": "a", "rate": "1mbit", "burst": 1600, "default": True}])
     pkts = [FakePacket(tcp(1000)) for _ in range(5)]
-    for p in pkts:
-        worker._on_packet(p)
+    drain(worker, pkts)
     first = [p for p in pkts if p.verdicts]
     assert 1 <= len(first) < 5, "the burst lets some through at once, not all"
     assert worker.shaper.held == 5 - len(first)
@@ -93,7 +161,7 @@ def test_overflow_drops_are_verdicts_too() -> None:
 def test_malformed_packets_are_counted_and_accepted(data: bytes) -> None:
     worker, _ = make_worker([{"name": "a", "rate": "1mbit", "default": True}])
     pkt = FakePacket(data)
-    worker._on_packet(pkt)
+    drain(worker, [pkt])
     assert pkt.verdicts == ["accept"]
     assert worker.counters.malformed == 1
 
@@ -105,11 +173,13 @@ def test_any_bytes_get_exactly_one_verdict_eventually(data: bytes, hook: int) ->
         {"name": "in", "direction": "ingress", "rate": "1mbit", "default": True},
         {"name": "out", "direction": "egress", "rate": "1mbit", "default": True},
     ])
-    pkt = FakePacket(data, hook=hook)
-    worker._on_packet(pkt)
+    kernel = FakeKernelQueue()
+    worker.write_verdicts = kernel.write
+    pkt = kernel.arrive(data, hook=hook)
+    drain(worker, [pkt])
     clock.now += 10
-    worker._release(clock.now)
-    assert len(pkt.verdicts) == 1
+    worker.service(clock.now)
+    assert len(pkt.verdicts) == 1 and kernel.enoent == 0
 
 
 def test_ipv6_and_udp_are_shaped_in_their_direction() -> None:
@@ -121,7 +191,7 @@ def test_ipv6_and_udp_are_shaped_in_their_direction() -> None:
         worker._on_packet(p)
     assert worker.shaper.held > 0, "ingress packets are queued by the ingress tree"
     egress = FakePacket(tcp(), hook=4)
-    worker._on_packet(egress)
+    drain(worker, [egress])
     assert egress.verdicts == ["accept"], "no egress classes: passes unshaped"
 
 
@@ -150,7 +220,7 @@ def test_disable_releases_held_packets_in_order() -> None:
     assert all(p.verdicts for p in pkts)
     assert order == sorted(order)
     late = FakePacket(tcp())
-    worker._on_packet(late)
+    drain(worker, [late])
     assert late.verdicts == ["accept"]
 
 
@@ -203,3 +273,125 @@ def test_bind_errors_say_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(qw.os.path, "exists", real_exists)
     monkeypatch.setattr(qw, "queue_is_bound", lambda q: q == 5)
     assert describe_bind_error(5, OSError("x")) == "queue 5: already bound by another process (is another imqd running?)"
+
+
+# --- batch verdicts ------------------------------------------------------------------------------------
+
+UNSHAPED_DST = "198.19.50.1"
+SLOW = [{"name": "slow", "rate": "8kbit", "burst": 1600, "match": {"dst": "198.19.0.2/32"}}]
+
+
+def test_packets_that_may_go_leave_in_one_batch_per_drain() -> None:
+    kernel = FakeKernelQueue()
+    worker, _ = make_worker([{"name": "fast", "rate": "10gbit", "default": True}], kernel)
+    pkts = [kernel.arrive(tcp(100)) for _ in range(20)]
+    worker.begin_drain()
+    for p in pkts:
+        worker._on_packet(p)
+    solo = [(p.id, "accept") for p in pkts[:SOLO_MAX]]
+    assert kernel.delivered == solo, "the first packets of a drain go at once, the rest wait for its end"
+    worker.flush()
+    assert kernel.batches == 1 and worker.counters.batches == 1
+    assert kernel.delivered == [(p.id, "accept") for p in pkts] and kernel.enoent == 0
+    assert worker.counters.accepted == 20
+
+
+def test_at_light_load_each_packet_goes_at_once() -> None:
+    kernel = FakeKernelQueue()
+    worker, _ = make_worker([{"name": "fast", "rate": "10gbit", "default": True}], kernel)
+    for _ in range(5):
+        worker.begin_drain()
+        p = kernel.arrive(tcp(100))
+        worker._on_packet(p)
+        assert p.verdicts == ["accept"], "no wait for the end of the drain"
+        worker.flush()
+    assert kernel.batches == 0
+
+
+def test_a_batch_never_sweeps_up_a_held_packet() -> None:
+    kernel = FakeKernelQueue()
+    worker, clock = make_worker(SLOW, kernel)
+    slow = [kernel.arrive(tcp(1400)) for _ in range(3)]  # the burst lets one or two through, then it holds
+    drain(worker, slow)
+    held = [p for p in slow if not p.verdicts]
+    assert held, "the slow class holds a packet"
+    others = [kernel.arrive(tcp(100, dst=UNSHAPED_DST)) for _ in range(5)]
+    drain(worker, others)
+    assert all(p.verdicts == ["accept"] for p in others)
+    assert all(not p.verdicts for p in held), "still held: an older held packet blocks the batch"
+    clock.now += 10
+    worker.service(clock.now)
+    assert all(p.verdicts == ["accept"] for p in slow) and kernel.enoent == 0
+
+
+def test_packets_older_than_everything_held_still_go_in_a_batch() -> None:
+    kernel = FakeKernelQueue()
+    worker, clock = make_worker(SLOW, kernel)
+    drain(worker, [kernel.arrive(tcp(1400)) for _ in range(3)])  # overdraw the slow class
+    clock.now += 10
+    worker.service(clock.now)
+    worker.service(clock.now)  # seen idle: the next batch needs no check against held packets
+    batches = kernel.batches
+    first = [kernel.arrive(tcp(100, dst=UNSHAPED_DST)) for _ in range(4)]
+    late_slow = [kernel.arrive(tcp(1400)) for _ in range(3)]
+    drain(worker, first + late_slow)
+    assert kernel.batches == batches + 1, "the held packets are newer than the batch: one message"
+    assert all(p.verdicts == ["accept"] for p in first) and not late_slow[-1].verdicts
+
+
+def test_a_full_batch_is_sent_without_waiting_for_the_drain_to_end() -> None:
+    from imqd.queue_worker import BATCH_MAX
+
+    kernel = FakeKernelQueue()
+    worker, _ = make_worker([{"name": "fast", "rate": "10gbit", "default": True}], kernel)
+    worker.begin_drain()
+    for _ in range(SOLO_MAX + BATCH_MAX):
+        worker._on_packet(kernel.arrive(tcp(100)))
+    assert len(kernel.delivered) == SOLO_MAX + BATCH_MAX and kernel.batches == 1
+
+
+def test_a_failed_batch_write_falls_back_to_one_verdict_each() -> None:
+    kernel = FakeKernelQueue()
+    worker, _ = make_worker([{"name": "fast", "rate": "10gbit", "default": True}], kernel)
+
+    def broken(msg: bytes) -> int:
+        raise OSError(105, "No buffer space available")
+
+    worker.write_verdicts = broken
+    pkts = [kernel.arrive(tcp(100)) for _ in range(SOLO_MAX + 3)]
+    drain(worker, pkts)
+    assert [v for _, v in kernel.delivered] == ["accept"] * len(pkts) and worker.counters.errors == 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 6), st.floats(0, 0.3)), min_size=1, max_size=30))
+def test_every_packet_gets_one_verdict_and_flows_keep_their_order(steps: list[tuple[int, int, float]]) -> None:
+    """Random drains mixing a slow class, a fast one and unshaped traffic, in both directions."""
+    kernel = FakeKernelQueue()
+    worker, clock = make_worker([
+        {"name": "slow", "rate": "200kbit", "burst": 3000, "limit": 5, "match": {"dst": "198.19.0.2/32"}},
+        {"name": "fast", "rate": "10gbit", "match": {"dst": "198.19.0.3/32"}},
+        {"name": "in", "direction": "ingress", "rate": "100kbit", "burst": 2000, "match": {"dst": "198.19.0.2/32"}},
+    ], kernel)
+    flows = [("198.19.0.2", 4), ("198.19.0.3", 4), (UNSHAPED_DST, 4), ("198.19.0.2", 0)]
+    flow_of: dict[int, int] = {}
+    for flow, count, advance in steps:
+        dst, hook = flows[flow]
+        batch = []
+        for _ in range(count):
+            p = kernel.arrive(tcp(1000, dst=dst), hook=hook)
+            flow_of[p.id] = flow
+            batch.append(p)
+        drain(worker, batch)
+        clock.now += advance
+        worker.service(clock.now)
+    for _ in range(1000):  # let the scheduler release everything, waking when it says, as the worker loop
+        wake = worker.shaper.next_event(clock.now)
+        if wake is None:
+            break
+        clock.now = max(clock.now, wake)
+        worker.service(clock.now)
+    assert not kernel.pending and kernel.enoent == 0, "every packet got exactly one verdict"
+    for f in range(len(flows)):
+        ids = [i for i, v in kernel.delivered if flow_of[i] == f and v == "accept"]
+        assert ids == sorted(ids), f"flow {f} reordered"
