@@ -193,8 +193,8 @@ class Bench:
                 self.finish(self.udp(1, count=PROBES, sources=[addr]))
                 time.sleep(0.05)
                 after = read_queues(self.topo)
-                # each probe passes a queue twice (PREROUTING, POSTROUTING); stray packets move others a little
-                moved = [q for q in after if after[q]["last_id"] - before.get(q, {}).get("last_id", 0) >= 2 * PROBES]
+                # each probe crosses the queue once (POSTROUTING -o wan); stray packets move others a little
+                moved = [q for q in after if after[q]["last_id"] - before.get(q, {}).get("last_id", 0) >= PROBES]
                 if len(moved) == 1 and moved[0] not in found:
                     found[moved[0]] = addr
                 if len(found) == 2:

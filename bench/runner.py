@@ -143,6 +143,9 @@ def run(params: Params, *, command: str, quick: bool, log: Callable[[str], None]
                         raw["ceiling"].append(timed("ceiling", b.ceiling_tcp, system, rep))
                         if system.name != "bare-loop x2":
                             raw["latency_idle"].append(timed("latency", b.latency_idle, system, rep))
+                with BareLoop(topo, (0, 0), batch=True) as batched:  # reference only: what batching alone gives
+                    raw["ceiling"].append(timed("ceiling", b.ceiling_udp, batched, rep))
+                    raw["ceiling"].append(timed("ceiling", b.ceiling_tcp, batched, rep))
                 with KernelHtb(topo) as htb:
                     raw["accuracy"] += timed("accuracy", b.accuracy, htb, rep)
                     raw["latency_load"].append(timed("latency", b.latency_loaded, htb, rep, "kernel HTB + pfifo"))

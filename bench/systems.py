@@ -5,8 +5,9 @@
   HTB on an IFB fed from the wan ingress for downloads, each with an explicit ``pfifo limit 1000`` leaf (imqd's
   default FIFO length; the kernel's implicit leaf would be ``txqueuelen`` long, 32 on an IFB) or an
   ``fq_codel`` leaf.
-* :class:`BareLoop` -- ``bench.bare_loop`` processes, one per queue, behind exactly imqd's NFQUEUE rules
-  (``imqd.rules.apply``): the ceiling of the NFQUEUE-in-Python architecture.
+* :class:`BareLoop` -- ``bench.bare_loop`` processes, one per queue, behind exactly the NFQUEUE rules imqd
+  installs for the benchmark's classes (``imqd.rules.for_config``: the wan interface only, so a forwarded
+  packet crosses the queue once): the ceiling of the NFQUEUE-in-Python architecture.
 * :class:`Imqd` -- a real ``imqd run --apply-rules`` (:class:`imqd.lab.ImqdInstance`) with one class per
   direction: ``up`` (egress, ``oif`` wan) and ``down`` (ingress, ``iif`` wan), like IMQ's imq1/imq0.
 
@@ -144,7 +145,9 @@ class BareLoop(System):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"bare_loop queues {wanted} not bound after {timeout} s")
             time.sleep(0.05)
-        rules.apply(rules.RuleOptions(queues=self.queues), runner=self.topo.runner(self.topo.router_ns))
+        # exactly the rules imqd installs for the benchmark's classes (imqd.rules.for_config)
+        wanted = rules.for_config(rules.RuleOptions(queues=self.queues), parse_config(imqd_config(self.topo)))
+        rules.apply(wanted, runner=self.topo.runner(self.topo.router_ns))
 
     def stop(self) -> None:
         try:

@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--token-file", type=Path, default=None, help="bearer token for writes (env IMQD_TOKEN_FILE)")
     run.add_argument("--open-stats", action="store_true", help="allow reads without a token on a public address")
     run.add_argument("--apply-rules", action="store_true",
-                     help="install the NFQUEUE rules at start and remove them at exit")
+                     help="install the NFQUEUE rules at start (only for the interfaces the classes name, "
+                          "kept current as classes change) and remove them at exit")
     run.add_argument("--max-len", type=int, default=20000, help="kernel queue length per worker (held packets)")
     run.add_argument("--copy-range", type=int, default=128, help="bytes of each packet copied to the worker")
 
@@ -189,11 +190,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     applied_rules = False
     try:
+        follow_rules = None
         if args.apply_rules:
-            rules_mod.apply(opts)
+            installed = rules_mod.for_config(opts, config)
+            rules_mod.apply(installed)
             applied_rules = True
+
+            def follow_rules(new_config: Config) -> None:
+                """Re-install the rules when a change adds or removes an interface the classes name."""
+                nonlocal installed
+                wanted = rules_mod.for_config(opts, new_config)
+                if wanted != installed:
+                    rules_mod.apply(wanted)
+                    installed = wanted
+
         logging.getLogger("imqd").info("imqd running: queues %d:%d, %d classes", first, last, len(config.classes))
-        controller = Controller(config, config_path, sup)
+        controller = Controller(config, config_path, sup, on_change=follow_rules)
         if api is None:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: stop.set())

@@ -8,7 +8,9 @@ The REST API and the CLI are thin layers over this class.
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,6 +19,8 @@ from imqd.config import Config, ConfigError, save_config_atomic
 # Every class needs a token slot in the workers' shared store (imqd.shared_tokens.DEFAULT_SLOTS
 # is larger); refusing bigger trees here keeps a change from failing after it was saved.
 MAX_CLASSES = 16384
+
+log = logging.getLogger("imqd.controller")
 
 
 class Workers(Protocol):
@@ -38,10 +42,14 @@ class Workers(Protocol):
 class Controller:
     """Serialises changes: validate -> persist -> apply to all workers."""
 
-    def __init__(self, config: Config, path: Path | None, workers: Workers) -> None:
+    def __init__(self, config: Config, path: Path | None, workers: Workers,
+                 on_change: Callable[[Config], None] | None = None) -> None:
         self.config = config
         self.path = path
         self.workers = workers
+        #: called with each new config once the workers have it (``imqd run --apply-rules``: the rules follow
+        #: the interfaces the classes name); a failure there is logged, the change itself stands
+        self.on_change = on_change
         self._lock = threading.Lock()
         self.last_apply_s: float | None = None
 
@@ -53,6 +61,11 @@ class Controller:
             save_config_atomic(self.path, new)
         self.config = new
         self.last_apply_s = self.workers.push_config(new)
+        if self.on_change is not None:
+            try:
+                self.on_change(new)
+            except Exception as exc:  # noqa: BLE001 - the workers have the change; report, do not undo it
+                log.error("after the change: %s", exc)
         return new
 
     def add_class(self, spec: dict[str, Any]) -> dict[str, Any]:

@@ -448,7 +448,7 @@ class HTB:
             self._ptr[key] = cl.idx
         cl.deficit[level] = d
         self._last_now = now
-        self._charge_locked(cl, level, size, now)
+        self._charge(cl, level, size, now)
         return True
 
     def _select(self, now: float, skip: list[_Class] | None) -> _Class | None:
@@ -537,65 +537,62 @@ class HTB:
             # Only the charge needs the shared lock: selection reads token state that other workers
             # may change at any time anyway (they can only make it smaller), like the kernel's lockless
             # mode checks; a race costs at most one packet of credit per worker.
-            self._charge_locked(cl, level, size, now)
+            self._charge(cl, level, size, now)
             return pkt
 
-    def _charge_locked(self, cl: _Class, level: int, size: int, now: float) -> None:
-        """_charge under the store's lock, taken directly (no context manager on the per-packet path)."""
+    def _charge(self, cl: _Class, level: int, size: int, now: float) -> None:
+        """htb_charge_class: the lender and its ancestors pay tokens; classes below it borrowed.
+
+        Takes the store's lock itself (directly, not through a context manager: this runs per packet)."""
         lock = self._lock
-        if lock is None:
-            self._charge(cl, level, size, now)
-            return
-        held = lock.acquire(True, LOCK_TIMEOUT_S)
-        if not held:
-            self.tokens.timeouts += 1  # a worker died holding it: charge anyway (see shared_tokens)
+        held = False
+        if lock is not None:
+            held = lock.acquire(True, LOCK_TIMEOUT_S)
+            if not held:
+                self.tokens.timeouts += 1  # a worker died holding it: charge anyway (see shared_tokens)
         try:
-            self._charge(cl, level, size, now)
+            vals = self._vals
+            for c in cl.chain:
+                b = c.base
+                tc = vals[b + 2]
+                diff = now - tc
+                if diff >= 0.0:
+                    if diff > MBUFFER:
+                        diff = MBUFFER
+                    new_tc = now
+                elif tc == tc:  # another worker charged with a later clock reading: no credit, keep t_c
+                    diff = 0.0
+                    new_tc = tc
+                else:  # fresh slot
+                    vals[b] = c.buffer
+                    vals[b + 1] = c.cbuffer
+                    diff = 0.0
+                    new_tc = now
+                toks = vals[b] + diff
+                if toks > c.buffer:
+                    toks = c.buffer
+                if c.level >= level:
+                    if c.level == level:
+                        c.lends += 1
+                    toks -= size * c.spb
+                    if toks < _TOKEN_FLOOR:
+                        toks = _TOKEN_FLOOR
+                else:
+                    c.borrows += 1
+                vals[b] = toks
+                toks = vals[b + 1] + diff
+                if toks > c.cbuffer:
+                    toks = c.cbuffer
+                toks -= size * c.cspb
+                if toks < _TOKEN_FLOOR:
+                    toks = _TOKEN_FLOOR
+                vals[b + 1] = toks
+                vals[b + 2] = new_tc
+                c.bytes += size
+                c.packets += 1
         finally:
             if held:
                 lock.release()
-
-    def _charge(self, cl: _Class, level: int, size: int, now: float) -> None:
-        """htb_charge_class: the lender and its ancestors pay tokens; classes below it borrowed."""
-        vals = self._vals
-        for c in cl.chain:
-            b = c.base
-            tc = vals[b + 2]
-            diff = now - tc
-            if diff >= 0.0:
-                if diff > MBUFFER:
-                    diff = MBUFFER
-                new_tc = now
-            elif tc == tc:  # another worker charged with a later clock reading: no credit, keep t_c
-                diff = 0.0
-                new_tc = tc
-            else:  # fresh slot
-                vals[b] = c.buffer
-                vals[b + 1] = c.cbuffer
-                diff = 0.0
-                new_tc = now
-            toks = vals[b] + diff
-            if toks > c.buffer:
-                toks = c.buffer
-            if c.level >= level:
-                if c.level == level:
-                    c.lends += 1
-                toks -= size * c.spb
-                if toks < _TOKEN_FLOOR:
-                    toks = _TOKEN_FLOOR
-            else:
-                c.borrows += 1
-            vals[b] = toks
-            toks = vals[b + 1] + diff
-            if toks > c.cbuffer:
-                toks = c.cbuffer
-            toks -= size * c.cspb
-            if toks < _TOKEN_FLOOR:
-                toks = _TOKEN_FLOOR
-            vals[b + 1] = toks
-            vals[b + 2] = new_tc
-            c.bytes += size
-            c.packets += 1
 
     def peek(self, now: float) -> QueuedPacket | None:
         """What ``dequeue(now)`` would return (barring a leaf that drops on dequeue), without charging."""

@@ -77,3 +77,40 @@ def test_restart_keeps_every_class(topology: Topology, tmp_path: Path) -> None:
     with ImqdInstance(topo, None, config_path=path) as again:
         after = again.request("GET", "/classes")[1]
     assert after == before
+
+
+def _queued(topo: Topology) -> dict[str, list[str]]:
+    """The NFQUEUE rules in imqd's two chains, as iptables-save prints them."""
+    out = topo.exec(topo.router_ns, ["iptables-save", "-t", "mangle"]).stdout
+    return {chain: [line for line in out.splitlines() if line.startswith(f"-A {chain} ") and "NFQUEUE" in line]
+            for chain in ("IMQD_INGRESS", "IMQD_EGRESS")}
+
+
+def test_rules_follow_the_interfaces_the_classes_name(topology: Topology) -> None:
+    """--apply-rules queues only what a class can take: one NFQUEUE pass per forwarded packet, not two."""
+    topo = topology
+    wan = topo.wan_iface
+    config = {"overhead": 14, "classes": [
+        {"name": "up", "direction": "egress", "rate": "20mbit", "match": {"oif": wan}}]}
+    with topo.iperf3_server(5201), ImqdInstance(topo, config, queues="0") as imqd:
+        rules = _queued(topo)
+        assert rules["IMQD_INGRESS"] == [] and len(rules["IMQD_EGRESS"]) == 1, rules
+        assert f"-o {wan} " in rules["IMQD_EGRESS"][0]
+        before = imqd.stats()["workers"][0]["packets"]
+        bps = topo.iperf3(0, seconds=2, omit=1)["bps"]
+        seen = imqd.stats()["workers"][0]["packets"] - before
+        assert bps == pytest.approx(20e6 * GOODPUT_FACTOR, rel=0.05), "shaped as before"
+        segments = bps * 3 / 8 / 1448
+        assert seen < 1.5 * segments, f"each data segment crosses the queue once: {seen} for ~{segments:.0f}"
+
+        status, body = imqd.request("POST", "/classes", {"name": "down", "direction": "ingress", "rate": "5mbit",
+                                                         "match": {"iif": wan}})
+        assert status in (200, 201), body
+        rules = _queued(topo)
+        assert len(rules["IMQD_INGRESS"]) == 1 and f"-i {wan} " in rules["IMQD_INGRESS"][0], rules
+        down = topo.iperf3(0, seconds=2, omit=1, reverse=True)["bps"]
+        assert down == pytest.approx(5e6 * GOODPUT_FACTOR, rel=0.05), "the new ingress class shapes at once"
+
+        status, _ = imqd.request("DELETE", "/classes/up")
+        assert status in (200, 204)
+        assert _queued(topo)["IMQD_EGRESS"] == [], "no egress class left: nothing queued on egress"

@@ -611,3 +611,19 @@ def test_leaf_stats_reach_stats_and_metrics(env: Any) -> None:
     (drops,) = families["imqd_class_codel_drops"].samples
     assert drops.value == 7 and drops.labels == {"class": "web", "direction": "egress"}
     assert families["imqd_class_max_sojourn"].samples[0].value == 0.009
+
+
+def test_controller_tells_its_follower_about_each_change_and_survives_its_failure(tmp_path: Path) -> None:
+    controller, workers, _ = make_controller(tmp_path)
+    seen: list[list[str]] = []
+    controller.on_change = lambda cfg: seen.append([c.name for c in cfg.classes])
+    controller.add_class({"name": "a", "rate": "1mbit"})
+    controller.delete_class("a")
+    assert seen == [["a"], []]
+
+    def broken(cfg: Any) -> None:
+        raise RuntimeError("iptables-restore: gone")
+
+    controller.on_change = broken
+    controller.add_class({"name": "b", "rate": "1mbit"})
+    assert [c.name for c in controller.config.classes] == ["b"], "the change stands; the failure is logged"

@@ -190,6 +190,7 @@ def test_ceiling_scaling_latency_cost_control_figures() -> None:
     added = s["latency_idle"]["added_us"]
     assert added["imqd x1 - plain"]["median"] == pytest.approx(150.0)
     assert added["imqd x1 - bare-loop x1"]["median"] == pytest.approx(50.0)
+    assert s["latency_idle"]["added_per_packet_us"]["imqd x1 - plain"]["median"] == pytest.approx(75.0)
     assert s["latency_load"]["imqd_fifo_over_kernel"]["median"] == pytest.approx(0.5)
     assert s["latency_load"]["rows"]["imqd FIFO"]["p90_ms"]["median"] == 300.0
     assert s["cost"]["cpu_s_per_mpkt"]["imqd x1"]["median"] == pytest.approx(30.0)
@@ -201,7 +202,7 @@ def test_ceiling_scaling_latency_cost_control_figures() -> None:
     verdicts = {t["figure"]: t["met"] for t in s["targets"]}
     assert verdicts["ceiling udp64 imqd x1 / bare-loop x1"] is False  # 0.80
     assert verdicts["ceiling udp64 imqd x2 / bare-loop x2"] is True  # 0.90
-    assert verdicts["added latency (RTT, imqd x1 - plain)"] is False
+    assert verdicts["added latency per packet ((RTT imqd x1 - RTT plain) / 2)"] is False  # 75 us
     assert verdicts["scaling udp64 imqd x2 / imqd x1"] is True  # 1.875
 
 
@@ -214,7 +215,7 @@ def test_markdown_page_has_machine_command_tables_and_limits() -> None:
     assert "| upload | 5 Mbit/s | 1 |" in md
     assert "| imqd x1 / bare-loop x1 | 0.800 (0.800–0.800) |" in md
     assert "n/a: leaf not available" in md  # no fq_codel row measured
-    assert "Added RTT above 50 µs: the bare loop alone adds 100 µs" in md
+    assert "Added latency above 50 µs per packet: the bare loop alone adds 50 µs per packet" in md
     assert "Ceiling below 0.90 of the bare loop for udp64 imqd x1 / bare-loop x1 (0.80)" in md
     assert "`b` 80%" in md  # profile frames quoted in the limits
     assert "| 80.0% | `b` |" in md  # and in the profile tables

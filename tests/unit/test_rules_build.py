@@ -159,6 +159,53 @@ def test_unrestricted_excludes_loopback() -> None:
     assert nfqueue_rules(opts, "IMQD_EGRESS")[0][2:5] == ["!", "-o", "lo"]
 
 
+def _cfg(*classes: dict) -> "Config":
+    from imqd.config import parse_config
+
+    return parse_config({"classes": list(classes)})
+
+
+UP_WAN = {"name": "up", "direction": "egress", "rate": "1mbit", "match": {"oif": "wan0"}}
+DOWN_WAN = {"name": "down", "direction": "ingress", "rate": "1mbit", "match": {"iif": "wan0"}}
+
+
+def test_rules_for_config_queue_only_the_interfaces_classes_name() -> None:
+    base = RuleOptions(queues=(0, 1))
+    opts = rules.for_config(base, _cfg(UP_WAN, DOWN_WAN, {**DOWN_WAN, "name": "ppp", "match": {"iif": "ppp+"}}))
+    assert [r[2:4] for r in nfqueue_rules(opts, "IMQD_INGRESS")] == [["-i", "wan0"], ["-i", "ppp+"]]
+    assert [r[2:4] for r in nfqueue_rules(opts, "IMQD_EGRESS")] == [["-o", "wan0"]]
+    assert jumps(opts) == jumps(base), "the jumps stay: only the chains' contents follow the classes"
+
+
+def test_rules_for_config_leave_a_direction_without_classes_unqueued() -> None:
+    opts = rules.for_config(RuleOptions(queues=(0, 0)), _cfg(UP_WAN))
+    assert nfqueue_rules(opts, "IMQD_INGRESS") == [] and len(nfqueue_rules(opts, "IMQD_EGRESS")) == 1
+    none = rules.for_config(RuleOptions(queues=(0, 0)), _cfg())
+    assert nfqueue_rules(none, "IMQD_INGRESS") == nfqueue_rules(none, "IMQD_EGRESS") == []
+
+
+@pytest.mark.parametrize("extra", [
+    {"name": "web", "direction": "egress", "rate": "1mbit", "match": {"dport": 443}},  # any interface
+    {"name": "rest", "direction": "egress", "rate": "1mbit", "default": True},  # takes what nothing else does
+])
+def test_rules_for_config_queue_everything_when_a_class_can_match_any_interface(extra: dict) -> None:
+    opts = rules.for_config(RuleOptions(queues=(0, 0)), _cfg(UP_WAN, extra))
+    assert nfqueue_rules(opts, "IMQD_EGRESS")[0][2:5] == ["!", "-o", "lo"]
+
+
+def test_rules_for_config_keep_interfaces_the_operator_named() -> None:
+    base = RuleOptions(queues=(0, 0), out_ifaces=("eth9",))
+    assert rules.for_config(base, _cfg(UP_WAN)).out_ifaces == ("eth9",)
+
+
+def test_rules_for_config_ignore_matching_inner_classes_and_unmatched_leaves() -> None:
+    parent = {"name": "all", "direction": "egress", "rate": "10mbit"}
+    kid = {**UP_WAN, "parent": "all"}
+    idle = {"name": "idle", "direction": "egress", "rate": "1mbit", "parent": "all"}  # no match, not default
+    opts = rules.for_config(RuleOptions(queues=(0, 0)), _cfg(parent, kid, idle))
+    assert [r[2:4] for r in nfqueue_rules(opts, "IMQD_EGRESS")] == [["-o", "wan0"]]
+
+
 def test_nat_moves_ingress_jump_to_forward_and_input() -> None:
     assert jumps(RuleOptions(queues=(0, 1))) == [("PREROUTING", "IMQD_INGRESS"), ("POSTROUTING", "IMQD_EGRESS")]
     assert jumps(RuleOptions(queues=(0, 1), nat=True)) == [
