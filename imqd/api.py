@@ -103,6 +103,7 @@ class WorkerStatsOut(BaseModel):
     drops: int = 0
     malformed: int = 0
     held: int = 0
+    batch_verdicts: int = 0  # verdict messages that accepted a whole drain of the socket at once
 
 
 class StatsOut(BaseModel):
@@ -379,6 +380,7 @@ class StatsCollector:
             ("verdicts", "verdicts the worker issued"),
             ("drops", "packets the worker dropped"),
             ("malformed", "packets the worker could not parse (accepted unshaped)"),
+            ("batch_verdicts", "batch verdict messages (each accepts every packet of a socket drain)"),
             ("restarts", "times the worker was restarted"),
             ("lost_on_crash", "held packets lost when the worker died")))
         held = GaugeMetricFamily("imqd_worker_held_packets", "packets the worker holds now", labels=labels)

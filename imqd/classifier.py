@@ -25,7 +25,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from imqd.packet import PORT_PROTOS, PacketInfo, parse_headers
 
@@ -126,8 +126,8 @@ class Match:
         return _if_test(self.iif, iif) and _if_test(self.oif, oif)
 
     def conditions(self) -> list[tuple[str, str | None]]:
-        """``(expression, PacketInfo attribute it reads)`` pairs over the generated classifier's
-        locals, cheapest and most selective first; ``mark``/``iif``/``oif`` are arguments."""
+        """``(expression, field it reads)`` pairs over the generated classifier's locals, cheapest and most
+        selective first; ``mark``/``iif``/``oif`` are arguments, not ``PacketInfo`` attributes."""
         cond: list[tuple[str, str | None]] = []
         if self.family:
             cond.append((f"family == {self.family}", "family"))
@@ -147,14 +147,14 @@ class Match:
             cond.append((f"dscp == {self.dscp}", "dscp"))
         if self.mark is not None:
             value, mask = self.mark
-            cond.append((f"mark == {value}" if mask & U32 == U32 else f"mark & {mask} == {value}", None))
+            cond.append((f"mark == {value}" if mask & U32 == U32 else f"mark & {mask} == {value}", "mark"))
         for var, name in (("iif", self.iif), ("oif", self.oif)):
             if name is None:
                 continue
             if name.endswith("+"):
-                cond.append((f"{var} is not None and {var}.startswith({name[:-1]!r})", None))
+                cond.append((f"{var} is not None and {var}.startswith({name[:-1]!r})", var))
             else:
-                cond.append((f"{var} == {name!r}", None))
+                cond.append((f"{var} == {name!r}", var))
         return cond
 
 
@@ -185,10 +185,13 @@ class Classifier:
     generated function (no method binding per call); ``source`` is its code.
     """
 
-    __slots__ = ("rules", "default", "classify", "classify_bytes", "source")
+    __slots__ = ("rules", "default", "classify", "classify_bytes", "classify_packet", "source")
 
     classify: ClassifyFn
     classify_bytes: ClassifyBytesFn
+    #: ``classify_packet(pkt, data, names)``: classify_bytes with the mark and the interface names (``names``
+    #: maps ifindex -> name) taken from a netfilterqueue packet, only when some rule tests them
+    classify_packet: Callable[[Any, bytes, Any], "tuple[int, str | None]"]
 
     def __init__(self, rules: Sequence[tuple[str, Match]], default: str | None) -> None:
         self.rules: tuple[tuple[str, Match], ...] = tuple(rules)
@@ -202,9 +205,11 @@ class Classifier:
         exec(compile(self.source, "<imqd.classifier>", "exec"), namespace)  # noqa: S102 -- see module doc
         self.classify = namespace["classify"]  # type: ignore[assignment]
         self.classify_bytes = namespace["classify_bytes"]  # type: ignore[assignment]
+        self.classify_packet = namespace["classify_packet"]  # type: ignore[assignment]
 
     def _generate(self) -> str:
-        """Source of ``classify`` and ``classify_bytes``: one rule body, two ways of loading the fields."""
+        """Source of ``classify``, ``classify_bytes`` and ``classify_packet``: one rule body, the fields
+        loaded from a PacketInfo or from the raw header bytes."""
         body: list[str] = []
         used: set[str] = set()
         for name, m in self.rules:
@@ -220,18 +225,28 @@ class Classifier:
         v4_loads = [_V4_LOADS[v] for v in ("family", "proto", "dscp", "src", "dst") if v in used]
         if used & {"sport", "dport"}:
             v4_loads.append(_V4_LOADS["ports"])
-        # classify_bytes: the same body, nested under the IPv4 test (no extra call), returning the length too
+        # the raw-bytes body: the same rules, nested under the IPv4 test (no extra call), returning the length
         fast = [" " * 8 + _RETURN.sub(r"\1return length, ", line) for line in "\n".join(v4_loads + body).split("\n")]
-        return "\n".join([
-            "def classify(info, mark, iif, oif):", *loads, *body,
-            "",
-            "def classify_bytes(data, mark, iif, oif):",
+        raw_body = [
             "    if len(data) >= 20 and data[0] == 69:",
             "        length = data[2] << 8 | data[3]",
             "        if length >= 20:",
             *fast,
             "    info = _parse(data)",
             "    return info.length, classify(info, mark, iif, oif)",
+        ]
+        # classify_packet: the worker's entry; reads the packet's mark and interfaces only if a rule tests them
+        meta = [
+            "    mark = pkt.get_mark()" if "mark" in used else "    mark = 0",
+            "    iif = names[pkt.indev]" if "iif" in used else "    iif = None",
+            "    oif = names[pkt.outdev]" if "oif" in used else "    oif = None",
+        ]
+        return "\n".join([
+            "def classify(info, mark, iif, oif):", *loads, *body,
+            "",
+            "def classify_bytes(data, mark, iif, oif):", *raw_body,
+            "",
+            "def classify_packet(pkt, data, names):", *meta, *raw_body,
         ]) + "\n"
 
     @classmethod

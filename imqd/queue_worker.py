@@ -9,9 +9,9 @@ The packet itself stays in the kernel until the worker issues its verdict:
 The loop is a watchdog loop: ``select()`` on the netlink socket and the
 control pipe with the scheduler's next release time as the timeout
 (microsecond resolution, unlike ``poll()``), drain what arrived with
-``run(block=False)``, then release what is due.  Verdicts are issued in
-release order, which is arrival order within a flow, so a flow is never
-reordered.
+``run(block=False)``, send the batch verdict for what may go, then release
+what is due.  Verdicts are issued in release order, which is arrival order
+within a flow, so a flow is never reordered.
 
 Nothing a packet contains may crash the worker: malformed headers are counted
 and accepted; any unexpected error in the callback accepts the packet.
@@ -82,8 +82,6 @@ class IfaceNames(dict[int, "str | None"]):
         self[index] = name
         return name
 
-    get = dict.__getitem__  # type: ignore[assignment]  # kept for callers that say .get(index)
-
 
 def id_before(a: int, b: int) -> bool:
     """Whether kernel packet id ``a`` came before ``b`` (32-bit ids that wrap, as the kernel's nfq_id_after)."""
@@ -98,8 +96,9 @@ class QueueWorker:
     in ``_ok`` and leave together in one ``NFQNL_MSG_VERDICT_BATCH`` (:mod:`imqd.nfnetlink`) at the end of
     the drain, or every ``BATCH_MAX`` packets.  A batch accepts every packet the kernel still has up to an id,
     so it is only sent when no packet the shaper holds is older than the newest packet in ``_ok``:
-    ``_first_held`` is the id of the first packet held since the shaper was last seen empty, a lower bound
-    for every id it holds.  Otherwise the packets get individual verdicts.  Before any held packet is
+    ``_first_held`` is the id of the first packet held since the shaper was last seen empty (every packet
+    the shaper keeps passes ``_on_held``), a lower bound for every id it holds; None means it holds
+    nothing.  Otherwise the packets get individual verdicts.  Before any held packet is
     released, ``_ok`` is flushed, so verdicts follow arrival order within a flow.
     """
 
@@ -126,11 +125,9 @@ class QueueWorker:
         try:
             tree = self.shaper.by_hook[pkt.hook]
             if tree is not None:
-                ifaces = self.ifaces
                 now = self._clock()
                 try:
-                    dropped = tree.admit(pkt.get_payload(), pkt.get_mark(), ifaces[pkt.indev], ifaces[pkt.outdev],
-                                         pkt, now)
+                    dropped = tree.admit(pkt, pkt.get_payload(), self.ifaces, now)
                 except MalformedPacket:
                     c.malformed += 1
                     dropped = None
@@ -189,8 +186,11 @@ class QueueWorker:
         write = self.write_verdicts
         last = ok[-1].id
         first_held = self._first_held
-        if write is not None and (id_before(last, first_held) if first_held is not None
-                                  else not self.shaper.busy):
+        safe = first_held is None or id_before(last, first_held)
+        if not safe and not self.shaper.busy:  # what was held has gone since: nothing can be swept up
+            self._first_held = None
+            safe = True
+        if write is not None and safe:
             try:
                 write(self._batch.message(last))
                 self.counters.accepted += len(ok)
@@ -333,6 +333,7 @@ class QueueWorker:
             "drops": c.dropped,
             "malformed": c.malformed,
             "errors": c.errors,
+            "batch_verdicts": c.batches,
             "held": self.shaper.held,
             "version": self.shaper.version,
             "enabled": self.shaper.enabled,

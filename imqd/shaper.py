@@ -14,6 +14,7 @@ default class, or are handed back for immediate release.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,8 +24,8 @@ from imqd.packet import parse_headers
 from imqd.qdisc.base import QueuedPacket
 from imqd.qdisc.htb import HTB, HTBClassParams
 from imqd.qdisc.leaves import LeafSpec
-from imqd.rules import INGRESS_HOOKS
 from imqd.qdisc.tokens import LocalTokenStore, SlotMap, TokenStore
+from imqd.rules import INGRESS_HOOKS
 
 DIRECTIONS = ("ingress", "egress")
 # netfilter hook number (NF_INET_*, 0..4) -> the tree that shapes it, like IMQ's imq0 and imq1 (imqd.rules)
@@ -88,7 +89,7 @@ def htb_params(classes: list[ClassSpec], slots: dict[str, int]) -> list[HTBClass
 class DirectionTree:
     """One direction's scheduler (IMQ's imq0 or imq1): classifier + HTB + per-class overhead."""
 
-    __slots__ = ("classifier", "htb", "overhead", "host_key", "needs_info", "_classify_bytes", "_send_now")
+    __slots__ = ("classifier", "htb", "overhead", "host_key", "needs_info", "_classify_packet", "_send_now")
 
     def __init__(self, classifier: Classifier, htb: HTB, overhead: dict[str, int], host_key: dict[str, int],
                  needs_info: frozenset[str]) -> None:
@@ -97,19 +98,21 @@ class DirectionTree:
         self.overhead = overhead
         self.host_key = host_key
         self.needs_info = needs_info  # leaves whose qdisc reads QueuedPacket.flow or .host
-        self._classify_bytes = classifier.classify_bytes  # bound once: admit runs per packet
+        self._classify_packet = classifier.classify_packet  # bound once: admit runs per packet
         self._send_now = htb.send_now
 
-    def admit(self, data: bytes, mark: int, iif: str | None, oif: str | None, handle: Any,
-              now: float) -> list[QueuedPacket] | None:
+    def admit(self, pkt: Any, data: bytes, names: Mapping[int, str | None], now: float
+              ) -> list[QueuedPacket] | None:
         """Classify one packet from its header bytes, then let it through at once or queue it.
 
+        ``pkt`` is the netfilterqueue packet (its mark and ``indev``/``outdev`` are read only when a rule
+        tests them; ``names`` maps an ifindex to its name) and becomes the queued packet's handle.
         Returns ``None`` when the packet may go now -- no class takes it, or HTB lets it straight through
         (:meth:`HTB.send_now`) -- and the caller accepts it.  Otherwise the scheduler holds it and the
         returned list holds what its leaf dropped (maybe the packet itself): the caller drops those.
         Raises :class:`~imqd.packet.MalformedPacket` for bytes that are no IP packet.
         """
-        length, leaf = self._classify_bytes(data, mark, iif, oif)
+        length, leaf = self._classify_packet(pkt, data, names)
         if leaf is None:
             return None
         size = length + self.overhead[leaf]
@@ -123,7 +126,7 @@ class DirectionTree:
             key = self.host_key.get(leaf, HOST_NONE)
             if key != HOST_NONE:
                 host = info.src if key == HOST_SRC else info.dst
-        return self.htb.enqueue(QueuedPacket(size, handle, now, flow, host), leaf, now)
+        return self.htb.enqueue(QueuedPacket(size, pkt, now, flow, host), leaf, now)
 
 
 @dataclass
@@ -180,12 +183,6 @@ class Shaper:
         if version is not None:
             self.version = version
         return released
-
-    def admit(self, direction: str, data: bytes, mark: int, iif: str | None, oif: str | None, handle: Any,
-              now: float) -> list[QueuedPacket] | None:
-        """:meth:`DirectionTree.admit` in ``direction``; ``None`` (accept now) when it is not shaped."""
-        tree = self.trees[direction] if self.enabled else None
-        return None if tree is None else tree.admit(data, mark, iif, oif, handle, now)
 
     def _index_hooks(self) -> None:
         """Recompute ``by_hook``: after every change of the trees or of the switch."""

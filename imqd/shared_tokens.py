@@ -36,7 +36,10 @@ class _TimedLock:
         self._held = False
 
     def __enter__(self) -> "_TimedLock":
-        self._held = self._store.lock.acquire(True, LOCK_TIMEOUT_S)
+        lock = self._store.lock
+        if lock is None:  # the only worker: nobody to exclude
+            return self
+        self._held = lock.acquire(True, LOCK_TIMEOUT_S)
         if not self._held:
             self._store.timeouts += 1
         return self
@@ -60,7 +63,9 @@ class SharedTokenStore:
         self._owner = owner
         self.values: MutableSequence[float] = shm.buf.cast("d")
         self.slots = len(self.values) // FIELDS_PER_SLOT
-        self.lock = lock  # HTB's per-packet charge takes it directly: acquire(True, LOCK_TIMEOUT_S)
+        # HTB's per-packet charge takes it directly: acquire(True, LOCK_TIMEOUT_S); None when this process is
+        # the store's only writer (a single worker)
+        self.lock = lock
         self.timeouts = 0  # acquisitions that timed out (the charge then went ahead unlocked)
         self._locked = _TimedLock(self)
 

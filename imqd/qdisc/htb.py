@@ -547,7 +547,7 @@ class HTB:
         lock = self._lock
         held = False
         if lock is not None:
-            held = lock.acquire(True, LOCK_TIMEOUT_S)
+            held = lock.acquire(False) or lock.acquire(True, LOCK_TIMEOUT_S)  # uncontended: no deadline maths
             if not held:
                 self.tokens.timeouts += 1  # a worker died holding it: charge anyway (see shared_tokens)
         try:

@@ -252,7 +252,7 @@ def raw_packets(draw: st.DrawFn) -> bytes:
     return draw(st.binary(max_size=60))
 
 
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 @given(st.lists(matches(), max_size=6), raw_packets(), st.integers(0, 255),
        st.none() | st.sampled_from(["eth0", "ppp0"]), st.none() | st.sampled_from(["wan0", "lan0"]),
        st.none() | st.just("dflt"))
@@ -266,6 +266,18 @@ def test_classify_bytes_equals_parse_then_classify(ms: list[Match], data: bytes,
             c.classify_bytes(data, mark, iif, oif)
         return
     assert c.classify_bytes(data, mark, iif, oif) == (info.length, c.classify(info, mark, iif, oif))
+    pkt = _Pkt(mark, 1 if iif else 0, 2 if oif else 0)
+    assert c.classify_packet(pkt, data, {0: None, 1: iif, 2: oif}) == c.classify_bytes(data, mark, iif, oif)
+
+
+class _Pkt:
+    """What classify_packet reads of a netfilterqueue packet."""
+
+    def __init__(self, mark: int, indev: int, outdev: int) -> None:
+        self.mark, self.indev, self.outdev = mark, indev, outdev
+
+    def get_mark(self) -> int:
+        return self.mark
 
 
 def test_classify_bytes_reads_ports_of_an_ipv4_packet() -> None:

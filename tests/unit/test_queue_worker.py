@@ -199,12 +199,28 @@ def test_callback_error_accepts_the_packet() -> None:
     worker, _ = make_worker([{"name": "a", "rate": "1mbit", "default": True}])
 
     class Boom(FakePacket):
-        def get_mark(self) -> int:
+        def get_payload(self) -> bytes:
             raise RuntimeError("boom")
 
     pkt = Boom(tcp())
     worker._on_packet(pkt)
     assert pkt.verdicts == ["accept"] and worker.counters.errors == 1
+
+
+def test_the_packets_mark_and_interfaces_classify_it() -> None:
+    kernel = FakeKernelQueue()
+    worker, clock = make_worker([
+        {"name": "marked", "rate": "8kbit", "burst": 1500, "match": {"mark": "0x10/0xf0"}},
+        {"name": "wan", "rate": "8kbit", "burst": 1500, "match": {"oif": "wan0"}},
+    ], kernel)
+    worker.ifaces[3] = "wan0"
+    for kw in ({"mark": 0x1F}, {"outdev": 3}, {}):
+        pkts = [kernel.arrive(tcp(1400), **kw) for _ in range(3)]
+        drain(worker, pkts)
+        held = sum(not p.verdicts for p in pkts)
+        assert held == (0 if not kw else 1), f"{kw}: an 8 kbit/s class lets its 1500-byte burst through, then holds"
+    stats = worker.shaper.class_stats()
+    assert stats["marked"]["packets"] == stats["wan"]["packets"] == 2
 
 
 def test_disable_releases_held_packets_in_order() -> None:
@@ -395,3 +411,33 @@ def test_every_packet_gets_one_verdict_and_flows_keep_their_order(steps: list[tu
     for f in range(len(flows)):
         ids = [i for i, v in kernel.delivered if flow_of[i] == f and v == "accept"]
         assert ids == sorted(ids), f"flow {f} reordered"
+
+
+def test_interface_names_are_looked_up_once_and_unknown_ones_are_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    import imqd.queue_worker as qw
+
+    asked: list[int] = []
+
+    def fake(index: int) -> str:
+        asked.append(index)
+        if index == 7:
+            return "wan0"
+        raise OSError(6, "No such device or address")
+
+    monkeypatch.setattr(qw.socket, "if_indextoname", fake)
+    names = qw.IfaceNames()
+    assert names[0] is None, "index 0: the hook has no such device (PREROUTING has no outdev)"
+    assert names[7] == "wan0" and names[7] == "wan0" and names[9] is None and names[9] is None
+    assert asked == [7, 9], "each index is asked once"
+
+
+def test_by_hook_follows_changes_and_the_switch() -> None:
+    worker, _ = make_worker([{"name": "in", "direction": "ingress", "rate": "1mbit", "default": True}])
+    shaper = worker.shaper
+    assert [t is not None for t in shaper.by_hook] == [True, True, True, False, False]
+    shaper.set_enabled(False)
+    assert shaper.by_hook == (None,) * 5
+    shaper.set_enabled(True)
+    shaper.apply(parse_config({"classes": [{"name": "out", "direction": "egress", "rate": "1mbit",
+                                            "default": True}]}), 101.0)
+    assert [t is not None for t in shaper.by_hook] == [False, False, False, True, True]
