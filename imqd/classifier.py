@@ -11,12 +11,15 @@ it is the reference the tests hold the compiled code to.
 Two functions come out of the same rule body:
 
 * ``classify(info, mark, iif, oif)`` over a parsed :class:`PacketInfo`;
-* ``classify_bytes(data, mark, iif, oif) -> (length, class)`` over the raw
-  header bytes -- the worker's per-packet path.  For the common packet (IPv4
-  without options) it reads just the bytes the rules need, straight from
-  ``data``, instead of building a ``PacketInfo``; anything else goes through
-  :func:`imqd.packet.parse_headers`, which also raises ``MalformedPacket``.
-  Both give the same answer for every input (a property test holds them to it).
+* ``classify_packet(pkt, data, names) -> (length, class)`` over the raw
+  header bytes of a netfilterqueue packet -- the worker's per-packet path.
+  For the common packet (IPv4 without options) it reads just the bytes the
+  rules need, straight from ``data``, instead of building a ``PacketInfo``;
+  anything else goes through :func:`imqd.packet.parse_headers`, which also
+  raises ``MalformedPacket``.  The packet's mark and interfaces are read only
+  if a rule tests them.  ``classify_bytes`` is the same with the mark and
+  interface names given.  Both ways give the same answer for every input (a
+  property test holds them to it).
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ __all__ = ["Match", "Classifier"]
 
 U32 = 0xFFFFFFFF
 ClassifyFn = Callable[[PacketInfo, int, "str | None", "str | None"], "str | None"]
-ClassifyBytesFn = Callable[[bytes, int, "str | None", "str | None"], "tuple[int, str | None]"]
 
 
 def _net(cidr: str | None) -> tuple[int, int, int]:
@@ -178,17 +180,30 @@ _V4_LOADS = {
 }
 
 
-class Classifier:
-    """Ordered rules ``(class name, Match)``; ``classify`` returns the first match, the default, or None.
+class _Given:
+    """A stand-in packet for classify_bytes: this mark, interfaces 1 (in) and 2 (out)."""
 
-    ``classify(info, mark, iif, oif)`` is an instance attribute holding the
-    generated function (no method binding per call); ``source`` is its code.
+    __slots__ = ("mark",)
+    indev, outdev = 1, 2
+
+    def __init__(self, mark: int) -> None:
+        self.mark = mark
+
+    def get_mark(self) -> int:
+        return self.mark
+
+
+class Classifier:
+    """Ordered rules ``(class name, Match)``; the first match wins, else the default, else None.
+
+    ``classify_packet(pkt, data, names)`` is an instance attribute holding the generated function (no method
+    binding per call); ``source`` is its code.  ``classify(info, mark, iif, oif)``, the same rules over a
+    parsed ``PacketInfo``, is compiled on first use: the worker never needs it, and compiling a large rule
+    set twice would double the time a live change takes.
     """
 
-    __slots__ = ("rules", "default", "classify", "classify_bytes", "classify_packet", "source")
+    __slots__ = ("rules", "default", "classify_packet", "source", "_body", "_used", "_classify")
 
-    classify: ClassifyFn
-    classify_bytes: ClassifyBytesFn
     #: ``classify_packet(pkt, data, names)``: classify_bytes with the mark and the interface names (``names``
     #: maps ifindex -> name) taken from a netfilterqueue packet, only when some rule tests them
     classify_packet: Callable[[Any, bytes, Any], "tuple[int, str | None]"]
@@ -199,17 +214,29 @@ class Classifier:
         for name, m in self.rules:
             if not isinstance(name, str) or not isinstance(m, Match):
                 raise TypeError(f"a rule is (class name, Match), got ({name!r}, {m!r})")
+        self._body, self._used = self._rule_body()
+        self._classify: ClassifyFn | None = None
         self.source = self._generate()
+        self.classify_packet = self._compile(self.source, "classify_packet")  # type: ignore[assignment]
+
+    @property
+    def classify(self) -> ClassifyFn:
+        """``classify(info, mark, iif, oif)`` over a parsed PacketInfo (compiled on first use)."""
+        if self._classify is None:
+            loads = [f"    {v} = info.{v}" for v in _ATTRS if v in self._used]
+            source = "\n".join(["def classify(info, mark, iif, oif):", *loads, *self._body]) + "\n"
+            self._classify = self._compile(source, "classify")
+        return self._classify
+
+    @staticmethod
+    def _compile(source: str, name: str) -> Any:
         namespace: dict[str, object] = {"_parse": parse_headers, "_PORT_PROTOS": PORT_PROTOS,
                                         "_from_bytes": int.from_bytes}
-        exec(compile(self.source, "<imqd.classifier>", "exec"), namespace)  # noqa: S102 -- see module doc
-        self.classify = namespace["classify"]  # type: ignore[assignment]
-        self.classify_bytes = namespace["classify_bytes"]  # type: ignore[assignment]
-        self.classify_packet = namespace["classify_packet"]  # type: ignore[assignment]
+        exec(compile(source, "<imqd.classifier>", "exec"), namespace)  # noqa: S102 -- see module doc
+        return namespace[name]
 
-    def _generate(self) -> str:
-        """Source of ``classify``, ``classify_bytes`` and ``classify_packet``: one rule body, the fields
-        loaded from a PacketInfo or from the raw header bytes."""
+    def _rule_body(self) -> tuple[list[str], set[str]]:
+        """The rules as ``if`` statements over local variables, and the fields they read."""
         body: list[str] = []
         used: set[str] = set()
         for name, m in self.rules:
@@ -221,33 +248,41 @@ class Classifier:
             body.append(f"    if {' and '.join(expr for expr, _ in cond)}:\n        return {name!r}")
         else:
             body.append(f"    return {self.default!r}")
+        return body, used
+
+    def _generate(self) -> str:
+        """Source of ``classify_packet``: the rule body once, after loading the fields it reads."""
+        body, used = self._body, self._used
         loads = [f"    {v} = info.{v}" for v in _ATTRS if v in used]
         v4_loads = [_V4_LOADS[v] for v in ("family", "proto", "dscp", "src", "dst") if v in used]
         if used & {"sport", "dport"}:
             v4_loads.append(_V4_LOADS["ports"])
-        # the raw-bytes body: the same rules, nested under the IPv4 test (no extra call), returning the length
-        fast = [" " * 8 + _RETURN.sub(r"\1return length, ", line) for line in "\n".join(v4_loads + body).split("\n")]
-        raw_body = [
-            "    if len(data) >= 20 and data[0] == 69:",
-            "        length = data[2] << 8 | data[3]",
-            "        if length >= 20:",
-            *fast,
-            "    info = _parse(data)",
-            "    return info.length, classify(info, mark, iif, oif)",
-        ]
-        # classify_packet: the worker's entry; reads the packet's mark and interfaces only if a rule tests them
+        # classify_packet: the worker's entry.  The mark and the interface names are read from the packet only
+        # if a rule tests them; the fields come straight from the header bytes for IPv4 without options, else
+        # from parse_headers; then the rule body, once (compiling it twice would double the apply time of a
+        # large tree).
         meta = [
             "    mark = pkt.get_mark()" if "mark" in used else "    mark = 0",
             "    iif = names[pkt.indev]" if "iif" in used else "    iif = None",
             "    oif = names[pkt.outdev]" if "oif" in used else "    oif = None",
         ]
+        with_length = [_RETURN.sub(r"\1return length, ", line) for line in "\n".join(body).split("\n")]
         return "\n".join([
-            "def classify(info, mark, iif, oif):", *loads, *body,
-            "",
-            "def classify_bytes(data, mark, iif, oif):", *raw_body,
-            "",
-            "def classify_packet(pkt, data, names):", *meta, *raw_body,
+            "def classify_packet(pkt, data, names):", *meta,
+            "    if len(data) >= 20 and data[0] == 69 and (data[2] << 8 | data[3]) >= 20:",
+            "        length = data[2] << 8 | data[3]",
+            *["    " + line for line in "\n".join(v4_loads).split("\n") if line],
+            "    else:",
+            "        info = _parse(data)",
+            "        length = info.length",
+            *["    " + line for line in loads],
+            *with_length,
         ]) + "\n"
+
+    def classify_bytes(self, data: bytes, mark: int, iif: str | None, oif: str | None) -> tuple[int, str | None]:
+        """``(IP length, class)`` of the raw header bytes -- ``classify_packet`` with the mark and interface
+        names given directly (tests and tools; the worker calls ``classify_packet``)."""
+        return self.classify_packet(_Given(mark), data, {1: iif, 2: oif})
 
     @classmethod
     def from_config(cls, config: Config, direction: Direction) -> Classifier:
