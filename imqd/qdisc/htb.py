@@ -439,16 +439,8 @@ class HTB:
                 break
         if key == _NO_KEY:
             return False
-        level = key >> 3
-        d = cl.deficit[level] - size
-        if d < 0:
-            d += cl.quantum
-            self._ptr[key] = cl.idx + 1
-        else:
-            self._ptr[key] = cl.idx
-        cl.deficit[level] = d
         self._last_now = now
-        self._charge(cl, level, size, now)
+        self._charge(cl, key, size, now)
         return True
 
     def _select(self, now: float, skip: list[_Class] | None) -> _Class | None:
@@ -522,28 +514,30 @@ class HTB:
                     skip = (skip or []) + [cl]
                 self._ptr[key] = cl.idx + 1
                 continue
-            size = pkt.size
-            level = key >> 3
-            d = cl.deficit[level] - size
-            if d < 0:
-                d += cl.quantum
-                self._ptr[key] = cl.idx + 1
-            else:
-                self._ptr[key] = cl.idx
-            cl.deficit[level] = d
             if not q.backlog_packets:
                 cl.active = False
                 self._active.remove(cl)
             # Only the charge needs the shared lock: selection reads token state that other workers
             # may change at any time anyway (they can only make it smaller), like the kernel's lockless
             # mode checks; a race costs at most one packet of credit per worker.
-            self._charge(cl, level, size, now)
+            self._charge(cl, key, pkt.size, now)
             return pkt
 
-    def _charge(self, cl: _Class, level: int, size: int, now: float) -> None:
-        """htb_charge_class: the lender and its ancestors pay tokens; classes below it borrowed.
+    def _charge(self, cl: _Class, key: int, size: int, now: float) -> None:
+        """Account a packet of ``size`` bytes that leaf ``cl`` sends at ``key`` (level << 3 | prio).
 
-        Takes the store's lock itself (directly, not through a context manager: this runs per packet)."""
+        The DRR step of htb_dequeue_tree (the leaf's deficit at that level; the pointer stays on it while
+        its deficit lasts), then htb_charge_class: the lender at ``level`` and its ancestors pay tokens,
+        classes below it borrowed.  Takes the store's lock itself (directly, not through a context manager:
+        this runs per packet)."""
+        level = key >> 3
+        d = cl.deficit[level] - size
+        if d < 0:
+            d += cl.quantum
+            self._ptr[key] = cl.idx + 1
+        else:
+            self._ptr[key] = cl.idx
+        cl.deficit[level] = d
         lock = self._lock
         held = False
         if lock is not None:
