@@ -36,8 +36,9 @@ def test_quick_benchmark_writes_page_chart_and_json(tmp_path: Path) -> None:
     assert raw["meta"]["machine"]["nproc"] >= 1 and raw["meta"]["loadavg"]
 
     ceiling = summary["ceiling"]["udp64"]["pps"]
-    assert set(ceiling) == {"plain", "bare-loop x1", "bare-loop x2", "imqd x1", "imqd x2"}
+    assert set(ceiling) == {"plain", "bare-loop x1", "bare-loop x2", "bare-loop-batch x1", "imqd x1", "imqd x2"}
     assert ceiling["plain"]["median"] > ceiling["bare-loop x1"]["median"] > 1000
+    assert ceiling["bare-loop-batch x1"]["median"] > 1000
     assert ceiling["imqd x1"]["median"] > 1000
     tcp = summary["ceiling"]["tcp1500"]["gbps"]
     assert tcp["plain"]["median"] > tcp["imqd x1"]["median"] > 0.01
