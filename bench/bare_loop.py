@@ -51,7 +51,7 @@ def serve(queue: int, cpu: int | None = None, batch: bool = False, select_loop: 
 
             fd = nfq.get_fd()
             while True:
-                select.select([fd], [], [], None if os.environ.get("BARE_NO_TIMEOUT") else 0.25)
+                select.select([fd], [], [], 0.25)
                 nfq.run(block=False)
         else:
             nfq.run()

@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from bench import udpgen
@@ -37,40 +38,37 @@ MSS = 1448  # TCP payload per full-size packet (1500 MTU - 20 IP - 20 TCP - 12 t
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+@dataclass(frozen=True, kw_only=True)
 class Params:
     """How much to measure: the full run or --quick."""
 
-    def __init__(self, *, reps: int, rates: Sequence[int], flows: Sequence[int], directions: Sequence[str],
-                 tcp_seconds: int, omit: int, step_warm: float, step_window: float, step_factor: float,
-                 lossy_steps: int, ceiling_tcp_seconds: int,
-                 ping_count: int, load_seconds: float,
-                 api_seconds: float, apply_count: int, profile_seconds: float) -> None:
-        self.reps = reps
-        self.rates = list(rates)
-        self.flows = list(flows)
-        self.directions = list(directions)
-        self.tcp_seconds = tcp_seconds
-        self.omit = omit
-        self.step_warm = step_warm
-        self.step_window = step_window
-        self.step_factor = step_factor
-        self.lossy_steps = lossy_steps
-        self.ceiling_tcp_seconds = ceiling_tcp_seconds
-        self.ping_count = ping_count
-        self.load_seconds = load_seconds
-        self.api_seconds = api_seconds
-        self.apply_count = apply_count
-        self.profile_seconds = profile_seconds
+    reps: int
+    rates: tuple[int, ...]
+    flows: tuple[int, ...]
+    directions: tuple[str, ...]
+    tcp_seconds: int
+    omit: int
+    step_warm: float
+    step_window: float
+    step_factor: float
+    lossy_steps: int
+    ceiling_tcp_seconds: int
+    ping_count: int
+    load_seconds: float
+    api_seconds: float
+    apply_count: int
+    profile_seconds: float
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
+        """The parameters as JSON-ready values (recorded in each run's raw results)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
-FULL = Params(reps=3, rates=[1_000_000, 5_000_000, 20_000_000, 100_000_000], flows=[1, 8],
-              directions=[UP, DOWN], tcp_seconds=2, omit=1, step_warm=0.5, step_window=1.0, step_factor=1.4,
+FULL = Params(reps=3, rates=(1_000_000, 5_000_000, 20_000_000, 100_000_000), flows=(1, 8),
+              directions=(UP, DOWN), tcp_seconds=2, omit=1, step_warm=0.5, step_window=1.0, step_factor=1.4,
               lossy_steps=2, ceiling_tcp_seconds=2,
               ping_count=200, load_seconds=4, api_seconds=2.0, apply_count=20, profile_seconds=4)
-QUICK = Params(reps=1, rates=[20_000_000], flows=[1], directions=[UP, DOWN], tcp_seconds=2, omit=1,
+QUICK = Params(reps=1, rates=(20_000_000,), flows=(1,), directions=(UP, DOWN), tcp_seconds=2, omit=1,
                step_warm=0.3, step_window=0.5, step_factor=1.8, lossy_steps=1,
                ceiling_tcp_seconds=1, ping_count=30, load_seconds=2,
                api_seconds=1.0, apply_count=5, profile_seconds=0)

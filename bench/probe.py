@@ -15,9 +15,10 @@ import os
 import statistics
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
-from bench.figures import QUICK, Bench, Params
+from bench.figures import QUICK, Bench
 from bench.systems import BareLoop, Imqd, Plain, System
 from imqd.netns import Topology
 
@@ -27,36 +28,12 @@ SYSTEMS: dict[str, Callable[[Topology], System]] = {
     "bare2": lambda t: BareLoop(t, (0, 1)),
     "batch1": lambda t: BareLoop(t, (0, 0), batch=True),
     "select1": lambda t: BareLoop(t, (0, 0), extra=("--select",)),
-    "select1-notimer": lambda t: _env(BareLoop(t, (0, 0), extra=("--select",)), BARE_NO_TIMEOUT="1"),
     "imqd1": lambda t: Imqd(t, 1),
     "imqd2": lambda t: Imqd(t, 2),
     "imqd1-noclass": lambda t: Imqd(t, 1, {"classes": []}),
 }
 
-class _env(System):  # noqa: N801 - reads like the function it replaces in SYSTEMS
-    """``system`` started with extra environment variables (experiments), removed again when it stops."""
-
-    def __init__(self, system: System, **env: str) -> None:
-        super().__init__(system.topo)
-        self.system, self.env, self.name = system, env, system.name
-
-    def start(self) -> None:
-        os.environ.update(self.env)
-        try:
-            self.system.start()
-        finally:
-            for k in self.env:
-                os.environ.pop(k, None)
-
-    def stop(self) -> None:
-        self.system.stop()
-
-    def pids(self) -> list[int]:
-        return self.system.pids()
-
-
-PROBE = Params(**{**QUICK.as_dict(), "step_warm": 0.4, "step_window": 0.8, "step_factor": 1.25, "lossy_steps": 2,
-                  "ping_count": 100})
+PROBE = replace(QUICK, step_warm=0.4, step_window=0.8, step_factor=1.25, lossy_steps=2, ping_count=100)
 
 
 def measure(b: Bench, system: System, rep: int, tcp: bool, udp: bool) -> dict[str, Any]:

@@ -27,8 +27,8 @@ from typing import Any
 
 from imqd.config import Config
 from imqd.kernel_queues import PROC_PATH, read_nfqueue_table
-from imqd.queue_worker import EXIT_FATAL, WorkerOptions, worker_main
 from imqd.qdisc.tokens import SlotMap
+from imqd.queue_worker import EXIT_FATAL, WorkerOptions, worker_main
 from imqd.shared_tokens import SharedTokenStore
 
 log = logging.getLogger("imqd.supervisor")

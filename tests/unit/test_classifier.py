@@ -8,11 +8,11 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scapy.all import IP, TCP, UDP
 
 from imqd.classifier import Classifier, Match
 from imqd.config import parse_config
 from imqd.packet import MalformedPacket, PacketInfo, parse_headers
-from scapy.all import IP, TCP, UDP
 
 
 def pkt(src: str = "198.18.1.10", dst: str = "198.18.2.20", proto: int = 6, sport: int = 40000,

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imqd import rules
+from imqd.config import Config, parse_config
 from imqd.rules import RuleOptions, RulesError, build_rules, parse_queues, render_restore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -159,9 +160,7 @@ def test_unrestricted_excludes_loopback() -> None:
     assert nfqueue_rules(opts, "IMQD_EGRESS")[0][2:5] == ["!", "-o", "lo"]
 
 
-def _cfg(*classes: dict) -> "Config":
-    from imqd.config import parse_config
-
+def _cfg(*classes: dict) -> Config:
     return parse_config({"classes": list(classes)})
 
 
