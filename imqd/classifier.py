@@ -287,11 +287,7 @@ class Classifier:
     @classmethod
     def from_config(cls, config: Config, direction: Direction) -> Classifier:
         """Rules from the leaf classes of ``direction`` that have a match, in config order."""
-        rules = [
-            (c.name, Match.from_spec(c.match))
-            for c in config.direction_classes(direction)
-            if c.match is not None and config.is_leaf(c.name)
-        ]
+        rules = [(c.name, Match.from_spec(c.match)) for c in config.matching_leaves(direction)]
         default = config.default_class(direction)
         return cls(rules, default.name if default is not None else None)
 

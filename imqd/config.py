@@ -577,6 +577,10 @@ class Config(BaseModel):
         """Classes of one tree, in config order."""
         return [c for c in self.classes if c.direction == direction]
 
+    def matching_leaves(self, direction: Direction) -> list[ClassSpec]:
+        """The leaf classes of one tree that have a match: the classifier's rules, in config order."""
+        return [c for c in self.direction_classes(direction) if c.match is not None and self.is_leaf(c.name)]
+
     def default_class(self, direction: Direction) -> ClassSpec | None:
         return next((c for c in self.classes if c.direction == direction and c.default), None)
 

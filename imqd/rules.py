@@ -210,14 +210,14 @@ def for_config(base: RuleOptions, config: Config) -> RuleOptions:
     changes: dict[str, Any] = {}
     for direction, field, given in (("ingress", "iif", base.in_ifaces), ("egress", "oif", base.out_ifaces)):
         ifaces_key = "in_ifaces" if direction == "ingress" else "out_ifaces"
-        leaves = [c for c in config.direction_classes(direction) if config.is_leaf(c.name)]
-        matching = [c for c in leaves if c.match is not None]
-        if not matching and config.default_class(direction) is None:
+        matching = config.matching_leaves(direction)
+        has_default = config.default_class(direction) is not None
+        if not matching and not has_default:
             changes[direction] = False
             changes[ifaces_key] = ()
             continue
         changes[direction] = True
-        if given or config.default_class(direction) is not None:
+        if given or has_default:
             continue
         names = [getattr(c.match, field) for c in matching]
         if all(names):
