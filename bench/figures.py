@@ -75,6 +75,7 @@ QUICK = Params(reps=1, rates=(20_000_000,), flows=(1,), directions=(UP, DOWN), t
 START_PPS = 10_000  # the first offered load of the ceiling search (and the load the CPU cost is read at)
 MAX_PPS = 400_000
 LOSS_STOP = 0.9  # stop rising once less than this share of the offered load arrives
+IDLE_INTERVALS_S = (0.01, 0.001)  # low load: 100 and 1,000 pings a second
 LOAD_RATE_BPS = 20_000_000  # the class rate of the latency-under-load runs
 LOAD_FLOWS = 4  # TCP uploads that load the class in the latency-under-load runs
 HELD_TARGET = 10_000
@@ -317,12 +318,20 @@ class Bench:
     def ping(self, count: int, interval: float) -> list[float]:
         return self.topo.ping(0, count=count, interval=interval, deadline=count * interval + 3)
 
-    def latency_idle(self, system: System, rep: int) -> dict[str, Any]:
-        """ping RTTs at low load (one echo every 10 ms, nothing else) through `system`."""
+    def latency_idle(self, system: System, rep: int, name: str | None = None) -> list[dict[str, Any]]:
+        """ping RTTs at low load through `system`: one echo every 10 ms, then every 1 ms, nothing else.
+
+        Two low loads, because on a machine whose CPUs sleep between packets the slower one pays every
+        wake-up cold (docs/benchmarks.md); `name` labels the records (default: the system's name)."""
+        name = name or system.name
         self.ping(3, 0.05)  # warm the ARP and conntrack entries
-        rtts = self.ping(self.p.ping_count, 0.01)
-        self.log(f"  latency  {system.name:<12} idle: median {_median(rtts) * 1000:.0f} us ({len(rtts)} replies)")
-        return {"rep": rep, "system": system.name, "rtts_ms": rtts}
+        out = []
+        for interval in IDLE_INTERVALS_S:
+            rtts = self.ping(self.p.ping_count, interval)
+            self.log(f"  latency  {name:<22} idle, {1 / interval:,.0f} pings/s: median "
+                     f"{_median(rtts) * 1000:.0f} us ({len(rtts)} replies)")
+            out.append({"rep": rep, "system": name, "interval_s": interval, "rtts_ms": rtts})
+        return out
 
     def latency_loaded(self, system: System, rep: int, label: str) -> dict[str, Any]:
         """ping RTTs through a class at LOAD_RATE_BPS saturated by LOAD_FLOWS TCP uploads (bufferbloat)."""

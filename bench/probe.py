@@ -31,13 +31,15 @@ SYSTEMS: dict[str, Callable[[Topology], System]] = {
     "imqd1": lambda t: Imqd(t, 1),
     "imqd2": lambda t: Imqd(t, 2),
     "imqd1-noclass": lambda t: Imqd(t, 1, {"classes": []}),
+    "imqd1-notick": lambda t: Imqd(t, 1, extra_args=("--idle-tick", "0")),
 }
 
 PROBE = replace(QUICK, step_warm=0.4, step_window=0.8, step_factor=1.25, lossy_steps=2, ping_count=100)
 
 
 def measure(b: Bench, system: System, rep: int, tcp: bool, udp: bool) -> dict[str, Any]:
-    out = {"rtt_us": statistics.median(b.latency_idle(system, rep)["rtts_ms"]) * 1000}
+    out = {f"rtt_us@{1 / r['interval_s']:.0f}/s": statistics.median(r["rtts_ms"]) * 1000
+           for r in b.latency_idle(system, rep)}
     if udp:
         out["udp_pps"] = b.ceiling_udp(system, rep)["pps"]
     if tcp:

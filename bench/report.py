@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 __all__ = ["three", "median", "percentile", "paired", "top_frames", "summarize", "render_markdown", "limits",
-           "TARGETS", "REFERENCE", "SUBJECT"]
+           "TARGETS", "REFERENCE", "SUBJECT", "NO_TICK"]
 
 REFERENCE = "kernel-htb"
 # TCP goodput per charged byte: 1448 payload bytes (MSS with timestamps) per 1514-byte frame (IP 1500 + the
@@ -31,7 +31,9 @@ CEILING_PAIRS = (("imqd x1", "bare-loop x1"), ("imqd x2", "bare-loop x2"), ("imq
                  ("bare-loop x1", "plain"),
                  ("bare-loop x2", "plain"))
 SCALING_PAIRS = (("imqd x2", "imqd x1"), ("bare-loop x2", "bare-loop x1"))
-IDLE_PAIRS = (("imqd x1", "plain"), ("bare-loop x1", "plain"), ("imqd x1", "bare-loop x1"))
+NO_TICK = "imqd x1 idle-tick 0"  # imqd x1 with its idle tick off (--idle-tick 0): latency only
+IDLE_PAIRS = (("imqd x1", "plain"), ("bare-loop x1", "plain"), ("imqd x1", "bare-loop x1"), (NO_TICK, "plain"))
+IDLE_INTERVAL_S = 0.01  # records without an interval (older runs) pinged every 10 ms
 # A ping's echo and its reply each cross the router once: the latency a packet gains is half the RTT's.
 PACKETS_PER_RTT = 2
 # ... and each crossing queues it once (the rules queue the wan side only: POSTROUTING -o wan for uploads,
@@ -174,15 +176,18 @@ def _ceiling(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _latency_idle(records: list[dict[str, Any]]) -> dict[str, Any]:
-    med = {}
-    for r in records:
-        if r["rtts_ms"]:
-            med.setdefault(r["system"], {})[r["rep"]] = median(r["rtts_ms"]) * 1000
-    return {"median_us": {s: three(v.values()) for s, v in med.items()},
-            "added_us": {f"{a} - {b}": three(paired(med.get(a, {}), med.get(b, {}), "-")) for a, b in IDLE_PAIRS},
-            "added_per_packet_us": {f"{a} - {b}": three(d / PACKETS_PER_RTT for d in
-                                                         paired(med.get(a, {}), med.get(b, {}), "-"))
-                                    for a, b in IDLE_PAIRS}}
+    """Per ping rate (pings/s, a string key as in JSON): median RTTs and the added latency of IDLE_PAIRS."""
+    out = {}
+    for pps in sorted({round(1 / r.get("interval_s", IDLE_INTERVAL_S)) for r in records}):
+        med: dict[str, dict[int, float]] = {}
+        for r in records:
+            if r["rtts_ms"] and round(1 / r.get("interval_s", IDLE_INTERVAL_S)) == pps:
+                med.setdefault(r["system"], {})[r["rep"]] = median(r["rtts_ms"]) * 1000
+        added = {f"{a} - {b}": paired(med.get(a, {}), med.get(b, {}), "-") for a, b in IDLE_PAIRS}
+        out[str(pps)] = {"median_us": {s: three(v.values()) for s, v in med.items()},
+                         "added_us": {k: three(v) for k, v in added.items()},
+                         "added_per_packet_us": {k: three(d / PACKETS_PER_RTT for d in v) for k, v in added.items()}}
+    return out
 
 
 def _latency_load(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -256,10 +261,11 @@ def _targets(s: dict[str, Any]) -> list[dict[str, Any]]:
             v = _med(s["ceiling"].get(traffic, {}).get("ratios", {}).get(pair))
             out.append({"figure": f"ceiling {traffic} {pair}", "target": f">= {TARGETS['ceiling']:.2f}",
                         "value": v, "met": v is not None and v >= TARGETS["ceiling"], "misses": []})
-    v = _med(s["latency_idle"]["added_per_packet_us"].get("imqd x1 - plain"))
-    out.append({"figure": "added latency per packet ((RTT imqd x1 - RTT plain) / 2)",
-                "target": f"<= {TARGETS['added_latency_us']:.0f} us",
-                "value": v, "met": v is not None and v <= TARGETS["added_latency_us"], "misses": []})
+    for pps, li in s["latency_idle"].items():
+        v = _med(li["added_per_packet_us"].get("imqd x1 - plain"))
+        out.append({"figure": f"added latency per packet at {int(pps):,} pings/s ((RTT imqd x1 - RTT plain) / 2)",
+                    "target": f"<= {TARGETS['added_latency_us']:.0f} us",
+                    "value": v, "met": v is not None and v <= TARGETS["added_latency_us"], "misses": []})
     for traffic in TRAFFIC:
         v = _med(s["scaling"].get(traffic, {}).get("imqd x2 / imqd x1"))
         out.append({"figure": f"scaling {traffic} imqd x2 / imqd x1", "target": f">= {TARGETS['scaling']:.1f}",
@@ -375,14 +381,20 @@ def render_markdown(s: dict[str, Any], meta: dict[str, Any], *, png: str | None 
     L += [""]
 
     li = s["latency_idle"]
-    L += ["## Latency", "", f"**Low load:** {p.get('ping_count', '?')} pings at 10 ms intervals, nothing else "
-          "running; median RTT per repetition. The echo and the reply each cross the router once, and each "
-          "crossing queues them once (at the wan side), so a packet's added latency is half the added RTT.", ""]
-    L += _table(["system", "median RTT µs"], ([sy, _f(v, "{:.0f}")] for sy, v in li["median_us"].items()))
+    rates = list(li)
+    L += ["## Latency", "", f"**Low load:** {p.get('ping_count', '?')} pings at 10 ms intervals (100/s), then "
+          f"{p.get('ping_count', '?')} at 1 ms intervals (1,000/s), nothing else running; median RTT per repetition. "
+          "The echo and the reply each cross the router once, and each crossing queues them once (at the wan "
+          "side), so a packet's added latency is half the added RTT. "
+          f"`{NO_TICK}` is imqd x1 run with `--idle-tick 0`: without the tick that keeps an idle worker awake "
+          "while traffic flows.", ""]
+    systems = list(dict.fromkeys(sy for r in rates for sy in li[r]["median_us"]))
+    L += _table(["median RTT µs"] + [f"{int(r):,} pings/s" for r in rates],
+                ([sy] + [_f(li[r]["median_us"].get(sy), "{:.0f}") for r in rates] for sy in systems))
     L += [""]
-    L += _table(["added", "RTT µs", "per packet µs"],
-                ([k, _f(v, "{:.0f}"), _f(li["added_per_packet_us"].get(k), "{:.0f}")]
-                 for k, v in li["added_us"].items()))
+    pairs = list(dict.fromkeys(k for r in rates for k in li[r]["added_us"]))
+    L += _table(["added per packet µs"] + [f"{int(r):,} pings/s" for r in rates],
+                ([k] + [_f(li[r]["added_per_packet_us"].get(k), "{:.0f}") for r in rates] for k in pairs))
     L += [""]
     ll = s["latency_load"]
     L += ["**Under load (bufferbloat):** four TCP uploads saturate a 20 Mbit/s class; pings from the same host go "
@@ -479,15 +491,20 @@ def limits(s: dict[str, Any], meta: dict[str, Any]) -> list[str]:
                    "loop's netlink receive the classification of the header bytes and the HTB charge in Python, "
                    "and saves most verdict system calls by batching them" + top + ". The two-worker figures share "
                    f"{nproc} CPUs with the senders, so they are also the most sensitive to other load ({load}).")
-    if any(f.startswith("added latency") for f in missed):
-        added = s["latency_idle"]["added_per_packet_us"]
+    for pps, li in s["latency_idle"].items():
+        if not any(f.startswith(f"added latency per packet at {int(pps):,} ") for f in missed):
+            continue
+        added = li["added_per_packet_us"]
         bare, own = _med(added.get("bare-loop x1 - plain")), _med(added.get("imqd x1 - bare-loop x1"))
+        plain_rtt = _med(li["median_us"].get("plain"))
         if bare is not None and own is not None:
-            out.append(f"Added latency above 50 µs per packet: the bare loop alone adds {bare:.0f} µs per packet "
-                       f"(one NFQUEUE pass: the kernel's queueing, waking a process, the netlink round trip) -- the "
-                       f"floor of the NFQUEUE-in-Python architecture on this machine; imqd adds {own:.0f} µs "
-                       "more: waking from select() instead of a blocking recv, then parsing, classifying and "
-                       "charging the class in Python code that a packet every 10 ms finds cold in the CPU caches.")
+            fast = {r: _med(v["median_us"].get("plain")) for r, v in s["latency_idle"].items() if r != pps}
+            warm = "".join(f" (at {int(r):,} pings/s: {v:.0f} µs)" for r, v in fast.items() if v is not None)
+            out.append(f"Added latency above 50 µs per packet at {int(pps):,} pings/s: the bare loop alone adds "
+                       f"{bare:.0f} µs per packet (one NFQUEUE pass: the kernel's queueing, waking a process, the "
+                       f"netlink round trip); imqd adds {own:.0f} µs more (parsing, classifying and charging the "
+                       "class in Python). At this rate the CPUs sleep between packets and every wake-up finds "
+                       f"caches cold: even plain kernel forwarding takes {plain_rtt:.0f} µs per RTT{warm}.")
     for traffic in TRAFFIC:
         if f"scaling {traffic} imqd x2 / imqd x1" not in missed:
             continue

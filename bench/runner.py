@@ -142,7 +142,7 @@ def run(params: Params, *, command: str, quick: bool, log: Callable[[str], None]
                         raw["ceiling"].append(timed("ceiling", b.ceiling_udp, system, rep))
                         raw["ceiling"].append(timed("ceiling", b.ceiling_tcp, system, rep))
                         if system.name != "bare-loop x2":
-                            raw["latency_idle"].append(timed("latency", b.latency_idle, system, rep))
+                            raw["latency_idle"] += timed("latency", b.latency_idle, system, rep)
                 with BareLoop(topo, (0, 0), batch=True) as batched:  # reference only: what batching alone gives
                     raw["ceiling"].append(timed("ceiling", b.ceiling_udp, batched, rep))
                     raw["ceiling"].append(timed("ceiling", b.ceiling_tcp, batched, rep))
@@ -160,13 +160,16 @@ def run(params: Params, *, command: str, quick: bool, log: Callable[[str], None]
                     udp1 = timed("ceiling", b.ceiling_udp, one, rep)
                     raw["ceiling"].append(udp1)
                     raw["ceiling"].append(timed("ceiling", b.ceiling_tcp, one, rep))
-                    raw["latency_idle"].append(timed("latency", b.latency_idle, one, rep))
+                    raw["latency_idle"] += timed("latency", b.latency_idle, one, rep)
                     raw["latency_load"].append(timed("latency", b.latency_loaded, one, rep, "imqd FIFO"))
                     if rep == 0:
                         raw["memory"] = timed("memory", b.held_memory, one)
                         if params.profile_seconds:
                             raw["profile"] = timed("profile", b.profile, one, params.profile_seconds,
                                                    udp1["pps"] * 1.2)
+                with Imqd(topo, 1, extra_args=("--idle-tick", "0")) as untick:  # what the idle tick buys
+                    raw["latency_idle"] += timed("latency", b.latency_idle, untick, rep,
+                                                  report.NO_TICK)
                 if leaf is not None:
                     with Imqd(topo, 1, imqd_config(topo, leaf=leaf)) as fq:
                         raw["latency_load"].append(timed("latency", b.latency_loaded, fq, rep, "imqd fq_codel"))

@@ -19,6 +19,8 @@ from imqd.config import Config, ConfigError, load_config
 
 EXIT_USAGE = 2
 EXIT_FAIL = 1
+MIN_IDLE_TICK_US = 100  # below this the "idle" worker would be busy-waiting
+MAX_IDLE_TICK_US = 250_000  # the worker wakes that often anyway (MAX_SLEEP_S)
 
 
 class CliError(Exception):
@@ -89,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "kept current as classes change) and remove them at exit")
     run.add_argument("--max-len", type=int, default=20000, help="kernel queue length per worker (held packets)")
     run.add_argument("--copy-range", type=int, default=128, help="bytes of each packet copied to the worker")
+    run.add_argument("--idle-tick", type=int, default=1000, metavar="USEC",
+                     help="while traffic flows, wake an idle worker every USEC microseconds so the next packet "
+                          "finds the CPU and the code warm (less latency at light load; 0 = off; default 1000)")
 
     rules = sub.add_parser("rules", help="install, remove or show imqd's iptables rules")
     rules.add_argument("action", choices=("apply", "remove", "show"))
@@ -172,6 +177,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError(f"--max-len {args.max_len}: must be at least 1")
     if not 20 <= args.copy_range <= 65535:
         raise CliError(f"--copy-range {args.copy_range}: must be between 20 and 65535 bytes")
+    if args.idle_tick != 0 and not MIN_IDLE_TICK_US <= args.idle_tick <= MAX_IDLE_TICK_US:
+        raise CliError(f"--idle-tick {args.idle_tick}: must be 0 (off) or between {MIN_IDLE_TICK_US} and "
+                       f"{MAX_IDLE_TICK_US:,} microseconds")
     token = read_token(token_file) if token_file else None
     if api is not None and not is_loopback(api[0]) and token is None:
         raise CliError(f"--api {api[0]}:{api[1]} is not a loopback address: writes need --token-file")
@@ -182,7 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError("imqd run needs CAP_NET_ADMIN (NFQUEUE and iptables): run as root or grant the capability")
     first, last = args.queues
     sup = Supervisor(list(range(first, last + 1)), config, max_len=kernel_queue_len(config, args.max_len),
-                     copy_range=args.copy_range)
+                     copy_range=args.copy_range, idle_tick=args.idle_tick / 1e6)
     stop = threading.Event()
     try:
         sup.start()

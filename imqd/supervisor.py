@@ -28,7 +28,7 @@ from typing import Any
 from imqd.config import Config
 from imqd.kernel_queues import PROC_PATH, read_nfqueue_table
 from imqd.qdisc.tokens import SlotMap
-from imqd.queue_worker import EXIT_FATAL, WorkerOptions, worker_main
+from imqd.queue_worker import EXIT_FATAL, IDLE_TICK_S, WorkerOptions, worker_main
 from imqd.shared_tokens import SharedTokenStore
 
 log = logging.getLogger("imqd.supervisor")
@@ -98,7 +98,7 @@ class Supervisor:
     """One worker per queue, restarted when it dies; configuration pushed to all."""
 
     def __init__(self, queues: list[int], config: Config, *, max_len: int = 20000, copy_range: int = 128,
-                 cpus: list[int] | None = None) -> None:
+                 idle_tick: float = IDLE_TICK_S, cpus: list[int] | None = None) -> None:
         if not queues:
             raise SupervisorError("no queues given")
         self.ctx = mp.get_context("forkserver")
@@ -117,6 +117,7 @@ class Supervisor:
         self.workers = {q: WorkerSlot(q, cpus[i % len(cpus)] if cpus else None) for i, q in enumerate(queues)}
         self.max_len = max_len
         self.copy_range = copy_range
+        self.idle_tick = idle_tick
         self._cond = threading.Condition()
         self._stopping = False
         self._monitor: threading.Thread | None = None
@@ -149,7 +150,7 @@ class Supervisor:
     def _spawn(self, w: WorkerSlot) -> None:
         parent, child = self.ctx.Pipe(duplex=True)
         opts = WorkerOptions(queue=w.queue, cpu=w.cpu, max_len=self.max_len, copy_range=self.copy_range,
-                             shm_name=self.store.name)
+                             shm_name=self.store.name, idle_tick=self.idle_tick)
         # One worker is the only one charging the store: it needs no lock (that is ~10% of its per-packet work).
         lock = self.lock if len(self.workers) > 1 else None
         proc = self.ctx.Process(target=worker_main, args=(opts, child, lock), name=f"imqd-q{w.queue}",

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from scapy.all import IP, TCP, UDP, IPv6
 
 from imqd.config import parse_config
-from imqd.queue_worker import SOLO_MAX, QueueWorker, WorkerOptions, describe_bind_error
+from imqd.queue_worker import (MAX_SLEEP_S, SOLO_MAX, QueueWorker, WorkerOptions, describe_bind_error,
+                               sleep_time)
 from imqd.shaper import Shaper
 
 
@@ -440,3 +441,28 @@ def test_by_hook_follows_changes_and_the_switch() -> None:
     shaper.apply(parse_config({"classes": [{"name": "out", "direction": "egress", "rate": "1mbit",
                                             "default": True}]}), 101.0)
     assert [t is not None for t in shaper.by_hook] == [False, False, False, True, True]
+
+
+@given(now=st.floats(0, 1e6), wake_in=st.none() | st.floats(-1.0, 5.0), warm_for=st.floats(-2.0, 2.0),
+       tick=st.sampled_from([0.0, 0.0001, 0.001, 0.01, 0.25]))
+def test_sleep_time_never_oversleeps_an_event_and_ticks_only_while_warm(
+        now: float, wake_in: float | None, warm_for: float, tick: float) -> None:
+    wake = None if wake_in is None else now + wake_in
+    warm_until = now + warm_for
+    t = sleep_time(now, wake, warm_until, tick)
+    untick = sleep_time(now, wake, warm_until, 0.0)
+    assert 0.0 <= t <= untick <= MAX_SLEEP_S
+    if wake is not None:
+        assert untick <= max(wake - now, 0.0) + 1e-9, "never sleeps past the scheduler's next release"
+    if now < warm_until and tick > 0:
+        assert t <= tick, "while packets keep coming the worker wakes at least every tick"
+    else:
+        assert t == untick, "a router with no recent traffic (or tick 0) sleeps until its next event"
+
+
+def test_sleep_time_examples() -> None:
+    assert sleep_time(10.0, None, 0.0, 0.001) == MAX_SLEEP_S  # no traffic for a while: sleep long
+    assert sleep_time(10.0, None, 10.5, 0.001) == 0.001  # traffic within KEEP_WARM_S: tick
+    assert sleep_time(10.0, 10.0002, 10.5, 0.001) == pytest.approx(0.0002)  # a release before the tick
+    assert sleep_time(10.0, 9.0, 10.5, 0.001) == 0.0  # overdue release: do not sleep
+    assert sleep_time(10.0, None, 10.5, 0.0) == MAX_SLEEP_S  # --idle-tick 0
