@@ -76,6 +76,15 @@ START_PPS = 10_000  # the first offered load of the ceiling search (and the load
 MAX_PPS = 400_000
 LOSS_STOP = 0.9  # stop rising once less than this share of the offered load arrives
 IDLE_INTERVALS_S = (0.01, 0.001)  # low load: 100 and 1,000 pings a second
+
+
+def ping_cpus() -> dict[str, int]:
+    """Where the latency pings run: on the CPU imqd x1's worker (and the bare loop) is pinned to -- the first
+    of this process's CPUs -- and, if there is one, on another."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return {"same": cpus[0], **({"other": cpus[1]} if len(cpus) > 1 else {})}
+
+
 LOAD_RATE_BPS = 20_000_000  # the class rate of the latency-under-load runs
 LOAD_FLOWS = 4  # TCP uploads that load the class in the latency-under-load runs
 HELD_TARGET = 10_000
@@ -315,22 +324,27 @@ class Bench:
         return rec
 
     # -- latency -------------------------------------------------------------------------------------------
-    def ping(self, count: int, interval: float) -> list[float]:
-        return self.topo.ping(0, count=count, interval=interval, deadline=count * interval + 3)
+    def ping(self, count: int, interval: float, cpu: int | None = None) -> list[float]:
+        return self.topo.ping(0, count=count, interval=interval, deadline=count * interval + 3, cpu=cpu)
 
     def latency_idle(self, system: System, rep: int, name: str | None = None) -> list[dict[str, Any]]:
         """ping RTTs at low load through `system`: one echo every 10 ms, then every 1 ms, nothing else.
 
         Two low loads, because on a machine whose CPUs sleep between packets the slower one pays every
-        wake-up cold (docs/benchmarks.md); `name` labels the records (default: the system's name)."""
+        wake-up cold; and ping pinned to the CPU of the (first) worker, then to another CPU, because where
+        the kernel forwards a packet decides whether waking the worker crosses CPUs -- a lottery per run
+        if ping were left to the scheduler (docs/benchmarks.md).  `name` labels the records (default: the
+        system's name)."""
         name = name or system.name
         self.ping(3, 0.05)  # warm the ARP and conntrack entries
         out = []
-        for interval in IDLE_INTERVALS_S:
-            rtts = self.ping(self.p.ping_count, interval)
-            self.log(f"  latency  {name:<22} idle, {1 / interval:,.0f} pings/s: median "
-                     f"{_median(rtts) * 1000:.0f} us ({len(rtts)} replies)")
-            out.append({"rep": rep, "system": name, "interval_s": interval, "rtts_ms": rtts})
+        for placement, cpu in ping_cpus().items():
+            for interval in IDLE_INTERVALS_S:
+                rtts = self.ping(self.p.ping_count, interval, cpu)
+                self.log(f"  latency  {name:<22} idle, {1 / interval:,.0f} pings/s on the {placement} CPU: "
+                         f"median {_median(rtts) * 1000:.0f} us ({len(rtts)} replies)")
+                out.append({"rep": rep, "system": name, "interval_s": interval, "ping_cpu": placement,
+                            "rtts_ms": rtts})
         return out
 
     def latency_loaded(self, system: System, rep: int, label: str) -> dict[str, Any]:

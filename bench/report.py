@@ -34,6 +34,7 @@ SCALING_PAIRS = (("imqd x2", "imqd x1"), ("bare-loop x2", "bare-loop x1"))
 NO_TICK = "imqd x1 idle-tick 0"  # imqd x1 with its idle tick off (--idle-tick 0): latency only
 IDLE_PAIRS = (("imqd x1", "plain"), ("bare-loop x1", "plain"), ("imqd x1", "bare-loop x1"), (NO_TICK, "plain"))
 IDLE_INTERVAL_S = 0.01  # records without an interval (older runs) pinged every 10 ms
+PING_CPUS = ("same", "other", "any")  # where the latency pings ran: the worker's CPU, another, not pinned
 # A ping's echo and its reply each cross the router once: the latency a packet gains is half the RTT's.
 PACKETS_PER_RTT = 2
 # ... and each crossing queues it once (the rules queue the wan side only: POSTROUTING -o wan for uploads,
@@ -176,18 +177,33 @@ def _ceiling(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _latency_idle(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per ping rate (pings/s, a string key as in JSON): median RTTs and the added latency of IDLE_PAIRS."""
+    """Per ping rate and ping CPU: median RTTs and the added latency of IDLE_PAIRS.
+
+    Keyed ``"100/s same CPU"`` (pings a second; ping on the worker's CPU or another one); records of runs
+    before pings were pinned have neither an interval (they pinged every 10 ms) nor a CPU ("any")."""
+    groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for r in records:
+        pps = round(1 / r.get("interval_s", IDLE_INTERVAL_S))
+        groups.setdefault((pps, r.get("ping_cpu", "any")), []).append(r)
     out = {}
-    for pps in sorted({round(1 / r.get("interval_s", IDLE_INTERVAL_S)) for r in records}):
+    for (pps, cpu), recs in sorted(groups.items(), key=lambda kv: (kv[0][0], PING_CPUS.index(kv[0][1]))):
         med: dict[str, dict[int, float]] = {}
-        for r in records:
-            if r["rtts_ms"] and round(1 / r.get("interval_s", IDLE_INTERVAL_S)) == pps:
+        for r in recs:
+            if r["rtts_ms"]:
                 med.setdefault(r["system"], {})[r["rep"]] = median(r["rtts_ms"]) * 1000
         added = {f"{a} - {b}": paired(med.get(a, {}), med.get(b, {}), "-") for a, b in IDLE_PAIRS}
-        out[str(pps)] = {"median_us": {s: three(v.values()) for s, v in med.items()},
-                         "added_us": {k: three(v) for k, v in added.items()},
-                         "added_per_packet_us": {k: three(d / PACKETS_PER_RTT for d in v) for k, v in added.items()}}
+        out[f"{pps}/s {cpu} CPU"] = {
+            "pps": pps, "ping_cpu": cpu,
+            "median_us": {s: three(v.values()) for s, v in med.items()},
+            "added_us": {k: three(v) for k, v in added.items()},
+            "added_per_packet_us": {k: three(d / PACKETS_PER_RTT for d in v) for k, v in added.items()}}
     return out
+
+
+def _idle_label(li: dict[str, Any]) -> str:
+    """'100 pings/s, ping on the worker's CPU' for one entry of _latency_idle."""
+    where = {"same": ", ping on the worker's CPU", "other": ", ping on another CPU"}.get(li["ping_cpu"], "")
+    return f"{li['pps']:,} pings/s{where}"
 
 
 def _latency_load(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -261,9 +277,9 @@ def _targets(s: dict[str, Any]) -> list[dict[str, Any]]:
             v = _med(s["ceiling"].get(traffic, {}).get("ratios", {}).get(pair))
             out.append({"figure": f"ceiling {traffic} {pair}", "target": f">= {TARGETS['ceiling']:.2f}",
                         "value": v, "met": v is not None and v >= TARGETS["ceiling"], "misses": []})
-    for pps, li in s["latency_idle"].items():
+    for li in s["latency_idle"].values():
         v = _med(li["added_per_packet_us"].get("imqd x1 - plain"))
-        out.append({"figure": f"added latency per packet at {int(pps):,} pings/s ((RTT imqd x1 - RTT plain) / 2)",
+        out.append({"figure": f"added latency per packet at {_idle_label(li)} ((RTT imqd x1 - RTT plain) / 2)",
                     "target": f"<= {TARGETS['added_latency_us']:.0f} us",
                     "value": v, "met": v is not None and v <= TARGETS["added_latency_us"], "misses": []})
     for traffic in TRAFFIC:
@@ -381,20 +397,23 @@ def render_markdown(s: dict[str, Any], meta: dict[str, Any], *, png: str | None 
     L += [""]
 
     li = s["latency_idle"]
-    rates = list(li)
+    keys = list(li)
     L += ["## Latency", "", f"**Low load:** {p.get('ping_count', '?')} pings at 10 ms intervals (100/s), then "
           f"{p.get('ping_count', '?')} at 1 ms intervals (1,000/s), nothing else running; median RTT per repetition. "
-          "The echo and the reply each cross the router once, and each crossing queues them once (at the wan "
-          "side), so a packet's added latency is half the added RTT. "
+          "ping runs pinned to the CPU of imqd x1's worker (and of the bare loop), then to another CPU: on a veth "
+          "the kernel forwards a packet on the sender's CPU, so this decides whether waking the worker crosses "
+          "CPUs. The echo and the reply each cross the router once, and each crossing queues them once (at the "
+          "wan side), so a packet's added latency is half the added RTT. "
           f"`{NO_TICK}` is imqd x1 run with `--idle-tick 0`: without the tick that keeps an idle worker awake "
           "while traffic flows.", ""]
-    systems = list(dict.fromkeys(sy for r in rates for sy in li[r]["median_us"]))
-    L += _table(["median RTT µs"] + [f"{int(r):,} pings/s" for r in rates],
-                ([sy] + [_f(li[r]["median_us"].get(sy), "{:.0f}") for r in rates] for sy in systems))
+    columns = [_idle_label(li[k]).replace(", ping on", ",") for k in keys]
+    systems = list(dict.fromkeys(sy for k in keys for sy in li[k]["median_us"]))
+    L += _table(["median RTT µs", *columns], ([sy] + [_f(li[k]["median_us"].get(sy), "{:.0f}") for k in keys]
+                                              for sy in systems))
     L += [""]
-    pairs = list(dict.fromkeys(k for r in rates for k in li[r]["added_us"]))
-    L += _table(["added per packet µs"] + [f"{int(r):,} pings/s" for r in rates],
-                ([k] + [_f(li[r]["added_per_packet_us"].get(k), "{:.0f}") for r in rates] for k in pairs))
+    pairs = list(dict.fromkeys(pair for k in keys for pair in li[k]["added_us"]))
+    L += _table(["added per packet µs", *columns],
+                ([pair] + [_f(li[k]["added_per_packet_us"].get(pair), "{:.0f}") for k in keys] for pair in pairs))
     L += [""]
     ll = s["latency_load"]
     L += ["**Under load (bufferbloat):** four TCP uploads saturate a 20 Mbit/s class; pings from the same host go "
@@ -491,20 +510,26 @@ def limits(s: dict[str, Any], meta: dict[str, Any]) -> list[str]:
                    "loop's netlink receive the classification of the header bytes and the HTB charge in Python, "
                    "and saves most verdict system calls by batching them" + top + ". The two-worker figures share "
                    f"{nproc} CPUs with the senders, so they are also the most sensitive to other load ({load}).")
-    for pps, li in s["latency_idle"].items():
-        if not any(f.startswith(f"added latency per packet at {int(pps):,} ") for f in missed):
+    for li in s["latency_idle"].values():
+        if not any(f.startswith(f"added latency per packet at {_idle_label(li)} ") for f in missed):
             continue
         added = li["added_per_packet_us"]
         bare, own = _med(added.get("bare-loop x1 - plain")), _med(added.get("imqd x1 - bare-loop x1"))
         plain_rtt = _med(li["median_us"].get("plain"))
-        if bare is not None and own is not None:
-            fast = {r: _med(v["median_us"].get("plain")) for r, v in s["latency_idle"].items() if r != pps}
-            warm = "".join(f" (at {int(r):,} pings/s: {v:.0f} µs)" for r, v in fast.items() if v is not None)
-            out.append(f"Added latency above 50 µs per packet at {int(pps):,} pings/s: the bare loop alone adds "
-                       f"{bare:.0f} µs per packet (one NFQUEUE pass: the kernel's queueing, waking a process, the "
-                       f"netlink round trip); imqd adds {own:.0f} µs more (parsing, classifying and charging the "
-                       "class in Python). At this rate the CPUs sleep between packets and every wake-up finds "
-                       f"caches cold: even plain kernel forwarding takes {plain_rtt:.0f} µs per RTT{warm}.")
+        if bare is None or own is None:
+            continue
+        why = (f"Added latency above 50 µs per packet at {_idle_label(li)}: the bare loop alone adds {bare:.0f} µs "
+               "per packet (one NFQUEUE pass: the kernel's queueing, waking a process, the netlink round trip); "
+               f"imqd adds {own:+.0f} µs to that (parsing, classifying and charging the class in Python")
+        if li["pps"] < 1000:
+            faster = [_med(v["median_us"].get("plain")) for v in s["latency_idle"].values()
+                      if v["pps"] > li["pps"] and v["ping_cpu"] == li["ping_cpu"]]
+            why += ("; its idle tick keeps the worker awake). At this rate the CPUs sleep between packets and "
+                    f"every wake-up is cold: even plain kernel forwarding takes {plain_rtt:.0f} µs per RTT"
+                    + (f" (at 1,000 pings/s: {faster[0]:.0f} µs)" if faster and faster[0] is not None else ""))
+        else:
+            why += ")"
+        out.append(why + ".")
     for traffic in TRAFFIC:
         if f"scaling {traffic} imqd x2 / imqd x1" not in missed:
             continue

@@ -129,10 +129,10 @@ class BareLoop(System):
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, timeout: float = 10.0) -> None:
-        ncpu = len(os.sched_getaffinity(0))
+        cpus = sorted(os.sched_getaffinity(0))  # as imqd's supervisor assigns them
         wanted = list(range(self.queues[0], self.queues[1] + 1))
         for i, q in enumerate(wanted):
-            argv = [sys.executable, "-m", "bench.bare_loop", "--queue", str(q), "--cpu", str(i % ncpu)]
+            argv = [sys.executable, "-m", "bench.bare_loop", "--queue", str(q), "--cpu", str(cpus[i % len(cpus)])]
             argv += (["--batch"] if self.batch else []) + list(self.extra)
             self.procs.append(self.topo.popen(self.topo.router_ns, argv, cwd=str(REPO), stdout=subprocess.DEVNULL,
                                               stderr=subprocess.PIPE))

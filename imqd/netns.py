@@ -574,14 +574,19 @@ class Topology:
         v6: bool = False,
         source: str | None = None,
         deadline: float | None = None,
+        cpu: int | None = None,
     ) -> list[float]:
         """Ping from client `client_index` (default target: the server); the RTTs in ms of the replies received.
 
+        `cpu` pins ping to that CPU: on veth the echo's forwarding runs on the sender's CPU, so this chooses
+        whether the router's work lands on the same CPU as a pinned worker or another one.
         No reply (or an unreachable network) gives an empty list; a usage error raises TopologyError.
         """
         client = self._client(client_index)
         if count < 1 or interval <= 0:
             raise ValueError(f"count/interval: bad values {count!r}/{interval!r}")
+        if cpu is not None and cpu not in os.sched_getaffinity(0):
+            raise ValueError(f"cpu: {cpu!r} is not one of this process's CPUs {sorted(os.sched_getaffinity(0))}")
         target = target or (self.server_addr6 if v6 else self.server_addr4)
         deadline = deadline if deadline is not None else count * interval + 2
         argv = ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", "1", "-w", str(int(deadline + 0.999))]
@@ -589,7 +594,8 @@ class Topology:
             argv.append("-6")
         if source:
             argv += ["-I", source]
-        res = self.exec(client.ns, [*argv, target], check=False, timeout=deadline + 10)
+        pin = [] if cpu is None else ["taskset", "-c", str(cpu)]
+        res = self.exec(client.ns, [*pin, *argv, target], check=False, timeout=deadline + 10)
         rtts = [float(m) for m in _RTT_RE.findall(res.stdout)]
         if not rtts and res.returncode > 1 and "unreachable" not in (res.stdout + res.stderr).lower():
             raise TopologyError(f"{client.ns}: {' '.join(argv)} {target}: {res.stderr.strip()}")

@@ -50,7 +50,8 @@ def test_quick_benchmark_writes_page_chart_and_json(tmp_path: Path) -> None:
         assert 0.85 * rate_mbit < r["kernel_mbps"]["median"] <= rate_mbit, r
         assert 0.8 < r["ratio"]["median"] < 1.2, r
 
-    idle = summary["latency_idle"]["100"]["median_us"]  # 100 pings/s; 1,000/s is also measured
+    assert {li["pps"] for li in summary["latency_idle"].values()} == {100, 1000}
+    idle = summary["latency_idle"]["100/s same CPU"]["median_us"]
     assert idle["imqd x1"]["median"] > idle["plain"]["median"] > 0
     loaded = summary["latency_load"]["rows"]
     assert {"kernel HTB + pfifo", "imqd FIFO"} <= set(loaded)

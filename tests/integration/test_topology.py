@@ -52,6 +52,10 @@ def test_ping_client_to_server_v4_and_v6(topology_factory) -> None:
         assert len(topo.ping(i, count=2, interval=0.05, v6=True)) == 2
     assert len(topo.ping(0, count=2, interval=0.05, source=topo.clients[0].addrs4[1])) == 2
     assert topo.ping(0, count=1, interval=0.05, target="198.19.0.99", deadline=1) == []
+    cpu = max(os.sched_getaffinity(0))
+    assert len(topo.ping(0, count=2, interval=0.05, cpu=cpu)) == 2, "ping pinned to a CPU"
+    with pytest.raises(ValueError, match="cpu"):
+        topo.ping(0, count=1, cpu=cpu + 1000)
 
 
 def test_iperf3_plain_is_fast_and_server_sees_the_client(topology) -> None:

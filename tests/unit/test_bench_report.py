@@ -143,8 +143,11 @@ def _raw(imqd_factor: dict[tuple[str, int], list[float]], *, leaf: bool = False,
                          "overload_pps": pps / 5, "cost_step": step})
             ceil.append({"rep": rep, "system": system, "traffic": "tcp1500", "pps": pps * 2, "bps": pps * 2 * 8 * 1448})
         for system, base in (("plain", 0.050), ("bare-loop x1", 0.150), ("imqd x1", 0.200), (NO_TICK, 0.300)):
-            idle.append({"rep": rep, "system": system, "interval_s": 0.01, "rtts_ms": [base + rep * 0.001] * 5})
-            idle.append({"rep": rep, "system": system, "interval_s": 0.001, "rtts_ms": [base / 5] * 5})
+            for cpu, slower in (("other", 0.040), ("same", 0.0)):  # out of order: the summary sorts them
+                idle.append({"rep": rep, "system": system, "interval_s": 0.01, "ping_cpu": cpu,
+                             "rtts_ms": [base + slower * (system != "plain") + rep * 0.001] * 5})
+                idle.append({"rep": rep, "system": system, "interval_s": 0.001, "ping_cpu": cpu,
+                             "rtts_ms": [base / 5 + slower * (system != "plain")] * 5})
         load.append({"rep": rep, "system": "kernel HTB + pfifo", "rtts_ms": [400.0, 500.0, 600.0], "bps": 19e6})
         load.append({"rep": rep, "system": "imqd FIFO", "rtts_ms": [200.0, 250.0, 300.0], "bps": 19e6})
         if leaf:
@@ -188,16 +191,20 @@ def test_ceiling_scaling_latency_cost_control_figures() -> None:
     assert udp["overload_pps"]["plain"]["median"] == pytest.approx(150_000 / 5)
     assert s["ceiling"]["tcp1500"]["gbps"]["plain"]["median"] == pytest.approx(300_000 * 8 * 1448 / 1e9)
     assert s["scaling"]["udp64"]["imqd x2 / imqd x1"]["median"] == pytest.approx(45 / 24)
-    assert list(s["latency_idle"]) == ["100", "1000"], "one set of latency figures per ping rate"
-    slow, fast = s["latency_idle"]["100"], s["latency_idle"]["1000"]
+    assert list(s["latency_idle"]) == ["100/s same CPU", "100/s other CPU", "1000/s same CPU", "1000/s other CPU"]
+    slow, fast = s["latency_idle"]["100/s same CPU"], s["latency_idle"]["1000/s same CPU"]
     assert slow["added_us"]["imqd x1 - plain"]["median"] == pytest.approx(150.0)
     assert slow["added_us"]["imqd x1 - bare-loop x1"]["median"] == pytest.approx(50.0)
     assert slow["added_per_packet_us"]["imqd x1 - plain"]["median"] == pytest.approx(75.0)
     assert slow["added_per_packet_us"][f"{NO_TICK} - plain"]["median"] == pytest.approx(125.0)
     assert fast["added_per_packet_us"]["imqd x1 - plain"]["median"] == pytest.approx(15.0)
+    assert s["latency_idle"]["1000/s other CPU"]["added_per_packet_us"]["imqd x1 - plain"]["median"] == \
+        pytest.approx(35.0)
     verdicts = {t["figure"].split(" ((")[0]: t["met"] for t in s["targets"] if "latency" in t["figure"]}
-    assert verdicts == {"added latency per packet at 100 pings/s": False,
-                        "added latency per packet at 1,000 pings/s": True}
+    assert verdicts == {"added latency per packet at 100 pings/s, ping on the worker's CPU": False,  # 75 us
+                        "added latency per packet at 100 pings/s, ping on another CPU": False,
+                        "added latency per packet at 1,000 pings/s, ping on the worker's CPU": True,  # 15 us
+                        "added latency per packet at 1,000 pings/s, ping on another CPU": True}  # 35 us
     assert s["latency_load"]["imqd_fifo_over_kernel"]["median"] == pytest.approx(0.5)
     assert s["latency_load"]["rows"]["imqd FIFO"]["p90_ms"]["median"] == 300.0
     assert s["cost"]["cpu_s_per_mpkt"]["imqd x1"]["median"] == pytest.approx(30.0)
@@ -221,10 +228,12 @@ def test_markdown_page_has_machine_command_tables_and_limits() -> None:
     assert "| upload | 5 Mbit/s | 1 |" in md
     assert "| imqd x1 / bare-loop x1 | 0.800 (0.800–0.800) |" in md
     assert "n/a: leaf not available" in md  # no fq_codel row measured
-    assert "Added latency above 50 µs per packet at 100 pings/s: the bare loop alone adds 50 µs per packet" in md
+    assert ("Added latency above 50 µs per packet at 100 pings/s, ping on the worker's CPU: the bare loop alone "
+            "adds 50 µs per packet") in md
     assert "plain kernel forwarding takes 51 µs per RTT (at 1,000 pings/s: 10 µs)" in md
-    assert "at 1,000 pings/s: the bare" not in md, "a met target gets no limits note"
-    assert f"| {NO_TICK} | 301 (300–302) | 60 (60–60) |" in md, "median RTTs per system and ping rate"
+    assert "at 1,000 pings/s, ping on the worker's CPU: the bare" not in md, "a met target gets no limits note"
+    assert f"| {NO_TICK} | 301 (300–302) | 341 (340–342) | 60 (60–60) | 100 (100–100) |" in md, \
+        "median RTTs per system, ping rate and CPU"
     assert "Ceiling below 0.90 of the bare loop for udp64 imqd x1 / bare-loop x1 (0.80)" in md
     assert "`b` 80%" in md  # profile frames quoted in the limits
     assert "| 80.0% | `b` |" in md  # and in the profile tables
