@@ -38,7 +38,7 @@ PROBE = replace(QUICK, step_warm=0.4, step_window=0.8, step_factor=1.25, lossy_s
 
 
 def measure(b: Bench, system: System, rep: int, tcp: bool, udp: bool) -> dict[str, Any]:
-    out = {f"rtt_us@{1 / r['interval_s']:.0f}/s": statistics.median(r["rtts_ms"]) * 1000
+    out = {f"rtt_us@{1 / r['interval_s']:.0f}/s,{r['ping_cpu']}": statistics.median(r["rtts_ms"]) * 1000
            for r in b.latency_idle(system, rep)}
     if udp:
         out["udp_pps"] = b.ceiling_udp(system, rep)["pps"]
