@@ -137,12 +137,14 @@ def run(params: Params, *, command: str, quick: bool, log: Callable[[str], None]
             kernel_fq: bool | None = None
             for rep in range(params.reps):
                 log(f"repetition {rep + 1}/{params.reps}")
+                # Idle latency first, on a fresh process: after a flood a worker's heap and caches are not
+                # what a lightly loaded router's are, and `imqd x1 idle-tick 0` is measured fresh too.
                 for system in (Plain(topo), BareLoop(topo, (0, 0)), BareLoop(topo, (0, 1))):
                     with system:
-                        raw["ceiling"].append(timed("ceiling", b.ceiling_udp, system, rep))
-                        raw["ceiling"].append(timed("ceiling", b.ceiling_tcp, system, rep))
                         if system.name != "bare-loop x2":
                             raw["latency_idle"] += timed("latency", b.latency_idle, system, rep)
+                        raw["ceiling"].append(timed("ceiling", b.ceiling_udp, system, rep))
+                        raw["ceiling"].append(timed("ceiling", b.ceiling_tcp, system, rep))
                 with BareLoop(topo, (0, 0), batch=True) as batched:  # reference only: what batching alone gives
                     raw["ceiling"].append(timed("ceiling", b.ceiling_udp, batched, rep))
                     raw["ceiling"].append(timed("ceiling", b.ceiling_tcp, batched, rep))
@@ -157,10 +159,10 @@ def run(params: Params, *, command: str, quick: bool, log: Callable[[str], None]
                         raw["latency_load"].append(timed("latency", b.latency_loaded, htbfq, rep,
                                                          "kernel HTB + fq_codel"))
                 with Imqd(topo, 1) as one:
+                    raw["latency_idle"] += timed("latency", b.latency_idle, one, rep)
                     udp1 = timed("ceiling", b.ceiling_udp, one, rep)
                     raw["ceiling"].append(udp1)
                     raw["ceiling"].append(timed("ceiling", b.ceiling_tcp, one, rep))
-                    raw["latency_idle"] += timed("latency", b.latency_idle, one, rep)
                     raw["latency_load"].append(timed("latency", b.latency_loaded, one, rep, "imqd FIFO"))
                     if rep == 0:
                         raw["memory"] = timed("memory", b.held_memory, one)

@@ -26,7 +26,6 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Path, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -520,7 +519,9 @@ def create_app(controller: Any, *, token: str | None, open_reads: bool, max_body
     @app.get("/stats", response_model=StatsOut, dependencies=read_deps, responses=read_401, tags=["state"],
              summary="Per-class and per-worker counters")
     def stats() -> Response:
-        return JSON(jsonable_encoder(read_stats()))
+        # The stats are plain JSON types already; FastAPI's jsonable_encoder took half of a request's
+        # time with 1,000 classes (~20 ms) to copy them unchanged.
+        return JSON(read_stats())
 
     @app.get("/enabled", response_model=EnabledOut, dependencies=read_deps, responses=read_401, tags=["state"],
              summary="Whether shaping is on")
