@@ -96,9 +96,10 @@ def sleep_time(now: float, wake: float | None, warm_until: float, tick: float) -
     Until the scheduler's next event ``wake`` (None: nothing held), at most MAX_SLEEP_S (stats, control),
     and at most ``tick`` while ``now < warm_until`` -- that is, while packets keep coming.  On a VM (and on
     hardware with deep C-states) a CPU that sleeps for milliseconds wakes slowly and finds the worker's
-    code and data out of its caches: a packet every 10 ms then gains ~30 us more per router crossing than
-    one every 1 ms (docs/benchmarks.md).  A wake-up every ``tick`` that does nothing keeps the next
-    packet's path warm for ~1,000 cheap wake-ups a second; a router with no traffic is left to sleep.
+    code and data out of its caches: even plain kernel forwarding takes ~30 us longer per router crossing
+    at 100 packets/s than at 1,000/s, and imqd's longer path pays more (docs/benchmarks.md).  A wake-up
+    every ``tick`` that does nothing keeps the next packet's path warm for ~1,000 cheap wake-ups a second
+    (~25-30 us less per packet at 100 packets/s); a router with no traffic is left to sleep.
     """
     timeout = MAX_SLEEP_S if wake is None else min(max(wake - now, 0.0), MAX_SLEEP_S)
     if 0.0 < tick < timeout and now < warm_until:
