@@ -25,6 +25,7 @@ from bench import udpgen
 from bench.report import top_frames
 from bench.systems import ABOVE_CAPACITY_BPS, DOWN, REPO, UP, Imqd, KernelHtb, Plain, System, read_queues
 from imqd.netns import Topology
+from imqd.supervisor import worker_cpus
 
 __all__ = ["Params", "QUICK", "FULL", "Bench"]
 
@@ -79,10 +80,11 @@ IDLE_INTERVALS_S = (0.01, 0.001)  # low load: 100 and 1,000 pings a second
 
 
 def ping_cpus() -> dict[str, int]:
-    """Where the latency pings run: on the CPU imqd x1's worker (and the bare loop) is pinned to -- the first
-    of this process's CPUs -- and, if there is one, on another."""
-    cpus = sorted(os.sched_getaffinity(0))
-    return {"same": cpus[0], **({"other": cpus[1]} if len(cpus) > 1 else {})}
+    """Where the latency pings run: on the CPU imqd x1's worker (and the bare loop) is pinned to and, if
+    there is one, on another."""
+    (worker,) = worker_cpus(1)
+    others = sorted(os.sched_getaffinity(0) - {worker})
+    return {"same": worker, **({"other": others[0]} if others else {})}
 
 
 LOAD_RATE_BPS = 20_000_000  # the class rate of the latency-under-load runs

@@ -29,6 +29,7 @@ from imqd.config import ClassSpec, parse_config
 from imqd.kernel_queues import PROC_PATH, parse_nfqueue_table
 from imqd.lab import ImqdInstance
 from imqd.netns import Topology
+from imqd.supervisor import worker_cpus
 
 __all__ = ["System", "Plain", "KernelHtb", "BareLoop", "Imqd", "imqd_config", "fq_codel_leaf", "descendants",
            "UP", "DOWN", "FIFO_LIMIT", "ABOVE_CAPACITY_BPS"]
@@ -129,10 +130,10 @@ class BareLoop(System):
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, timeout: float = 10.0) -> None:
-        cpus = sorted(os.sched_getaffinity(0))  # as imqd's supervisor assigns them
         wanted = list(range(self.queues[0], self.queues[1] + 1))
-        for i, q in enumerate(wanted):
-            argv = [sys.executable, "-m", "bench.bare_loop", "--queue", str(q), "--cpu", str(cpus[i % len(cpus)])]
+        for q, cpu in zip(wanted, worker_cpus(len(wanted))):  # pinned as imqd's supervisor pins its workers
+            argv = [sys.executable, "-m", "bench.bare_loop", "--queue", str(q)]
+            argv += [] if cpu is None else ["--cpu", str(cpu)]
             argv += (["--batch"] if self.batch else []) + list(self.extra)
             self.procs.append(self.topo.popen(self.topo.router_ns, argv, cwd=str(REPO), stdout=subprocess.DEVNULL,
                                               stderr=subprocess.PIPE))

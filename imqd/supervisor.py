@@ -21,6 +21,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -94,6 +95,13 @@ def kernel_queue_stats(path: str = PROC_PATH) -> dict[int, dict[str, int]]:
                 "user_dropped": row["user_dropped"]} for q, row in read_nfqueue_table(path).items()}
 
 
+def worker_cpus(count: int, cpus: Sequence[int] | None = None) -> list[int | None]:
+    """The CPU each of ``count`` workers is pinned to: round robin over ``cpus`` (default: this process's
+    CPUs, in order), so queue A runs on the first.  No CPUs (an empty list): nobody is pinned."""
+    cpus = sorted(os.sched_getaffinity(0)) if cpus is None else list(cpus)
+    return [cpus[i % len(cpus)] if cpus else None for i in range(count)]
+
+
 class Supervisor:
     """One worker per queue, restarted when it dies; configuration pushed to all."""
 
@@ -113,8 +121,7 @@ class Supervisor:
         self.enabled = True
         self.version = 1
         self.slots = self.assign_slots(config)
-        cpus = cpus if cpus is not None else sorted(os.sched_getaffinity(0))
-        self.workers = {q: WorkerSlot(q, cpus[i % len(cpus)] if cpus else None) for i, q in enumerate(queues)}
+        self.workers = {q: WorkerSlot(q, cpu) for q, cpu in zip(queues, worker_cpus(len(queues), cpus))}
         self.max_len = max_len
         self.copy_range = copy_range
         self.idle_tick = idle_tick
