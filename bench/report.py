@@ -502,7 +502,8 @@ def limits(s: dict[str, Any], meta: dict[str, Any]) -> list[str]:
             f"`{fr.split(' (')[0]}` {100 * n / prof['samples']:.0f}%"
             for fr, n in (prof.get("own_by_function") or prof["own"])[:4])
     if "accuracy" in missed:
-        out += _accuracy_notes(s["accuracy"]["rows"], nproc, load)
+        # runs before the field was recorded used 4 ms
+        out += _accuracy_notes(s["accuracy"]["rows"], nproc, load, meta.get("default_burst_us", 4000))
     if any(f.startswith("ceiling") for f in missed):
         bad = [t for t in s["targets"] if t["figure"].startswith("ceiling") and not t["met"]]
         out.append("Ceiling below 0.90 of the bare loop for " + ", ".join(
@@ -549,7 +550,7 @@ def limits(s: dict[str, Any], meta: dict[str, Any]) -> list[str]:
     return out
 
 
-def _accuracy_notes(rows: list[dict[str, Any]], nproc: Any, load: str) -> list[str]:
+def _accuracy_notes(rows: list[dict[str, Any]], nproc: Any, load: str, burst_us: int) -> list[str]:
     """Per missed accuracy row: is it the reference that is off the configured rate, or imqd?"""
     lo, hi = TARGETS["accuracy"]
     theirs, ours = [], []
@@ -570,7 +571,7 @@ def _accuracy_notes(rows: list[dict[str, Any]], nproc: Any, load: str) -> list[s
     if ours:
         out.append("Accuracy misses where imqd is further from its configured rate: " + "; ".join(ours)
                    + ". imqd releases packets from a userspace timer (the worker's select() timeout) and a class's "
-                   "burst holds one MTU plus 4 ms of rate, so a worker descheduled for longer than that "
+                   f"burst holds one MTU plus {burst_us / 1000:g} ms of rate, so a worker descheduled for longer than that "
                    f"({nproc} CPUs shared with iperf3, the kernel's forwarding work and other users, {load}) "
                    "loses sending time that kernel HTB, run from softirq, does not.")
     return out

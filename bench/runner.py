@@ -21,6 +21,7 @@ from typing import Any
 from bench import report
 from bench.figures import Bench, Params
 from bench.systems import BareLoop, Imqd, KernelHtb, Plain, fq_codel_leaf, imqd_config
+from imqd.config import BURST_TIME_US
 from imqd.netns import Topology
 
 __all__ = ["run", "machine", "LoadSampler", "api_classes"]
@@ -115,6 +116,7 @@ def run(params: Params, *, command: str, quick: bool, log: Callable[[str], None]
                            "memory": None, "control": [], "profile": None, "sections": {}}
     leaf = fq_codel_leaf()
     raw["meta"]["fq_codel_leaf"] = leaf
+    raw["meta"]["default_burst_us"] = BURST_TIME_US  # the report explains accuracy misses with it
     t_start = time.monotonic()
     prefix = f"bench{os.getpid() % 100000}"
     with LoadSampler() as load, Topology(clients=1, extra_client_addrs=7, prefix=prefix, ipv6=False) as topo:

@@ -20,9 +20,13 @@ PATCH of ``rate`` must move them too); read them through ``ClassSpec.effective_*
 and ``Config.effective_overhead``:
 
 * ``ceil``    = rate
-* ``burst``   = 1600 + rate * 4 ms / 8 bytes (one 1500-byte MTU plus room for
-  link overhead, plus 4 ms at the rate so a userspace timer that wakes a few
-  ms late can still send at full rate), rounded up
+* ``burst``   = 1600 + rate * 10 ms / 8 bytes, rounded up: one 1500-byte MTU
+  plus room for link overhead, plus 10 ms at the rate.  The 10 ms is the
+  worker's scheduling slack: a class's credit is capped at its burst, so a
+  worker descheduled for longer than the burst lasts loses sending time
+  for good.  tc's own default (about one MTU) suits kernel HTB, which runs
+  from softirq; a userspace worker shares its CPU with other tasks, and 4 ms
+  measurably lost 4-6 % of a 50 Mbit/s class to 5 ms stalls.
 * ``cburst``  = the same formula with ceil
 * ``quantum`` = rate_bytes / r2q (r2q = 10), clamped to [1514, 200000] as tc does
 """
@@ -70,7 +74,7 @@ DIRECTIONS: tuple[Direction, Direction] = ("ingress", "egress")
 MAX_DEPTH = 8  # levels in one tree, as the kernel's TC_HTB_MAXDEPTH
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 BURST_MTU = 1600  # bytes: one 1500-byte IP MTU plus link-layer overhead
-BURST_TIME_US = 4000  # microseconds of rate a burst holds beyond one MTU
+BURST_TIME_US = 10_000  # microseconds of rate a burst holds beyond one MTU (see the module doc)
 R2Q = 10
 QUANTUM_MIN, QUANTUM_MAX = 1514, 200_000
 MAX_OVERHEAD = 1024

@@ -286,6 +286,9 @@ def test_accuracy_notes_tell_whose_error_a_miss_is() -> None:
     raw = _raw({("upload", 1_000_000): [0.95] * 3}, kernel_share=ideal)
     notes = " ".join(report.limits(summarize(raw), raw["meta"]))
     assert "imqd is further from its configured rate: upload 1 Mbit/s x1 (imqd 0.950, kernel 1.000 of ideal)" in notes
+    assert "one MTU plus 4 ms of rate" in notes  # a run that did not record its burst time used 4 ms
+    raw["meta"]["default_burst_us"] = 10_000
+    assert "one MTU plus 10 ms of rate" in " ".join(report.limits(summarize(raw), raw["meta"]))
 
 
 def test_fq_codel_leaf_probe_finds_a_spelling_the_config_turns_into_an_fq_codel_leaf() -> None:

@@ -87,8 +87,8 @@ def test_defaults_and_effective_values() -> None:
     a, b = cfg.classes
     assert (a.direction, a.parent, a.prio, a.limit, a.default, a.match) == ("egress", None, 0, 1000, False, None)
     assert a.ceil is None and a.effective_ceil == a.rate
-    assert a.effective_burst == 1600 + 100_000_000 // 8 * 4 // 1000  # one MTU + 4 ms
-    assert b.effective_cburst == default_burst(2_000_000) == 1600 + 1000
+    assert a.effective_burst == 1600 + 100_000_000 // 8 * 10 // 1000  # one MTU + 10 ms
+    assert b.effective_cburst == default_burst(2_000_000) == 1600 + 2500
     assert a.effective_quantum == 200_000 and b.effective_quantum == 1514  # clamped like tc
     assert default_quantum(8_000_000) == 100_000  # rate_bytes / r2q
     assert cfg.effective_overhead(a) == 24 and cfg.effective_overhead("b") == 0
