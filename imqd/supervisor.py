@@ -127,6 +127,7 @@ class Supervisor:
         self.idle_tick = idle_tick
         self._cond = threading.Condition()
         self._stopping = False
+        self._started = False  # until start() returns, start() reports a fatal worker, not the monitor
         self._monitor: threading.Thread | None = None
         self.started_at = time.time()
 
@@ -144,6 +145,7 @@ class Supervisor:
                 if fatal:
                     break
                 if all(w.ready for w in self.workers.values()):
+                    self._started = True
                     return
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -302,7 +304,9 @@ class Supervisor:
             w.ready = False
             w.lost_on_crash += int(w.stats.get("held", 0)) if w.stats else 0
             if code == EXIT_FATAL or w.fatal:
-                log.error("worker for queue %d cannot run: %s", w.queue, w.fatal or "fatal error")
+                w.fatal = w.fatal or f"queue {w.queue}: worker exited with a fatal error (code {code})"
+                if self._started:  # during start(), start() raises it as the one line the operator sees
+                    log.error("worker for queue %d cannot run: %s", w.queue, w.fatal)
                 w.restart_at = float("inf")
                 self._cond.notify_all()
                 return
