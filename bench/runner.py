@@ -7,6 +7,7 @@ started, measured, and stopped before the next one starts; nothing else shapes o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from bench import report
 from bench.figures import Bench, Params
 from bench.systems import BareLoop, Imqd, KernelHtb, Plain, fq_codel_leaf, imqd_config
 from imqd.config import BURST_TIME_US
+from imqd.cpu_latency import DEVICE as CPU_LATENCY_DEVICE
+from imqd.cpu_latency import CpuLatencyError, CpuLatencyRequest
 from imqd.netns import Topology
 
 __all__ = ["run", "machine", "LoadSampler", "api_classes"]
@@ -147,6 +150,11 @@ def run(params: Params, *, command: str, quick: bool, log: Callable[[str], None]
                             raw["latency_idle"] += timed("latency", b.latency_idle, system, rep)
                         raw["ceiling"].append(timed("ceiling", b.ceiling_udp, system, rep))
                         raw["ceiling"].append(timed("ceiling", b.ceiling_tcp, system, rep))
+                with held_cpu_latency(log) as held:  # the same, with idle CPUs polling (see report.LOW_LATENCY)
+                    for system in (Plain(topo), BareLoop(topo, (0, 0))) if held else ():
+                        with system:
+                            raw["latency_idle"] += timed("latency", b.latency_idle, system, rep,
+                                                         system.name + report.LOW_LATENCY)
                 with BareLoop(topo, (0, 0), batch=True) as batched:  # reference only: what batching alone gives
                     raw["ceiling"].append(timed("ceiling", b.ceiling_udp, batched, rep))
                     raw["ceiling"].append(timed("ceiling", b.ceiling_tcp, batched, rep))
@@ -174,6 +182,10 @@ def run(params: Params, *, command: str, quick: bool, log: Callable[[str], None]
                 with Imqd(topo, 1, extra_args=("--idle-tick", "0")) as untick:  # what the idle tick buys
                     raw["latency_idle"] += timed("latency", b.latency_idle, untick, rep,
                                                   report.NO_TICK)
+                if os.path.exists(CPU_LATENCY_DEVICE):
+                    with Imqd(topo, 1, extra_args=("--cpu-latency", "0")) as polled:
+                        raw["latency_idle"] += timed("latency", b.latency_idle, polled, rep,
+                                                      "imqd x1" + report.LOW_LATENCY)
                 if leaf is not None:
                     with Imqd(topo, 1, imqd_config(topo, leaf=leaf)) as fq:
                         raw["latency_load"].append(timed("latency", b.latency_loaded, fq, rep, "imqd fq_codel"))
@@ -187,6 +199,21 @@ def run(params: Params, *, command: str, quick: bool, log: Callable[[str], None]
     raw["meta"]["duration_s"] = round(time.monotonic() - t_start, 1)
     raw["meta"]["loadavg"] = load.samples
     return raw
+
+
+@contextlib.contextmanager
+def held_cpu_latency(log: Callable[[str], None]) -> Iterator[bool]:
+    """Hold what `imqd run --cpu-latency 0` holds, for the references; yields False where the kernel has none."""
+    try:
+        request = CpuLatencyRequest(0).open()
+    except CpuLatencyError as exc:
+        log(f"no low-latency reference figures: {exc}")
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        request.close()
 
 
 def kernel_has_fq_codel(topo: Topology) -> bool:

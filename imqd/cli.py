@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--idle-tick", type=int, default=1000, metavar="USEC",
                      help="while traffic flows, wake an idle worker every USEC microseconds so the next packet "
                           "finds the CPU and the code warm (less latency at light load; 0 = off; default 1000)")
+    run.add_argument("--cpu-latency", type=int, default=None, metavar="USEC",
+                     help="while running, keep every CPU able to wake within USEC microseconds (a PM QoS "
+                          "request on /dev/cpu_dma_latency; 0 = idle CPUs poll): less latency at light load "
+                          "for more power (env IMQD_CPU_LATENCY; default: no request)")
 
     rules = sub.add_parser("rules", help="install, remove or show imqd's iptables rules")
     rules.add_argument("action", choices=("apply", "remove", "show"))
@@ -180,6 +184,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.idle_tick != 0 and not MIN_IDLE_TICK_US <= args.idle_tick <= MAX_IDLE_TICK_US:
         raise CliError(f"--idle-tick {args.idle_tick}: must be 0 (off) or between {MIN_IDLE_TICK_US} and "
                        f"{MAX_IDLE_TICK_US:,} microseconds")
+    cpu_latency = cpu_latency_arg(args.cpu_latency, env("IMQD_CPU_LATENCY"))
     token = read_token(token_file) if token_file else None
     if api is not None and not is_loopback(api[0]) and token is None:
         raise CliError(f"--api {api[0]}:{api[1]} is not a loopback address: writes need --token-file")
@@ -188,6 +193,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if not has_net_admin():
         raise CliError("imqd run needs CAP_NET_ADMIN (NFQUEUE and iptables): run as root or grant the capability")
+    latency_request = hold_cpu_latency(cpu_latency)
     first, last = args.queues
     sup = Supervisor(list(range(first, last + 1)), config, max_len=kernel_queue_len(config, args.max_len),
                      copy_range=args.copy_range, idle_tick=args.idle_tick / 1e6)
@@ -195,6 +201,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         sup.start()
     except SupervisorError as exc:
+        if latency_request is not None:
+            latency_request.close()
         raise CliError(str(exc)) from None
     applied_rules = False
     try:
@@ -227,7 +235,40 @@ def cmd_run(args: argparse.Namespace) -> int:
             except Exception as exc:  # noqa: BLE001 - report, keep shutting down
                 print(f"imqd: removing rules failed: {exc}", file=sys.stderr)
         sup.stop()
+        if latency_request is not None:
+            latency_request.close()
     return 0
+
+
+def cpu_latency_arg(flag: int | None, env_value: str | None) -> int | None:
+    """The --cpu-latency limit in microseconds (the flag wins over IMQD_CPU_LATENCY), or None for no request."""
+    from imqd.cpu_latency import CpuLatencyError, check_latency_us
+
+    if flag is None and env_value is None:
+        return None
+    if flag is None:
+        try:
+            flag = int(env_value)  # type: ignore[arg-type]
+        except ValueError:
+            raise CliError(f"IMQD_CPU_LATENCY={env_value!r}: not a whole number of microseconds") from None
+    try:
+        return check_latency_us(flag)
+    except CpuLatencyError as exc:
+        raise CliError(str(exc)) from None
+
+
+def hold_cpu_latency(us: int | None) -> Any:
+    """Open the PM QoS request before any worker starts (so a failure changes nothing); None: no request."""
+    from imqd.cpu_latency import CpuLatencyError, CpuLatencyRequest
+
+    if us is None:
+        return None
+    try:
+        request = CpuLatencyRequest(us).open()
+    except CpuLatencyError as exc:
+        raise CliError(str(exc)) from None
+    logging.getLogger("imqd").info("holding a CPU wake-up latency limit of %d us (%s)", us, request.device)
+    return request
 
 
 def kernel_queue_len(config: Config, requested: int) -> int:

@@ -9,12 +9,15 @@ sane (plain forwarding beats a Python NFQUEUE loop; shaping lands near the confi
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from bench import report
 
 pytestmark = pytest.mark.netns
 
@@ -53,6 +56,10 @@ def test_quick_benchmark_writes_page_chart_and_json(tmp_path: Path) -> None:
     assert {li["pps"] for li in summary["latency_idle"].values()} == {100, 1000}
     idle = summary["latency_idle"]["100/s same CPU"]["median_us"]
     assert idle["imqd x1"]["median"] > idle["plain"]["median"] > 0
+    if os.path.exists("/dev/cpu_dma_latency"):  # the same with idle CPUs polling (imqd run --cpu-latency 0)
+        polled = {f"{s}{report.LOW_LATENCY}" for s in ("plain", "bare-loop x1", "imqd x1")}
+        assert polled <= set(idle), set(idle)
+        assert idle[f"imqd x1{report.LOW_LATENCY}"]["median"] > idle[f"plain{report.LOW_LATENCY}"]["median"] > 0
     loaded = summary["latency_load"]["rows"]
     assert {"kernel HTB + pfifo", "imqd FIFO"} <= set(loaded)
     if raw["meta"]["fq_codel_leaf"]:  # a sparse ping flow skips the standing queue of the bulk flows

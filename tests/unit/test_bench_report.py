@@ -303,3 +303,23 @@ def test_fq_codel_leaf_probe_finds_a_spelling_the_config_turns_into_an_fq_codel_
     spec = leaf_spec_for(cfg.classes[0])
     assert spec.kind == "fq_codel"
     assert spec.get("limit") == 50  # the class's limit still applies to the leaf
+
+
+def test_low_latency_figures_get_their_own_target_rows_and_limits_note() -> None:
+    raw = _raw({("upload", 5_000_000): [1.0, 1.0, 1.0]})
+    for rep in range(3):  # at 100 pings/s: plain 10 us RTT, imqd 70 us RTT with idle CPUs polling
+        for system, rtt_ms in (("plain", 0.010), ("bare-loop x1", 0.030), ("imqd x1", 0.070)):
+            raw["latency_idle"].append({"rep": rep, "system": system + report.LOW_LATENCY, "interval_s": 0.01,
+                                        "ping_cpu": "same", "rtts_ms": [rtt_ms] * 5})
+    s = summarize(raw)
+    slow = s["latency_idle"]["100/s same CPU"]["added_per_packet_us"]
+    assert slow[f"imqd x1{report.LOW_LATENCY} - plain{report.LOW_LATENCY}"]["median"] == pytest.approx(30.0)
+    assert slow[f"bare-loop x1{report.LOW_LATENCY} - plain{report.LOW_LATENCY}"]["median"] == pytest.approx(10.0)
+    rows = {t["figure"].split(" ((")[0]: (t["value"], t["met"]) for t in s["targets"] if "latency" in t["figure"]}
+    assert rows["added latency per packet at 100 pings/s, ping on the worker's CPU with --cpu-latency 0"] == \
+        (pytest.approx(30.0), True)
+    assert rows["added latency per packet at 100 pings/s, ping on the worker's CPU"] == (pytest.approx(75.0), False)
+    assert not any("another CPU with --cpu-latency" in f for f in rows), "no row where nothing was measured"
+    md = report.render_markdown(s, raw["meta"])
+    assert "With idle CPUs kept polling (`--cpu-latency 0`) imqd adds 30 µs per packet at this rate" in md
+    assert f"| imqd x1{report.LOW_LATENCY} | 70 (70–70) |" in md
