@@ -174,6 +174,10 @@ def _ceiling(records: list[dict[str, Any]]) -> dict[str, Any]:
         if traffic == "udp64":
             entry["overload_pps"] = {s: three(r.get("overload_pps") for r in recs if r["system"] == s)
                                      for s in systems}
+            # why each search ended (runs before this was recorded: absent); "bound" means the figure is
+            # only a lower bound: the system lost nothing at the highest load the search tried
+            entry["stopped"] = {s: dict(Counter(r["stopped"] for r in recs if r["system"] == s and "stopped" in r))
+                                for s in systems}
         else:
             entry["gbps"] = {s: three(r["bps"] / 1e9 for r in recs if r["system"] == s) for s in systems}
         out[traffic] = entry
@@ -378,8 +382,9 @@ def render_markdown(s: dict[str, Any], meta: dict[str, Any], *, png: str | None 
           "UDP: 64-byte Ethernet frames (18-byte payload) from two senders, one per source address (so x2 "
           "systems get one host pair per queue). The offered load rises from 10 kpps by "
           f"×{p.get('step_factor', '?')} until less than 90% arrives in {p.get('lossy_steps', '?')} step(s) "
-          "in a row; the figure is the best forwarded rate (steady state, counted by a DROP rule in the server "
-          "namespace). *At full speed* "
+          "in a row or the senders cannot offer the next step; the figure is the best forwarded rate of any step "
+          "or of the full-speed run (steady state, counted by a DROP rule in the server namespace). "
+          "*At full speed* "
           "is the rate when both senders send as fast as they can: the senders' kernel work then starves the "
           "Python workers on 2 cores (receive livelock). TCP: two iperf3 uploads (one per source address), "
           "packets/s = goodput / 1448-byte MSS. *bare-loop* accepts each packet in its callback, one verdict "
@@ -398,6 +403,12 @@ def render_markdown(s: dict[str, Any], meta: dict[str, Any], *, png: str | None 
                   _f(c.get("tcp1500", {}).get("ratios", {}).get(pair))]
                  for pair in [f"{x} / {y}" for x, y in CEILING_PAIRS]))
     L += [""]
+    ended = {sy: n for sy, n in c.get("udp64", {}).get("stopped", {}).items() if n}
+    if ended:
+        L += ["UDP searches ended by: " + "; ".join(
+            f"{sy}: " + ", ".join(f"{why} ×{k}" for why, k in sorted(n.items())) for sy, n in ended.items())
+            + " (*loss*: the system dropped; *generator*: the senders could not offer more, so the figure may be "
+              "the senders' limit; *bound*: the search's upper bound, a lower bound for the system).", ""]
 
     L += ["## Scaling: 2 workers / 1 worker", ""]
     L += _table(["ratio", "UDP 64 B", "TCP"],
@@ -538,15 +549,23 @@ def limits(s: dict[str, Any], meta: dict[str, Any]) -> list[str]:
         if li["pps"] < 1000:
             faster = [_med(v["median_us"].get("plain")) for v in s["latency_idle"].values()
                       if v["pps"] > li["pps"] and v["ping_cpu"] == li["ping_cpu"]]
-            why += ("; its idle tick keeps the worker awake). At this rate the CPUs sleep between packets and "
-                    f"every wake-up is cold: even plain kernel forwarding takes {plain_rtt:.0f} µs per RTT"
-                    + (f" (at 1,000 pings/s: {faster[0]:.0f} µs)" if faster and faster[0] is not None else ""))
+            fast_rtt = faster[0] if faster and faster[0] is not None else None
+            why += "; its idle tick keeps the worker awake). "
+            if plain_rtt is not None and plain_rtt > 20 and (fast_rtt is None or plain_rtt > 2 * fast_rtt):
+                why += ("At this rate the CPUs sleep between packets and every wake-up is cold: even plain kernel "
+                        f"forwarding takes {plain_rtt:.0f} µs per RTT"
+                        + (f" (at 1,000 pings/s: {fast_rtt:.0f} µs)" if fast_rtt is not None else ""))
+            else:
+                why += ("At this rate the worker's CPU is asleep when a packet comes: plain forwarding wakes no "
+                        f"other process ({plain_rtt:.0f} µs per RTT), an NFQUEUE pass must wake the worker"
+                        + (", from another CPU" if li["ping_cpu"] == "other" else ""))
         else:
             why += ")"
         polled = _med(added.get(f"imqd x1{LOW_LATENCY} - plain{LOW_LATENCY}"))
         if polled is not None:
+            bare_polled = _med(added.get(f"bare-loop x1{LOW_LATENCY} - plain{LOW_LATENCY}"))
             why += (f". With idle CPUs kept polling (`--cpu-latency 0`) imqd adds {polled:.0f} µs per packet at "
-                    "this rate")
+                    "this rate" + (f" (the bare loop {bare_polled:.0f} µs)" if bare_polled is not None else ""))
         out.append(why + ".")
     for traffic in TRAFFIC:
         if f"scaling {traffic} imqd x2 / imqd x1" not in missed:

@@ -323,3 +323,27 @@ def test_low_latency_figures_get_their_own_target_rows_and_limits_note() -> None
     md = report.render_markdown(s, raw["meta"])
     assert "With idle CPUs kept polling (`--cpu-latency 0`) imqd adds 30 µs per packet at this rate" in md
     assert f"| imqd x1{report.LOW_LATENCY} | 70 (70–70) |" in md
+    assert "imqd adds 30 µs per packet at this rate (the bare loop 10 µs)" in md
+
+
+def test_latency_note_blames_the_worker_wake_up_when_plain_forwarding_is_fast() -> None:
+    raw = _raw({("upload", 5_000_000): [1.0, 1.0, 1.0]})
+    for r in raw["latency_idle"]:
+        if r["system"] == "plain":
+            r["rtts_ms"] = [0.005] * 5  # a machine whose CPUs wake fast: plain forwarding 5 us per RTT
+    md = report.render_markdown(summarize(raw), raw["meta"])
+    assert "every wake-up is cold" not in md, "not true where plain forwarding is as fast at 100/s as at 1,000/s"
+    assert ("the worker's CPU is asleep when a packet comes: plain forwarding wakes no other process (5 µs per "
+            "RTT), an NFQUEUE pass must wake the worker, from another CPU") in md
+
+
+def test_ceiling_page_says_why_each_udp_search_ended() -> None:
+    raw = _raw({("upload", 5_000_000): [1.0, 1.0, 1.0]})
+    for r in raw["ceiling"]:
+        if r["traffic"] == "udp64" and r["system"] != "plain":
+            r["stopped"] = "generator" if r["system"] == "bare-loop x2" else "loss"
+    s = summarize(raw)
+    assert s["ceiling"]["udp64"]["stopped"]["bare-loop x2"] == {"generator": 3}
+    assert s["ceiling"]["udp64"]["stopped"]["plain"] == {}, "plain runs at full speed only"
+    md = report.render_markdown(s, raw["meta"])
+    assert "UDP searches ended by: bare-loop x1: loss ×3; bare-loop x2: generator ×3;" in md
