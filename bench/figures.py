@@ -23,6 +23,7 @@ from typing import Any
 
 from bench import udpgen
 from bench.report import top_frames
+from bench.search import CeilingSearch
 from bench.systems import ABOVE_CAPACITY_BPS, DOWN, REPO, UP, Imqd, KernelHtb, Plain, System, read_queues
 from imqd.netns import Topology
 from imqd.supervisor import worker_cpus
@@ -53,6 +54,7 @@ class Params:
     step_window: float
     step_factor: float
     lossy_steps: int
+    refine_steps: int
     ceiling_tcp_seconds: int
     ping_count: int
     load_seconds: float
@@ -67,11 +69,11 @@ class Params:
 
 FULL = Params(reps=3, rates=(1_000_000, 5_000_000, 20_000_000, 100_000_000), flows=(1, 8),
               directions=(UP, DOWN), tcp_seconds=2, omit=1, step_warm=0.5, step_window=1.0, step_factor=1.4,
-              lossy_steps=2, ceiling_tcp_seconds=2,
+              lossy_steps=2, refine_steps=3, ceiling_tcp_seconds=2,
               ping_count=200, load_seconds=4, api_seconds=2.0, apply_count=20, profile_seconds=4)
 QUICK = Params(reps=1, rates=(20_000_000,), flows=(1,), directions=(UP, DOWN), tcp_seconds=2, omit=1,
                step_warm=0.3, step_window=0.5, step_factor=1.8, lossy_steps=1,
-               ceiling_tcp_seconds=1, ping_count=30, load_seconds=2,
+               refine_steps=1, ceiling_tcp_seconds=1, ping_count=30, load_seconds=2,
                api_seconds=1.0, apply_count=5, profile_seconds=0)
 START_PPS = 10_000  # the first offered load of the ceiling search (and the load the CPU cost is read at)
 # A sanity bound only: the search ends when the system loses packets or the generator cannot offer the step.
@@ -277,41 +279,31 @@ class Bench:
 
         Full speed from two senders is not the peak on a Python NFQUEUE path: the senders' softirq work
         starves the workers (receive livelock) and throughput collapses.  So the offered load rises from
-        START_PPS by a factor (Params.step_factor) until less than LOSS_STOP of it arrives in
-        Params.lossy_steps steps in a row;
-        the figure is the best forwarded rate of any step, the first step (fixed load) gives the CPU cost,
-        and a final full-speed step records the overload rate.  The search also ends when the generator
-        cannot offer a step's load (the full-speed step is then the highest offered load).  Plain forwarding
-        only runs at full speed (the generator is its limit).  ``stopped`` records why the search ended.
+        START_PPS by Params.step_factor until the system loses packets, then bisects towards the ceiling
+        (:class:`bench.search.CeilingSearch`); the figure is the best forwarded rate of any step, the first
+        step (fixed load) gives the CPU cost, and a final full-speed step records the overload rate.  Plain
+        forwarding only runs at full speed (the generator is its limit).  ``stopped`` records why the
+        search ended.
         """
         steps: list[dict[str, Any]] = []
-        stopped = "full speed only"
+        search = CeilingSearch(START_PPS, self.p.step_factor, self.p.lossy_steps, self.p.refine_steps,
+                               LOSS_STOP, MAX_PPS)
         with udpgen.Sink(self.server_run, UDP_PORT) as sink:
             if not isinstance(system, Plain):
-                pps, lossy = START_PPS, 0
-                while True:
-                    if lossy >= self.p.lossy_steps:  # >1: one lossy step may be a noise dip
-                        stopped = "loss"
-                        break
-                    if pps > MAX_PPS:
-                        stopped = "bound"
-                        break
+                while (pps := search.next_pps()) is not None:
                     step = self.udp_step(system, sink, pps)
                     steps.append(step)
-                    if step["offered_pps"] < LOSS_STOP * pps:
-                        stopped = "generator"
-                        break
-                    lossy = lossy + 1 if step["pps"] < LOSS_STOP * step["offered_pps"] else 0
-                    pps *= self.p.step_factor
+                    search.record(pps, step["offered_pps"], step["pps"])
             full = self.udp_step(system, sink, 0, settle=30.0)  # last: an overloaded queue takes long to drain
         best = max([full, *steps], key=lambda s: s["pps"])
         cost = steps[0] if steps else full
         rec = {"rep": rep, "system": system.name, "traffic": "udp64", "pps": best["pps"],
                "offered_pps": best["offered_pps"], "overload_pps": full["pps"], "full_speed_offered_pps":
-               full["offered_pps"], "cost_step": cost, "steps": steps, "stopped": stopped}
+               full["offered_pps"], "cost_step": cost, "steps": steps,
+               "stopped": search.stopped or "full speed only"}
         self.log(f"  ceiling  {system.name:<12} udp64 {rec['pps']:>10,.0f} pps peak "
                  f"(offered {best['offered_pps']:,.0f}; {full['pps']:,.0f} at full speed "
-                 f"{full['offered_pps']:,.0f}; {len(steps)} steps, ended by {stopped})")
+                 f"{full['offered_pps']:,.0f}; {len(steps)} steps, ended by {rec['stopped']})")
         return rec
 
     def ceiling_tcp(self, system: System, rep: int) -> dict[str, Any]:
