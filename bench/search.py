@@ -71,5 +71,6 @@ class CeilingSearch:
         self._next = math.sqrt(self._good * self._bad)
 
     def _end(self, why: str) -> None:
-        self.stopped = why
+        if self._rising:  # during the bisection the rise already ended by loss: that stays the reason
+            self.stopped = why
         self._next = None

@@ -73,3 +73,12 @@ def test_refinement_stays_between_the_last_good_and_first_bad_load(refine: int) 
     good = max(t for t, lost in s.history[: len(rising)] if not lost)
     bad = min(t for t, lost in s.history[: len(rising)] if lost and t > good)
     assert all(good < t < bad for t, _ in s.history[len(rising):])
+
+
+def test_a_bisection_step_the_senders_miss_ends_the_search_but_loss_stays_the_reason() -> None:
+    s = CeilingSearch(100_000, 2.0, lossy_steps=1, refine_steps=3, loss_stop=0.9, max_pps=10e6)
+    s.record(100_000, 100_000, 100_000)
+    s.record(200_000, 200_000, 50_000)  # lost: the rise ends, bisection starts
+    assert s.stopped == "loss" and s.next_pps() == pytest.approx(141_421, rel=1e-3)
+    s.record(141_421, 60_000, 60_000)  # the senders stalled on this one
+    assert s.next_pps() is None and s.stopped == "loss"
