@@ -59,10 +59,14 @@ class CeilingSearch:
             else:
                 nxt = target * self.factor
                 if nxt > self.max_pps:
-                    self._end("bound")
+                    if self._lossy_run == 0:
+                        self._end("bound")
+                        return
+                    self._rising = False  # the last step lost: bisect below it rather than call it a bound
+                    self.stopped = "loss"
+                else:
+                    self._next = nxt
                     return
-                self._next = nxt
-                return
         else:
             self._refined += 1
         if self._refined >= self.refine_steps or self._good is None or self._bad is None:

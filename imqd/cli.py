@@ -254,6 +254,8 @@ def cpu_latency_arg(flag: int | None, env_value: str | None) -> int | None:
     try:
         return check_latency_us(flag)
     except CpuLatencyError as exc:
+        if env_value is not None and flag == int(env_value) and "--cpu-latency" in str(exc):
+            raise CliError(str(exc).replace("--cpu-latency", "IMQD_CPU_LATENCY=", 1).replace("= ", "=", 1)) from None
         raise CliError(str(exc)) from None
 
 

@@ -82,3 +82,9 @@ def test_a_bisection_step_the_senders_miss_ends_the_search_but_loss_stays_the_re
     assert s.stopped == "loss" and s.next_pps() == pytest.approx(141_421, rel=1e-3)
     s.record(141_421, 60_000, 60_000)  # the senders stalled on this one
     assert s.next_pps() is None and s.stopped == "loss"
+
+
+def test_a_loss_at_the_bound_is_a_loss_not_a_bound() -> None:
+    s = search(max_pps=30_000)
+    run(s, collapsing(25_000))
+    assert s.stopped == "loss"

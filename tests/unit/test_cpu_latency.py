@@ -50,3 +50,8 @@ def test_permission_denied_says_the_device_is_root_only(monkeypatch: pytest.Monk
     monkeypatch.setattr("imqd.cpu_latency.os.open", denied)
     with pytest.raises(CpuLatencyError, match="permission denied .*root-only"):
         CpuLatencyRequest(0).open()
+
+
+def test_out_of_range_environment_value_names_the_variable() -> None:
+    with pytest.raises(CliError, match="IMQD_CPU_LATENCY=-5: must be between"):
+        cpu_latency_arg(None, "-5")
