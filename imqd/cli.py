@@ -7,6 +7,7 @@ ends in one line on stderr and a non-zero exit code -- never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -193,78 +194,76 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if not has_net_admin():
         raise CliError("imqd run needs CAP_NET_ADMIN (NFQUEUE and iptables): run as root or grant the capability")
-    latency_request = hold_cpu_latency(cpu_latency)
-    first, last = args.queues
-    sup = Supervisor(list(range(first, last + 1)), config, max_len=kernel_queue_len(config, args.max_len),
-                     copy_range=args.copy_range, idle_tick=args.idle_tick / 1e6)
-    stop = threading.Event()
-    try:
-        sup.start()
-    except SupervisorError as exc:
-        if latency_request is not None:
-            latency_request.close()
-        raise CliError(str(exc)) from None
-    applied_rules = False
-    try:
-        follow_rules = None
-        if args.apply_rules:
-            installed = rules_mod.for_config(opts, config)
-            rules_mod.apply(installed)
-            applied_rules = True
+    with hold_cpu_latency(cpu_latency):  # released however this ends
+        first, last = args.queues
+        sup = Supervisor(list(range(first, last + 1)), config, max_len=kernel_queue_len(config, args.max_len),
+                         copy_range=args.copy_range, idle_tick=args.idle_tick / 1e6)
+        stop = threading.Event()
+        try:
+            sup.start()
+        except SupervisorError as exc:
+            raise CliError(str(exc)) from None
+        applied_rules = False
+        try:
+            follow_rules = None
+            if args.apply_rules:
+                installed = rules_mod.for_config(opts, config)
+                rules_mod.apply(installed)
+                applied_rules = True
 
-            def follow_rules(new_config: Config) -> None:
-                """Re-install the rules when a change adds or removes an interface the classes name."""
-                nonlocal installed
-                wanted = rules_mod.for_config(opts, new_config)
-                if wanted != installed:
-                    rules_mod.apply(wanted)
-                    installed = wanted
+                def follow_rules(new_config: Config) -> None:
+                    """Re-install the rules when a change adds or removes an interface the classes name."""
+                    nonlocal installed
+                    wanted = rules_mod.for_config(opts, new_config)
+                    if wanted != installed:
+                        rules_mod.apply(wanted)
+                        installed = wanted
 
-        logging.getLogger("imqd").info("imqd running: queues %d:%d, %d classes", first, last, len(config.classes))
-        controller = Controller(config, config_path, sup, on_change=follow_rules)
-        if api is None:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: stop.set())
-            stop.wait()
-        else:
-            serve_api(controller, api, token=token, open_stats=args.open_stats)
-    finally:
-        if applied_rules:
-            try:
-                rules_mod.remove()
-            except Exception as exc:  # noqa: BLE001 - report, keep shutting down
-                print(f"imqd: removing rules failed: {exc}", file=sys.stderr)
-        sup.stop()
-        if latency_request is not None:
-            latency_request.close()
-    return 0
+            logging.getLogger("imqd").info("imqd running: queues %d:%d, %d classes", first, last,
+                                           len(config.classes))
+            controller = Controller(config, config_path, sup, on_change=follow_rules)
+            if api is None:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, lambda *_: stop.set())
+                stop.wait()
+            else:
+                serve_api(controller, api, token=token, open_stats=args.open_stats)
+        finally:
+            if applied_rules:
+                try:
+                    rules_mod.remove()
+                except Exception as exc:  # noqa: BLE001 - report, keep shutting down
+                    print(f"imqd: removing rules failed: {exc}", file=sys.stderr)
+            sup.stop()
+        return 0
 
 
 def cpu_latency_arg(flag: int | None, env_value: str | None) -> int | None:
     """The --cpu-latency limit in microseconds (the flag wins over IMQD_CPU_LATENCY), or None for no request."""
     from imqd.cpu_latency import CpuLatencyError, check_latency_us
 
-    if flag is None and env_value is None:
-        return None
-    if flag is None:
+    if flag is not None:
+        value, source = flag, "--cpu-latency "
+    elif env_value is not None:
         try:
-            flag = int(env_value)  # type: ignore[arg-type]
+            value, source = int(env_value), "IMQD_CPU_LATENCY="
         except ValueError:
             raise CliError(f"IMQD_CPU_LATENCY={env_value!r}: not a whole number of microseconds") from None
+    else:
+        return None
     try:
-        return check_latency_us(flag)
+        return check_latency_us(value, source)
     except CpuLatencyError as exc:
-        if env_value is not None and flag == int(env_value) and "--cpu-latency" in str(exc):
-            raise CliError(str(exc).replace("--cpu-latency", "IMQD_CPU_LATENCY=", 1).replace("= ", "=", 1)) from None
         raise CliError(str(exc)) from None
 
 
-def hold_cpu_latency(us: int | None) -> Any:
-    """Open the PM QoS request before any worker starts (so a failure changes nothing); None: no request."""
+def hold_cpu_latency(us: int | None) -> contextlib.AbstractContextManager[Any]:
+    """The PM QoS request, already open (so a failure stops imqd before any worker starts), as a context
+    that closes it; a no-op context when ``us`` is None (no request)."""
     from imqd.cpu_latency import CpuLatencyError, CpuLatencyRequest
 
     if us is None:
-        return None
+        return contextlib.nullcontext()
     try:
         request = CpuLatencyRequest(us).open()
     except CpuLatencyError as exc:

@@ -27,10 +27,11 @@ class CpuLatencyError(Exception):
     """The limit cannot be held; the message is one line for the operator."""
 
 
-def check_latency_us(value: int) -> int:
-    """``value`` if it is a usable limit, else CpuLatencyError naming the flag."""
+def check_latency_us(value: int, source: str = "--cpu-latency ") -> int:
+    """``value`` if it is a usable limit, else CpuLatencyError naming where it came from (``source``:
+    the flag, or ``"IMQD_CPU_LATENCY="`` for the environment)."""
     if not 0 <= value <= MAX_US:
-        raise CpuLatencyError(f"--cpu-latency {value}: must be between 0 and {MAX_US:,} microseconds")
+        raise CpuLatencyError(f"{source}{value}: must be between 0 and {MAX_US:,} microseconds")
     return value
 
 
@@ -75,7 +76,7 @@ class CpuLatencyRequest:
         return self._fd is not None
 
     def __enter__(self) -> CpuLatencyRequest:
-        return self.open()
+        return self if self.held else self.open()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
