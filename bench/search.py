@@ -53,20 +53,15 @@ class CeilingSearch:
                 self._bad = None
         if self._rising:
             self._lossy_run = self._lossy_run + 1 if lost else 0
-            if self._lossy_run >= self.lossy_steps:
-                self._rising = False
-                self.stopped = "loss"
-            else:
-                nxt = target * self.factor
-                if nxt > self.max_pps:
-                    if self._lossy_run == 0:
-                        self._end("bound")
-                        return
-                    self._rising = False  # the last step lost: bisect below it rather than call it a bound
-                    self.stopped = "loss"
-                else:
-                    self._next = nxt
-                    return
+            nxt = target * self.factor
+            if self._lossy_run < self.lossy_steps and nxt <= self.max_pps:
+                self._next = nxt
+                return
+            if self._lossy_run == 0:  # the bound, and nothing lost at the highest load tried
+                self._end("bound")
+                return
+            self._rising = False  # lost (at the bound too: bisect below it rather than call it a bound)
+            self.stopped = "loss"
         else:
             self._refined += 1
         if self._refined >= self.refine_steps or self._good is None or self._bad is None:
