@@ -363,7 +363,7 @@ class QueueWorker:
             "held": self.shaper.held,
             "version": self.shaper.version,
             "enabled": self.shaper.enabled,
-            "classes": self.shaper.class_stats(),
+            "classes": self.shaper.class_stats(self._clock()),
             "time": self._clock(),
         }
 

@@ -89,7 +89,8 @@ def htb_params(classes: list[ClassSpec], slots: dict[str, int]) -> list[HTBClass
 class DirectionTree:
     """One direction's scheduler (IMQ's imq0 or imq1): classifier + HTB + per-class overhead."""
 
-    __slots__ = ("classifier", "htb", "overhead", "host_key", "needs_info", "_classify_packet", "_send_now")
+    __slots__ = ("classifier", "htb", "overhead", "host_key", "needs_info", "_classify_packet", "_send_now",
+                 "_lanes")
 
     def __init__(self, classifier: Classifier, htb: HTB, overhead: dict[str, int], host_key: dict[str, int],
                  needs_info: frozenset[str]) -> None:
@@ -100,6 +101,7 @@ class DirectionTree:
         self.needs_info = needs_info  # leaves whose qdisc reads QueuedPacket.flow or .host
         self._classify_packet = classifier.classify_packet  # bound once: admit runs per packet
         self._send_now = htb.send_now
+        self._lanes = htb.lanes  # the C fast path of send_now, when compiled (the same dict for the HTB's life)
 
     def admit(self, pkt: Any, data: bytes, names: Mapping[int, str | None], now: float
               ) -> list[QueuedPacket] | None:
@@ -116,7 +118,9 @@ class DirectionTree:
         if leaf is None:
             return None
         size = length + self.overhead[leaf]
-        if self._send_now(leaf, size, now):
+        lane = self._lanes.get(leaf)
+        sent = lane.send(size, now) if lane is not None else -1  # HTB.lanes: 1 sent, 0 queue it, -1 ask
+        if sent == 1 or (sent < 0 and self._send_now(leaf, size, now)):
             return None
         flow = 0
         host = None
@@ -249,12 +253,13 @@ class Shaper:
     def held(self) -> int:
         return sum(t.htb.backlog_packets for t in self.trees.values() if t is not None)
 
-    def class_stats(self) -> dict[str, dict[str, Any]]:
+    def class_stats(self, now: float | None = None) -> dict[str, dict[str, Any]]:
+        """Every class's counters and token state, tokens projected to ``now`` (see HTB.class_stats)."""
         out: dict[str, dict[str, Any]] = {}
         for direction, tree in self.trees.items():
             if tree is None:
                 continue
-            for name, st in tree.htb.class_stats().items():
+            for name, st in tree.htb.class_stats(now).items():
                 st = dict(st)
                 st["direction"] = direction
                 out[name] = st

@@ -39,11 +39,19 @@ import math
 from bisect import insort
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from imqd.qdisc.base import QueuedPacket
 from imqd.qdisc.leaves import LeafSpec, change_leaf, make_leaf
 from imqd.qdisc.tokens import FIELDS_PER_SLOT, LOCK_TIMEOUT_S, LocalTokenStore, TokenStore
+
+try:  # send_now's common case in C (imqd/qdisc/_htbfast.c); optional: without it the code below does it all
+    from imqd.qdisc._htbfast import Lane
+except ImportError:  # pragma: no cover - depends on whether the extension was compiled
+    Lane = None
+
+#: Whether the C fast path was compiled and imported (HTB(..., accelerate=False) turns it off per tree).
+ACCELERATED = Lane is not None
 
 MAX_DEPTH = 8  # TC_HTB_MAXDEPTH: levels 0..7
 NUM_PRIO = 8  # TC_HTB_NUMPRIO
@@ -156,7 +164,8 @@ _IDX = attrgetter("idx")
 class HTB:
     """An HTB tree: classify elsewhere, then ``enqueue`` into a leaf, ``dequeue`` when ``next_event`` says."""
 
-    def __init__(self, classes: Sequence[HTBClassParams], now: float, tokens: TokenStore | None = None) -> None:
+    def __init__(self, classes: Sequence[HTBClassParams], now: float, tokens: TokenStore | None = None,
+                 accelerate: bool = True) -> None:
         self.tokens: TokenStore = tokens if tokens is not None else LocalTokenStore()
         self._vals = self.tokens.values
         self._locked = self.tokens.locked
@@ -171,6 +180,8 @@ class HTB:
         # earlier, and charges by other workers only make the true answer later.
         self._ne_cache: float | None = None
         self._last_now = now
+        self._accelerate = accelerate and ACCELERATED
+        self._lanes: dict[str, Any] = {}  # leaf name -> its C Lane (send_now's fast path); empty without C
         dropped = self.change(classes, now)
         assert not dropped  # an empty tree holds nothing to give back
 
@@ -370,6 +381,9 @@ class HTB:
         self._ptr = [0] * _NO_KEY
         self._last_now = now
         self._ne_cache = None
+        self._lanes.clear()  # in place: DirectionTree keeps this dict (see lanes)
+        if self._accelerate:
+            self._lanes.update(self._build_lanes())
 
         if orphans:
             orphans.sort(key=lambda pk: pk.enqueued_at)  # stable: keeps each queue's order
@@ -379,6 +393,35 @@ class HTB:
                 for pkt in orphans:
                     dropped.extend(self.enqueue(pkt, fallback, now))
         return returned
+
+    def _build_lanes(self) -> dict[str, Any]:
+        """One C Lane per leaf that packets may skip (send_now), over this tree's current state objects.
+
+        Rebuilt by every change: a lane holds the leaf's deficit list, the DRR pointer list, the token
+        store's values and lock, and the constants of the classes on the leaf's path."""
+        assert Lane is not None
+        lanes = {}
+        for cl in self._order:
+            if cl.q is None or cl.passthrough <= 0:
+                continue
+            spec = tuple((c.base, c.level, c.buffer, c.cbuffer, c.spb, c.cspb) for c in cl.chain)
+            lanes[cl.name] = Lane(self._vals, spec, cl.chain, cl.prio, cl.quantum, cl.idx, cl.passthrough,
+                                  cl.deficit, self._ptr, self._lock, self._active)
+        return lanes
+
+    @property
+    def accelerated(self) -> bool:
+        """Whether send_now runs in C for this tree."""
+        return self._accelerate
+
+    @property
+    def lanes(self) -> Mapping[str, Any]:
+        """Leaf name -> C Lane, for callers that skip :meth:`send_now`'s Python frame on the per-packet path.
+
+        ``lane.send(size, now)`` returns 1 (sent: what ``send_now`` returning True means), 0 (``send_now``
+        would return False) or -1 (call ``send_now``).  The same mapping object for the tree's lifetime,
+        kept current by every change; empty when the C extension is not available or turned off."""
+        return self._lanes
 
     @staticmethod
     def _collect_dropped(cl: _Class, out: list[QueuedPacket]) -> None:
@@ -420,6 +463,11 @@ class HTB:
         """
         if self._active:
             return False
+        lane = self._lanes.get(leaf)
+        if lane is not None:
+            sent = lane.send(size, now)  # the same steps in C; -1: a case it leaves to the code below
+            if sent >= 0:
+                return sent == 1
         cl = self._leaf_map.get(leaf) or self._no_leaf(leaf, "send_now")
         if size > cl.passthrough:
             return False
@@ -655,7 +703,7 @@ class HTB:
             if cl.q is not None:
                 out.extend(cl.q.drain())
                 cl.active = False
-        self._active = []
+        self._active.clear()  # in place: the lanes watch this list
         self._ne_cache = None
         return out
 
@@ -718,7 +766,11 @@ class HTB:
         return MAY_BORROW
 
     def class_stats(self, now: float | None = None) -> dict[str, dict[str, Any]]:
-        """Per class counters and token state (tokens in seconds and bytes, projected to ``now``)."""
+        """Per class counters and token state (tokens in seconds and bytes, projected to ``now``).
+
+        Pass the caller's clock: without ``now`` the tokens are projected to the last time the Python
+        code saw one (a change, a dequeue, a send_now that C left to Python), which the C fast path does
+        not move."""
         if now is None:
             now = self._last_now
         vals = self._vals

@@ -1,0 +1,201 @@
+"""The C fast path of HTB.send_now (imqd/qdisc/_htbfast.c) against the Python reference, bit for bit.
+
+Two trees get the same operations at the same times -- send_now, enqueue, dequeue rounds, live changes,
+drains, fresh token slots and charges by "another worker" -- one with the C lanes, one without; every
+answer and every piece of state send_now may touch (token doubles, DRR deficits and pointers, counters)
+must be identical after each step.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_htb_properties import MTU, trees
+
+from imqd.qdisc import htb as htb_mod
+from imqd.qdisc.base import QueuedPacket
+from imqd.qdisc.htb import HTB, HTBClassParams
+from imqd.qdisc.leaves import LeafSpec
+from imqd.qdisc.tokens import LocalTokenStore
+
+SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+needs_c = pytest.mark.skipif(not htb_mod.ACCELERATED, reason="the C extension is not compiled")
+
+
+def test_the_c_fast_path_is_compiled() -> None:
+    """CI builds it (scripts/bootstrap.sh installs gcc and python3-dev); a silent build failure would cost
+    the worker most of its packet rate, so it fails here instead."""
+    assert htb_mod.ACCELERATED, "imqd.qdisc._htbfast is missing: run `pip install -e .` with gcc and python3-dev"
+
+
+def state(h: HTB, now: float) -> tuple[Any, ...]:
+    classes = tuple((cl.name, tuple(cl.deficit), cl.bytes, cl.packets, cl.borrows, cl.lends) for cl in h._order)
+    tokens = tuple(struct_bits(v) for v in h.tokens.values)
+    return tokens, tuple(h._ptr), classes, h.backlog_packets, h.class_stats(now)
+
+
+def struct_bits(v: float) -> Any:
+    """A double's exact value, NaN included (NaN != NaN would make equal states compare unequal)."""
+    return "nan" if v != v else v.hex()
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("send"), st.integers(0, 10), st.integers(40, MTU), st.integers(1, 30)),
+        st.tuples(st.just("enqueue"), st.integers(0, 10), st.integers(40, MTU), st.integers(1, 5)),
+        st.tuples(st.just("dequeue")),
+        st.tuples(st.just("advance"), st.floats(0.0, 3.0)),
+        st.tuples(st.just("fresh"), st.integers(0, 10)),  # a class's slot made fresh (reset by a change)
+        st.tuples(st.just("later"), st.integers(0, 10), st.floats(1e-6, 1e-2)),  # another worker's later t_c
+        st.tuples(st.just("drain")),
+        st.tuples(st.just("change"), st.integers(0, 1)),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@needs_c
+@SETTINGS
+@given(classes=trees(), other=trees(), steps=ops)
+def test_c_lanes_do_exactly_what_the_python_reference_does(classes: list[HTBClassParams],
+                                                             other: list[HTBClassParams], steps: Any) -> None:
+    fast, ref = HTB(classes, 0.0), HTB(classes, 0.0, accelerate=False)
+    assert fast.accelerated and not ref.accelerated  # (a tree of TBF leaves only has no lanes)
+    now = 0.0
+    unit = 10 * MTU * 8 / classes[0].rate
+    for step in steps:
+        kind = step[0]
+        leaves = sorted(fast.leaves())
+        if kind == "send":
+            _, pick, size, count = step
+            leaf = leaves[pick % len(leaves)]
+            for _ in range(count):
+                assert fast.send_now(leaf, size, now) == ref.send_now(leaf, size, now)
+        elif kind == "enqueue":
+            _, pick, size, count = step
+            leaf = leaves[pick % len(leaves)]
+            for _ in range(count):
+                assert len(fast.enqueue(QueuedPacket(size), leaf, now)) == len(ref.enqueue(QueuedPacket(size), leaf, now))
+        elif kind == "dequeue":
+            for h in (fast, ref):
+                while h.dequeue(now) is not None:
+                    pass
+                h.take_dropped()
+        elif kind == "advance":
+            now += step[1] * unit
+        elif kind in ("fresh", "later"):
+            order = fast._order
+            cl = order[step[1] % len(order)]
+            for h in (fast, ref):
+                if kind == "fresh":
+                    h.tokens.reset(cl.slot)
+                else:
+                    h.tokens.values[cl.base + 2] = now + step[2]
+        elif kind == "drain":
+            assert len(fast.drain()) == len(ref.drain())
+        else:  # change to the other tree and back: lanes are rebuilt over the new state
+            target = other if step[1] else classes
+            assert len(fast.change(target, now)) == len(ref.change(target, now))
+            fast.take_dropped()
+            ref.take_dropped()
+        assert state(fast, now) == state(ref, now), f"after {step}"
+
+
+class FakeLock:
+    """A shared store's lock as HTB uses it: acquire(block, timeout) and release(), with a busy switch."""
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.held = False
+        self.acquired = self.released = self.waits = 0
+
+    def acquire(self, block: bool = True, timeout: float = -1) -> bool:
+        if block:
+            self.waits += 1
+        if self.busy or self.held:
+            return False
+        self.held = True
+        self.acquired += 1
+        return True
+
+    def release(self) -> None:
+        assert self.held, "released a lock it did not hold"
+        self.held = False
+        self.released += 1
+
+
+class LockedStore(LocalTokenStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = FakeLock()
+
+
+@needs_c
+def test_a_lane_charges_under_the_shared_lock_and_leaves_a_busy_lock_to_python() -> None:
+    store = LockedStore()
+    h = HTB([HTBClassParams("a", None, 8e6, 8e6, 15_000, 15_000)], 0.0, tokens=store)
+    lock = store.lock
+    lane = h.lanes["a"]
+    assert lane.send(1000, 0.0) == 1
+    assert (lock.acquired, lock.released, lock.held, lock.waits) == (1, 1, False, 0), "one try, no wait"
+    lock.busy = True
+    before = state(h, 0.0)
+    assert lane.send(1000, 0.0) == -1, "a busy lock is Python's case"
+    assert state(h, 0.0) == before, "and the lane changed nothing"
+    assert h.send_now("a", 1000, 0.0), "Python waits (briefly), then charges anyway"
+    assert lock.waits == 1 and store.timeouts == 1
+    assert h.class_stats(0.0)["a"]["packets"] == 2
+
+
+@needs_c
+def test_a_lane_answers_like_send_now_for_each_case() -> None:
+    h = HTB([HTBClassParams("p", None, 8e6, 8e6, 3000, 3000),
+             HTBClassParams("a", "p", 8e5, 8e6, 1500, 6000),
+             HTBClassParams("b", "p", 8e5, 8e6, 1500, 1500)], 0.0)
+    a = h.lanes["a"]
+    assert a.send(1500, 0.0) == 1 and a.send(1500, 0.0) == 1, "a's own tokens (>= 0 lets a packet go)"
+    assert a.send(1500, 0.0) == 1, "borrowed from p"
+    st_ = h.class_stats(0.0)
+    assert (st_["a"]["lends"], st_["a"]["borrows"], st_["p"]["lends"], st_["p"]["packets"]) == (2, 1, 1, 3)
+    assert a.send(1500, 0.0) == 0, "p's ceil bucket is overdrawn now: wait"
+    small = HTB([HTBClassParams("a", None, 8e6, 8e6, 1500, 1500, leaf=LeafSpec.of("fifo", limit_bytes=500))], 0.0)
+    assert small.lanes["a"].send(600, 0.0) == 0 and small.lanes["a"].send(400, 0.0) == 1, "the FIFO's limit holds"
+    assert h.enqueue(QueuedPacket(100), "b", 1.0) == []
+    assert a.send(100, 1.0) == 0, "a packet waits in b: queue behind it"
+    h.drain()
+    assert a.send(100, 1.0) == 1, "drain empties the list the lane watches, in place"
+    h.tokens.reset(h._leaf_map["a"].slot)
+    assert a.send(100, 1.0) == -1, "a fresh slot is filled by Python"
+    with pytest.raises(TypeError):
+        a.send(100)
+
+
+@needs_c
+def test_a_lane_refuses_what_it_cannot_use() -> None:
+    lane_type = htb_mod.Lane
+    h = HTB([HTBClassParams("a", None, 8e6, 8e6, 1500, 1500)], 0.0)
+    cl = h._leaf_map["a"]
+    spec = ((0, 0, 1.0, 1.0, 1e-6, 1e-6),)
+    good = (spec, (cl,), 0, 1514, 0, 1500, cl.deficit, h._ptr, None, h._active)
+    lane_type(array("d", [0.0] * 3), *good)
+    with pytest.raises(TypeError, match="doubles"):
+        lane_type(array("f", [0.0] * 3), *good)
+    with pytest.raises(ValueError, match="outside the store"):
+        lane_type(array("d", [0.0] * 2), *good)
+    with pytest.raises(ValueError, match="1..8"):
+        lane_type(array("d", [0.0] * 3), spec * 9, (cl,) * 9, *good[2:])
+    with pytest.raises(TypeError, match="__slots__"):
+        lane_type(array("d", [0.0] * 3), spec, (object(),), *good[2:])
+
+
+def test_a_tree_without_c_uses_no_lanes() -> None:
+    h = HTB([HTBClassParams("a", None, 8e6, 8e6, 1500, 1500)], 0.0, accelerate=False)
+    assert not h.accelerated and not h.lanes and h.send_now("a", 100, 0.0)
+    assert math.isclose(h.class_stats(0.0)["a"]["bytes"], 100)
