@@ -45,7 +45,8 @@ RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.tom
 
 COPY . ./
 RUN /opt/imqd/bin/pip install --no-deps . \
- && /opt/imqd/bin/python -c 'import imqd.cli, imqd.qdisc._htbfast, netfilterqueue' \
+ # from / : in /src, `import imqd` would find the source tree instead of what was installed
+ && cd / && /opt/imqd/bin/python -c 'import imqd.cli, imqd.qdisc._htbfast, netfilterqueue' \
  # pip/setuptools are not needed at run time: ~15 MB.
  && /opt/imqd/bin/pip uninstall -y -q pip setuptools
 

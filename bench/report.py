@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 __all__ = ["three", "median", "percentile", "paired", "top_frames", "summarize", "render_markdown", "limits",
-           "TARGETS", "REFERENCE", "SUBJECT", "NO_TICK", "LOW_LATENCY"]
+           "TARGETS", "REFERENCE", "SUBJECT", "NO_TICK", "LOW_LATENCY", "PER_CPU"]
 
 REFERENCE = "kernel-htb"
 # TCP goodput per charged byte: 1448 payload bytes (MSS with timestamps) per 1514-byte frame (IP 1500 + the
@@ -35,7 +35,11 @@ NO_TICK = "imqd x1 idle-tick 0"  # imqd x1 with its idle tick off (--idle-tick 0
 # The same systems while a PM QoS request keeps idle CPUs polling (imqd: `--cpu-latency 0`; plain and the bare
 # loop: the bench holds the same request): the wake-up cost of idle CPUs taken out of the figure.
 LOW_LATENCY = " cpu-latency 0"
+# imqd with a worker on every CPU and --policy cpu (--queue-cpu-fanout): a packet is queued to the worker of the
+# CPU the kernel handles it on, so no wake-up crosses CPUs (latency only)
+PER_CPU = "imqd per-CPU"
 IDLE_PAIRS = (("imqd x1", "plain"), ("bare-loop x1", "plain"), ("imqd x1", "bare-loop x1"), (NO_TICK, "plain"),
+              (PER_CPU, "plain"),
               ("imqd x1" + LOW_LATENCY, "plain" + LOW_LATENCY), ("bare-loop x1" + LOW_LATENCY, "plain" + LOW_LATENCY))
 IDLE_INTERVAL_S = 0.01  # records without an interval (older runs) pinged every 10 ms
 PING_CPUS = ("same", "other", "any")  # where the latency pings ran: the worker's CPU, another, not pinned
@@ -285,13 +289,14 @@ def _targets(s: dict[str, Any]) -> list[dict[str, Any]]:
             v = _med(s["ceiling"].get(traffic, {}).get("ratios", {}).get(pair))
             out.append({"figure": f"ceiling {traffic} {pair}", "target": f">= {TARGETS['ceiling']:.2f}",
                         "value": v, "met": v is not None and v >= TARGETS["ceiling"], "misses": []})
-    for suffix, how in (("", ""), (LOW_LATENCY, " with --cpu-latency 0")):
+    for system, suffix, how in (("imqd x1", "", ""), ("imqd x1", LOW_LATENCY, " with --cpu-latency 0"),
+                                (PER_CPU, "", " with a worker per CPU and --policy cpu")):
         for li in s["latency_idle"].values():
-            v = _med(li["added_per_packet_us"].get(f"imqd x1{suffix} - plain{suffix}"))
+            v = _med(li["added_per_packet_us"].get(f"{system}{suffix} - plain{suffix}"))
             if v is None:
-                continue  # not measured (runs before the --cpu-latency figures)
+                continue  # not measured (runs before these figures)
             out.append({"figure": f"added latency per packet at {_idle_label(li)}{how} "
-                                  f"((RTT imqd x1{suffix} - RTT plain{suffix}) / 2)",
+                                  f"((RTT {system}{suffix} - RTT plain{suffix}) / 2)",
                         "target": f"<= {TARGETS['added_latency_us']:.0f} us",
                         "value": v, "met": v <= TARGETS["added_latency_us"], "misses": []})
     for traffic in TRAFFIC:
@@ -431,7 +436,9 @@ def render_markdown(s: dict[str, Any], meta: dict[str, Any], *, png: str | None 
           f"`…{LOW_LATENCY}` rows run while a PM QoS request (`/dev/cpu_dma_latency` = 0) keeps idle CPUs polling "
           "instead of sleeping: imqd x1 with `--cpu-latency 0`, plain forwarding and the bare loop with the same "
           "request held by the benchmark. They show what the wake-up of idle CPUs costs, and what an operator "
-          "who trades power for latency gets.", ""]
+          f"who trades power for latency gets. `{PER_CPU}` runs a worker on every CPU with `--policy cpu` "
+          "(`--queue-cpu-fanout`): each packet goes to the worker pinned to the CPU the kernel handles it on, so "
+          "waking the worker never crosses CPUs, wherever ping runs; no power trade-off.", ""]
     columns = [_idle_label(li[k]).replace(", ping on", ",") for k in keys]
     systems = list(dict.fromkeys(sy for k in keys for sy in li[k]["median_us"]))
     L += _table(["median RTT µs", *columns], ([sy] + [_f(li[k]["median_us"].get(sy), "{:.0f}") for k in keys]
@@ -534,11 +541,11 @@ def limits(s: dict[str, Any], meta: dict[str, Any]) -> list[str]:
         bad = [t for t in s["targets"] if t["figure"].startswith("ceiling") and not t["met"]]
         out.append("Ceiling below 0.90 of the bare loop for " + ", ".join(
             f"{t['figure'][8:]} ({t['value']:.2f})" for t in bad) + ": per packet imqd adds to the bare "
-                   "loop's netlink receive the classification of the header bytes and the HTB charge in Python, "
+                   "loop's netlink receive the classification of the header bytes (Python) and the HTB charge (C), "
                    "and saves most verdict system calls by batching them" + top + ". The two-worker figures share "
                    f"{nproc} CPUs with the senders, so they are also the most sensitive to other load ({load}).")
     for li in s["latency_idle"].values():
-        if not any(f.startswith(f"added latency per packet at {_idle_label(li)} ") for f in missed):
+        if not any(f.startswith(f"added latency per packet at {_idle_label(li)} ((") for f in missed):
             continue
         added = li["added_per_packet_us"]
         bare, own = _med(added.get("bare-loop x1 - plain")), _med(added.get("imqd x1 - bare-loop x1"))
@@ -568,6 +575,10 @@ def limits(s: dict[str, Any], meta: dict[str, Any]) -> list[str]:
             bare_polled = _med(added.get(f"bare-loop x1{LOW_LATENCY} - plain{LOW_LATENCY}"))
             why += (f". With idle CPUs kept polling (`--cpu-latency 0`) imqd adds {polled:.0f} µs per packet at "
                     "this rate" + (f" (the bare loop {bare_polled:.0f} µs)" if bare_polled is not None else ""))
+        per_cpu = _med(added.get(f"{PER_CPU} - plain"))
+        if per_cpu is not None:
+            why += (f". With a worker on every CPU and `--policy cpu` (no wake-up crosses CPUs) imqd adds "
+                    f"{per_cpu:.0f} µs per packet at this rate")
         out.append(why + ".")
     for traffic in TRAFFIC:
         if f"scaling {traffic} imqd x2 / imqd x1" not in missed:

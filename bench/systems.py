@@ -224,23 +224,23 @@ def descendants(pid: int) -> list[int]:
 
 
 class Imqd(System):
-    """A real imqd in the router namespace; `workers` 1 -> ``--queues 0``, 2 -> ``--queues 0:1``."""
+    """A real imqd in the router namespace; `workers` 1 -> ``--queues 0``, n -> ``--queues 0:n-1``."""
 
     shapes = True
 
     def __init__(self, topo: Topology, workers: int = 1, config: dict[str, Any] | None = None,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), name: str | None = None) -> None:
         super().__init__(topo)
-        if workers not in (1, 2):
-            raise ValueError(f"workers: expected 1 or 2, got {workers!r}")
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers: expected an int >= 1, got {workers!r}")
         self.workers = workers
-        self.name = f"imqd x{workers}"
+        self.name = name or f"imqd x{workers}"
         self.config = config if config is not None else imqd_config(topo)
         self.extra_args = extra_args
         self.inst: ImqdInstance | None = None
 
     def start(self) -> None:
-        queues = "0" if self.workers == 1 else "0:1"
+        queues = "0" if self.workers == 1 else f"0:{self.workers - 1}"
         self.inst = ImqdInstance(self.topo, self.config, queues=queues, extra_args=list(self.extra_args))
         self.inst.start()
         deadline = time.monotonic() + 10

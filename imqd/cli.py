@@ -219,8 +219,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                         rules_mod.apply(wanted)
                         installed = wanted
 
-            logging.getLogger("imqd").info("imqd running: queues %d:%d, %d classes", first, last,
-                                           len(config.classes))
+            from imqd.qdisc.htb import ACCELERATED
+
+            logging.getLogger("imqd").info(
+                "imqd running: queues %d:%d, %d classes; HTB fast path in %s", first, last, len(config.classes),
+                "C" if ACCELERATED else "Python (the C extension imqd.qdisc._htbfast was not built: slower)")
             controller = Controller(config, config_path, sup, on_change=follow_rules)
             if api is None:
                 for sig in (signal.SIGTERM, signal.SIGINT):

@@ -43,6 +43,7 @@ typedef struct {
     PyObject *active;     /* HTB's list of backlogged leaves: the fast path is only for an empty tree */
     Py_ssize_t offsets[N_COUNTERS];
     long prio, quantum, idx, passthrough;
+    Py_ssize_t min_len;   /* bytes the store must have for every slot on the path (checked on each call) */
     int n;
     ChainEntry chain[MAX_CHAIN];
 } Lane;
@@ -188,6 +189,7 @@ Lane_init(Lane *self, PyObject *args, PyObject *kwds)
         if ((offsets[k] = counter_offset(Py_TYPE(PyTuple_GET_ITEM(classes, 0)), counter_names[k])) < 0)
             return -1;
     Lane_clear(self);
+    self->min_len = 0;
     memcpy(self->offsets, offsets, sizeof offsets);
     for (Py_ssize_t i = 0; i < n; i++) {
         ChainEntry *e = &self->chain[i];
@@ -200,6 +202,8 @@ Lane_init(Lane *self, PyObject *args, PyObject *kwds)
         }
         e->cls = Py_NewRef(PyTuple_GET_ITEM(classes, i));
         self->n = (int)i + 1;
+        if ((e->base + 3) * (Py_ssize_t)sizeof(double) > self->min_len)
+            self->min_len = (e->base + 3) * (Py_ssize_t)sizeof(double);
     }
     if (PyList_GET_SIZE(deficit) < MAX_CHAIN || PyList_GET_SIZE(ptr) < MAX_CHAIN * 8) {
         PyErr_SetString(PyExc_ValueError, "Lane: deficit needs 8 entries and ptr 64");
@@ -222,6 +226,10 @@ static int
 charge(Lane *self, double *vals, long key, long size, double now)
 {
     long level = key >> 3;
+    if (level >= PyList_GET_SIZE(self->deficit) || key >= PyList_GET_SIZE(self->ptr)) {
+        PyErr_SetString(PyExc_RuntimeError, "Lane: the deficit or pointer list shrank (HTB changes them in place only)");
+        return -1;
+    }
     PyObject *dobj = PyList_GET_ITEM(self->deficit, level);
     long d = PyLong_AsLong(dobj);
     if (d == -1 && PyErr_Occurred())
@@ -298,11 +306,20 @@ Lane_send(Lane *self, PyObject *const *args, Py_ssize_t nargs)
     double now = PyFloat_AsDouble(args[1]);
     if (now == -1.0 && PyErr_Occurred())
         return NULL;
+    if (self->values == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Lane: not initialised");
+        return NULL;
+    }
     if (size > self->passthrough || PyList_GET_SIZE(self->active) > 0)
         return PyLong_FromLong(0);
     Py_buffer view;
     if (PyObject_GetBuffer(self->values, &view, PyBUF_WRITABLE) < 0)
         return NULL;
+    if (view.len < self->min_len) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_RuntimeError, "Lane: the token store is smaller than the slots on this path");
+        return NULL;
+    }
     double *vals = (double *)view.buf;
     long result = 0, key = -1;
     for (int i = 0; i < self->n; i++) {  /* as HTB._select, for the only leaf that would be backlogged */

@@ -61,6 +61,8 @@ def test_tcp_goodput_matches_kernel_htb(topology: Topology, rate: str, direction
         with ImqdInstance(topo, {"overhead": 14, "classes": [cls]}, queues="0:1") as imqd:
             ours = measure(topo, reverse=download)
             stats = imqd.stats()
+            log = imqd.log()
+    assert "HTB fast path in C" in log, f"the C fast path is not in use (so not what this measured): {log}"
     ratio = ours / kernel
     seen = stats["classes"][cls["name"]]
     assert 0.97 <= ratio <= 1.03, (f"{direction} {rate}: imqd {ours/1e6:.3f} vs kernel HTB {kernel/1e6:.3f} Mbit/s; "

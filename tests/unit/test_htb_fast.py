@@ -193,6 +193,13 @@ def test_a_lane_refuses_what_it_cannot_use() -> None:
         lane_type(array("d", [0.0] * 3), spec * 9, (cl,) * 9, *good[2:])
     with pytest.raises(TypeError, match="__slots__"):
         lane_type(array("d", [0.0] * 3), spec, (object(),), *good[2:])
+    with pytest.raises(RuntimeError, match="not initialised"):
+        lane_type.__new__(lane_type).send(100, 0.0)
+    store = array("d", [0.0, 0.0, 0.0])
+    lane = lane_type(store, *good)
+    del store[:]  # the lane keeps no buffer export, so the store can change under it: it must notice
+    with pytest.raises(RuntimeError, match="smaller"):
+        lane.send(100, 0.0)
 
 
 def test_a_tree_without_c_uses_no_lanes() -> None:
