@@ -388,7 +388,7 @@ def render_markdown(s: dict[str, Any], meta: dict[str, Any], *, png: str | None 
           f"×{p.get('step_factor', '?')} until less than 90% arrives in {p.get('lossy_steps', '?')} step(s) "
           "in a row or the senders cannot offer the next step, then bisects "
           f"{p.get('refine_steps', 0)} time(s) between the highest load that arrived and the lowest that did "
-          "not; the figure is the best forwarded rate of any step "
+          "not (also when the senders' limit ended the rise after a lossy step); the figure is the best forwarded rate of any step "
           "or of the full-speed run (steady state, counted by a DROP rule in the server namespace). "
           "*At full speed* "
           "is the rate when both senders send as fast as they can: the senders' kernel work then starves the "

@@ -1,7 +1,8 @@
 """Which offered load to try next in the packets/s ceiling search.  Pure: the caller measures.
 
 The load rises geometrically until the system loses packets in ``lossy_steps`` steps in a row (one lossy
-step may be a noise dip) or the senders cannot offer the step; then ``refine_steps`` bisections
+step may be a noise dip) or the senders cannot offer the step (if the system already lost at a lower load,
+that ends the rise by loss); then ``refine_steps`` bisections
 (geometric midpoints) between the highest lossless load and the lowest lossy one above it.  Without the
 refinement a factor of 1.4 leaves the figure up to 40% under the true ceiling -- coarser than the 10%
 the target is about (a faster machine showed imqd at one grid step and the bare loop at the next).
@@ -40,6 +41,12 @@ class CeilingSearch:
     def record(self, target: float, offered: float, forwarded: float) -> None:
         """The result of the step at ``target``: what the senders managed to offer, what arrived."""
         if offered < self.loss_stop * target:  # the senders' limit, not the system's
+            if self._rising and self._good is not None and self._bad is not None and self.refine_steps > 0:
+                # ... but the system already lost at a load the senders could offer: bisect below that
+                self._rising = False
+                self.stopped = "loss"
+                self._next = math.sqrt(self._good * self._bad)
+                return
             self._end("generator")
             return
         lost = forwarded < self.loss_stop * offered

@@ -100,7 +100,7 @@ class DirectionTree:
         self.host_key = host_key
         self.needs_info = needs_info  # leaves whose qdisc reads QueuedPacket.flow or .host
         self._classify_packet = classifier.classify_packet  # bound once: admit runs per packet
-        self._send_now = htb.send_now
+        self._send_now = htb.send_now_reference  # for leaves without a lane, and a lane's -1
         self._lanes = htb.lanes  # the C fast path of send_now, when compiled (the same dict for the HTB's life)
 
     def admit(self, pkt: Any, data: bytes, names: Mapping[int, str | None], now: float

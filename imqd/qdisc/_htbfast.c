@@ -152,6 +152,10 @@ static int
 Lane_init(Lane *self, PyObject *args, PyObject *kwds)
 {
     (void)kwds;  /* positional only */
+    if (self->values != NULL) {  /* send() relies on its fields staying as they are */
+        PyErr_SetString(PyExc_TypeError, "Lane: already initialised");
+        return -1;
+    }
     PyObject *values, *chain, *classes, *deficit, *ptr, *lock, *active;
     long prio, quantum, idx, passthrough;
     if (!PyArg_ParseTuple(args, "OO!O!llllO!O!OO!:Lane", &values, &PyTuple_Type, &chain, &PyTuple_Type, &classes,
@@ -196,7 +200,7 @@ Lane_init(Lane *self, PyObject *args, PyObject *kwds)
         if (!PyArg_ParseTuple(PyTuple_GET_ITEM(chain, i), "nldddd:Lane chain entry", &e->base, &e->level,
                               &e->buffer, &e->cbuffer, &e->spb, &e->cspb))
             return -1;
-        if (e->base < 0 || e->base + 3 > nvals || e->level < 0 || e->level >= MAX_CHAIN) {
+        if (e->base < 0 || e->base > nvals - 3 || e->level < 0 || e->level >= MAX_CHAIN) {
             PyErr_SetString(PyExc_ValueError, "Lane: a chain entry's slot is outside the store, or its level is not 0..7");
             return -1;
         }
@@ -300,9 +304,12 @@ Lane_send(Lane *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "send(size, now) takes 2 arguments");
         return NULL;
     }
-    long size = PyLong_AsLong(args[0]);
-    if (size == -1 && PyErr_Occurred())
-        return NULL;
+    int overflow = 0;
+    long size = PyLong_Check(args[0]) ? PyLong_AsLongAndOverflow(args[0], &overflow) : -1;
+    if (overflow > 0)  /* above any FIFO's passthrough: it must queue, as send_now says */
+        return PyLong_FromLong(0);
+    if (overflow < 0 || size < 0)  /* not a size C holds (or none at all): Python decides */
+        return PyLong_FromLong(-1);
     double now = PyFloat_AsDouble(args[1]);
     if (now == -1.0 && PyErr_Occurred())
         return NULL;

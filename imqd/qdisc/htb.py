@@ -405,8 +405,12 @@ class HTB:
             if cl.q is None or cl.passthrough <= 0:
                 continue
             spec = tuple((c.base, c.level, c.buffer, c.cbuffer, c.spb, c.cspb) for c in cl.chain)
-            lanes[cl.name] = Lane(self._vals, spec, cl.chain, cl.prio, cl.quantum, cl.idx, cl.passthrough,
-                                  cl.deficit, self._ptr, self._lock, self._active)
+            try:
+                lanes[cl.name] = Lane(self._vals, spec, cl.chain, cl.prio, cl.quantum, cl.idx, cl.passthrough,
+                                      cl.deficit, self._ptr, self._lock, self._active)
+            except (TypeError, ValueError, OverflowError):
+                pass  # what C cannot hold (a store that is no buffer of doubles, a quantum beyond a C long):
+                # this leaf stays with the Python code -- never let change() fail after the tree is in place
         return lanes
 
     @property
@@ -465,9 +469,15 @@ class HTB:
             return False
         lane = self._lanes.get(leaf)
         if lane is not None:
-            sent = lane.send(size, now)  # the same steps in C; -1: a case it leaves to the code below
+            sent = lane.send(size, now)  # the same steps in C; -1: a case it leaves to the reference
             if sent >= 0:
                 return sent == 1
+        return self.send_now_reference(leaf, size, now)
+
+    def send_now_reference(self, leaf: str, size: int, now: float) -> bool:
+        """:meth:`send_now` in Python: the reference the C lanes are held to, and what does their -1 cases."""
+        if self._active:
+            return False
         cl = self._leaf_map.get(leaf) or self._no_leaf(leaf, "send_now")
         if size > cl.passthrough:
             return False

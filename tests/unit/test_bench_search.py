@@ -88,3 +88,18 @@ def test_a_loss_at_the_bound_is_a_loss_not_a_bound() -> None:
     s = search(max_pps=30_000)
     run(s, collapsing(25_000))
     assert s.stopped == "loss"
+
+
+def test_a_loss_before_the_senders_limit_is_bisected() -> None:
+    """The published 2-worker run: lossless at 286k, lossy at 400k, and the senders could not offer 560k.
+    The rise ended at the senders' limit, but the system had already lost below it: bisect there."""
+    s = search()
+    best = run(s, collapsing(330_000), senders_max=450_000)
+    assert s.stopped == "loss"
+    assert 0.95 * 330_000 <= best <= 330_000
+
+
+def test_the_senders_limit_without_a_loss_below_it_is_still_the_generator() -> None:
+    s = search()
+    run(s, lambda offered: offered if offered < 300_000 else offered * 0.5, senders_max=310_000)
+    assert s.stopped == "generator", "no loss at a load the senders could offer: the system may keep up"

@@ -21,7 +21,7 @@ from imqd.qdisc import htb as htb_mod
 from imqd.qdisc.base import QueuedPacket
 from imqd.qdisc.htb import HTB, HTBClassParams
 from imqd.qdisc.leaves import LeafSpec
-from imqd.qdisc.tokens import LocalTokenStore
+from imqd.qdisc.tokens import FIELDS_PER_SLOT, LocalTokenStore
 
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -54,58 +54,12 @@ ops = st.lists(
         st.tuples(st.just("fresh"), st.integers(0, 10)),  # a class's slot made fresh (reset by a change)
         st.tuples(st.just("later"), st.integers(0, 10), st.floats(1e-6, 1e-2)),  # another worker's later t_c
         st.tuples(st.just("drain")),
+        st.tuples(st.just("busy"), st.booleans()),
         st.tuples(st.just("change"), st.integers(0, 1)),
     ),
     min_size=1,
     max_size=40,
 )
-
-
-@needs_c
-@SETTINGS
-@given(classes=trees(), other=trees(), steps=ops)
-def test_c_lanes_do_exactly_what_the_python_reference_does(classes: list[HTBClassParams],
-                                                             other: list[HTBClassParams], steps: Any) -> None:
-    fast, ref = HTB(classes, 0.0), HTB(classes, 0.0, accelerate=False)
-    assert fast.accelerated and not ref.accelerated  # (a tree of TBF leaves only has no lanes)
-    now = 0.0
-    unit = 10 * MTU * 8 / classes[0].rate
-    for step in steps:
-        kind = step[0]
-        leaves = sorted(fast.leaves())
-        if kind == "send":
-            _, pick, size, count = step
-            leaf = leaves[pick % len(leaves)]
-            for _ in range(count):
-                assert fast.send_now(leaf, size, now) == ref.send_now(leaf, size, now)
-        elif kind == "enqueue":
-            _, pick, size, count = step
-            leaf = leaves[pick % len(leaves)]
-            for _ in range(count):
-                assert len(fast.enqueue(QueuedPacket(size), leaf, now)) == len(ref.enqueue(QueuedPacket(size), leaf, now))
-        elif kind == "dequeue":
-            for h in (fast, ref):
-                while h.dequeue(now) is not None:
-                    pass
-                h.take_dropped()
-        elif kind == "advance":
-            now += step[1] * unit
-        elif kind in ("fresh", "later"):
-            order = fast._order
-            cl = order[step[1] % len(order)]
-            for h in (fast, ref):
-                if kind == "fresh":
-                    h.tokens.reset(cl.slot)
-                else:
-                    h.tokens.values[cl.base + 2] = now + step[2]
-        elif kind == "drain":
-            assert len(fast.drain()) == len(ref.drain())
-        else:  # change to the other tree and back: lanes are rebuilt over the new state
-            target = other if step[1] else classes
-            assert len(fast.change(target, now)) == len(ref.change(target, now))
-            fast.take_dropped()
-            ref.take_dropped()
-        assert state(fast, now) == state(ref, now), f"after {step}"
 
 
 class FakeLock:
@@ -135,6 +89,99 @@ class LockedStore(LocalTokenStore):
     def __init__(self) -> None:
         super().__init__()
         self.lock = FakeLock()
+
+
+class MemoryviewStore(LocalTokenStore):
+    """A fixed-size store whose values are a memoryview of doubles, as the shared-memory store's are."""
+
+    SLOTS = 64
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values = memoryview(bytearray(8 * FIELDS_PER_SLOT * self.SLOTS)).cast("d")
+        for i in range(len(self.values)):
+            self.values[i] = math.nan
+
+    def ensure(self, slots: int) -> None:
+        if slots > self.SLOTS:
+            raise ValueError("store full")
+
+
+def make_store(kind: str) -> LocalTokenStore:
+    return {"local": LocalTokenStore, "locked": LockedStore, "memoryview": MemoryviewStore}[kind]()
+
+
+@needs_c
+@SETTINGS
+@given(classes=trees(), other=trees(), steps=ops, store=st.sampled_from(["local", "locked", "memoryview"]))
+def test_c_lanes_do_exactly_what_the_python_reference_does(classes: list[HTBClassParams],
+                                                             other: list[HTBClassParams], steps: Any,
+                                                             store: str) -> None:
+    """The per-packet caller's way (DirectionTree.admit): the lane first, the reference only for its -1."""
+    fast_store, ref_store = make_store(store), make_store(store)
+    fast = HTB(classes, 0.0, tokens=fast_store)
+    ref = HTB(classes, 0.0, tokens=ref_store, accelerate=False)
+    assert fast.accelerated and not ref.accelerated  # (a tree of TBF leaves only has no lanes)
+    now = 0.0
+    unit = 10 * MTU * 8 / classes[0].rate
+    for step in steps:
+        kind = step[0]
+        leaves = sorted(fast.leaves())
+        if kind == "send":
+            _, pick, size, count = step
+            leaf = leaves[pick % len(leaves)]
+            for _ in range(count):
+                lane = fast.lanes.get(leaf)
+                sent = lane.send(size, now) if lane is not None else -1
+                if sent >= 0:
+                    DECIDED_IN_C[0] += 1
+                ours = sent == 1 if sent >= 0 else fast.send_now_reference(leaf, size, now)
+                assert ours == ref.send_now(leaf, size, now)
+        elif kind == "enqueue":
+            _, pick, size, count = step
+            leaf = leaves[pick % len(leaves)]
+            for _ in range(count):
+                assert len(fast.enqueue(QueuedPacket(size), leaf, now)) == len(ref.enqueue(QueuedPacket(size), leaf, now))
+        elif kind == "dequeue":
+            for h in (fast, ref):
+                while h.dequeue(now) is not None:
+                    pass
+                h.take_dropped()
+        elif kind == "advance":
+            now += step[1] * unit
+        elif kind in ("fresh", "later"):
+            order = fast._order
+            cl = order[step[1] % len(order)]
+            for h in (fast, ref):
+                if kind == "fresh":
+                    h.tokens.reset(cl.slot)
+                else:
+                    h.tokens.values[cl.base + 2] = now + step[2]
+        elif kind == "busy":  # another worker holds the shared lock: the lane leaves it to Python
+            for st_ in (fast_store, ref_store):
+                if isinstance(st_, LockedStore):
+                    st_.lock.busy = step[1]
+        elif kind == "drain":
+            assert len(fast.drain()) == len(ref.drain())
+        else:  # change to the other tree and back: lanes are rebuilt over the new state
+            target = other if step[1] else classes
+            assert len(fast.change(target, now)) == len(ref.change(target, now))
+            fast.take_dropped()
+            ref.take_dropped()
+        assert state(fast, now) == state(ref, now), f"after {step}"
+        assert fast_store.timeouts == ref_store.timeouts
+
+
+DECIDED_IN_C = [0]  # sends the lanes answered themselves (0 or 1) in the test above
+
+
+def test_lanes_decided_most_sends_of_the_differential_test() -> None:
+    """A lane that always said -1 (leave it to Python) would pass the differential test vacuously."""
+    if not htb_mod.ACCELERATED:
+        pytest.skip("the C extension is not compiled")
+    if DECIDED_IN_C[0] == 0:  # run on its own: drive the differential test once more
+        test_c_lanes_do_exactly_what_the_python_reference_does()
+    assert DECIDED_IN_C[0] > 100
 
 
 @needs_c
@@ -193,6 +240,8 @@ def test_a_lane_refuses_what_it_cannot_use() -> None:
         lane_type(array("d", [0.0] * 3), spec * 9, (cl,) * 9, *good[2:])
     with pytest.raises(TypeError, match="__slots__"):
         lane_type(array("d", [0.0] * 3), spec, (object(),), *good[2:])
+    with pytest.raises(TypeError, match="already initialised"):
+        h.lanes["a"].__init__(array("d", [0.0] * 3), *good)
     with pytest.raises(RuntimeError, match="not initialised"):
         lane_type.__new__(lane_type).send(100, 0.0)
     store = array("d", [0.0, 0.0, 0.0])
@@ -206,3 +255,37 @@ def test_a_tree_without_c_uses_no_lanes() -> None:
     h = HTB([HTBClassParams("a", None, 8e6, 8e6, 1500, 1500)], 0.0, accelerate=False)
     assert not h.accelerated and not h.lanes and h.send_now("a", 100, 0.0)
     assert math.isclose(h.class_stats(0.0)["a"]["bytes"], 100)
+
+
+class ListStore(LocalTokenStore):
+    """A store whose values are a plain list: valid for HTB, but no buffer of doubles for a lane."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values = []
+
+    def ensure(self, slots: int) -> None:
+        missing = slots * FIELDS_PER_SLOT - len(self.values)
+        if missing > 0:
+            self.values.extend([math.nan] * missing)
+
+
+def test_a_lane_that_cannot_be_built_leaves_its_leaf_to_python() -> None:
+    """Building lanes runs inside change(), after the new tree is in place: it must never make change() fail."""
+    h = HTB([HTBClassParams("a", None, 8e6, 8e6, 1500, 1500)], 0.0, tokens=ListStore())
+    assert h.lanes == {} and h.send_now("a", 100, 0.0)
+    big = HTB([HTBClassParams("p", None, 8e6, 8e6, 1500, 1500),
+               HTBClassParams("a", "p", 8e5, 8e6, 1500, 1500, quantum=2**70),  # no C long holds it
+               HTBClassParams("b", "p", 8e5, 8e6, 1500, 1500)], 0.0)
+    assert set(big.lanes) == ({"b"} if htb_mod.ACCELERATED else set())
+    assert big.send_now("a", 100, 0.0) and big.send_now("b", 100, 0.0)
+    assert big.change([HTBClassParams("a", None, 8e6, 8e6, 1500, 1500, quantum=2**70)], 1.0) == []
+
+
+@needs_c
+def test_a_lane_leaves_sizes_it_cannot_hold_to_python() -> None:
+    h = HTB([HTBClassParams("a", None, 8e6, 8e6, 1500, 1500)], 0.0)
+    lane = h.lanes["a"]
+    assert lane.send(2**70, 0.0) == 0, "bigger than any FIFO passes: it must queue, as send_now says"
+    assert lane.send(-(2**70), 0.0) == -1 and lane.send(1.5, 0.0) == -1, "not a size C can hold: Python decides"
+    assert h.class_stats(0.0)["a"]["packets"] == 0
