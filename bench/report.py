@@ -554,12 +554,13 @@ def limits(s: dict[str, Any], meta: dict[str, Any]) -> list[str]:
             continue
         why = (f"Added latency above 50 µs per packet at {_idle_label(li)}: the bare loop alone adds {bare:.0f} µs "
                "per packet (one NFQUEUE pass: the kernel's queueing, waking a process, the netlink round trip); "
-               f"imqd adds {own:+.0f} µs to that (parsing, classifying and charging the class in Python")
+               + (f"imqd adds {own:.0f} µs to that (parsing and classifying in Python, charging the class in C"
+                  if own >= 0 else f"imqd takes {-own:.0f} µs less than that"))
         if li["pps"] < 1000:
             faster = [_med(v["median_us"].get("plain")) for v in s["latency_idle"].values()
                       if v["pps"] > li["pps"] and v["ping_cpu"] == li["ping_cpu"]]
             fast_rtt = faster[0] if faster and faster[0] is not None else None
-            why += "; its idle tick keeps the worker awake). "
+            why += ("; its" if own >= 0 else " (its") + " idle tick keeps the worker awake while traffic flows). "
             if plain_rtt is not None and plain_rtt > 20 and (fast_rtt is None or plain_rtt > 2 * fast_rtt):
                 why += ("At this rate the CPUs sleep between packets and every wake-up is cold: even plain kernel "
                         f"forwarding takes {plain_rtt:.0f} µs per RTT"
@@ -568,7 +569,7 @@ def limits(s: dict[str, Any], meta: dict[str, Any]) -> list[str]:
                 why += ("At this rate the worker's CPU is asleep when a packet comes: plain forwarding wakes no "
                         f"other process ({plain_rtt:.0f} µs per RTT), an NFQUEUE pass must wake the worker"
                         + (", from another CPU" if li["ping_cpu"] == "other" else ""))
-        else:
+        elif own >= 0:
             why += ")"
         polled = _med(added.get(f"imqd x1{LOW_LATENCY} - plain{LOW_LATENCY}"))
         if polled is not None:
