@@ -72,7 +72,7 @@ FULL = Params(reps=3, rates=(1_000_000, 5_000_000, 20_000_000, 100_000_000), flo
               lossy_steps=2, refine_steps=3, ceiling_tcp_seconds=2,
               ping_count=200, load_seconds=4, api_seconds=2.0, apply_count=20, profile_seconds=4)
 QUICK = Params(reps=1, rates=(20_000_000,), flows=(1,), directions=(UP, DOWN), tcp_seconds=2, omit=1,
-               step_warm=0.3, step_window=0.5, step_factor=2.5, lossy_steps=1,
+               step_warm=0.25, step_window=0.4, step_factor=2.5, lossy_steps=1,
                refine_steps=1, ceiling_tcp_seconds=1, ping_count=30, load_seconds=2,
                api_seconds=1.0, apply_count=5, profile_seconds=0)
 START_PPS = 10_000  # the first offered load of the ceiling search (and the load the CPU cost is read at)

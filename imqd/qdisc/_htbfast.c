@@ -105,20 +105,6 @@ set_list_long(PyObject *list, Py_ssize_t i, long v)
     return PyList_SetItem(list, i, o);  /* steals o */
 }
 
-static void
-Lane_dealloc(Lane *self)
-{
-    PyObject_GC_UnTrack(self);
-    Py_CLEAR(self->values);
-    Py_CLEAR(self->deficit);
-    Py_CLEAR(self->ptr);
-    Py_CLEAR(self->lock);
-    Py_CLEAR(self->active);
-    for (int i = 0; i < self->n; i++)
-        Py_CLEAR(self->chain[i].cls);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
 static int
 Lane_traverse(Lane *self, visitproc visit, void *arg)
 {
@@ -144,6 +130,14 @@ Lane_clear(Lane *self)
         Py_CLEAR(self->chain[i].cls);
     self->n = 0;
     return 0;
+}
+
+static void
+Lane_dealloc(Lane *self)
+{
+    PyObject_GC_UnTrack(self);
+    Lane_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 /* Lane(values, chain, classes, prio, quantum, idx, passthrough, deficit, ptr, lock, active)
