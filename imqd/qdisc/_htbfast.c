@@ -39,7 +39,8 @@ typedef struct {
     PyObject *values;     /* the token store's values (buffer of doubles) */
     PyObject *deficit;    /* the leaf's deficit list (one int per level) */
     PyObject *ptr;        /* HTB's DRR pointer list (one int per level*8+prio) */
-    PyObject *lock;       /* the shared store's lock, or NULL */
+    PyObject *acquire;    /* the shared store's lock's bound acquire and release (looked up once), or NULL */
+    PyObject *release;
     PyObject *active;     /* HTB's list of backlogged leaves: the fast path is only for an empty tree */
     Py_ssize_t offsets[N_COUNTERS];
     long prio, quantum, idx, passthrough;
@@ -111,7 +112,8 @@ Lane_traverse(Lane *self, visitproc visit, void *arg)
     Py_VISIT(self->values);
     Py_VISIT(self->deficit);
     Py_VISIT(self->ptr);
-    Py_VISIT(self->lock);
+    Py_VISIT(self->acquire);
+    Py_VISIT(self->release);
     Py_VISIT(self->active);
     for (int i = 0; i < self->n; i++)
         Py_VISIT(self->chain[i].cls);
@@ -124,7 +126,8 @@ Lane_clear(Lane *self)
     Py_CLEAR(self->values);
     Py_CLEAR(self->deficit);
     Py_CLEAR(self->ptr);
-    Py_CLEAR(self->lock);
+    Py_CLEAR(self->acquire);
+    Py_CLEAR(self->release);
     Py_CLEAR(self->active);
     for (int i = 0; i < self->n; i++)
         Py_CLEAR(self->chain[i].cls);
@@ -210,7 +213,17 @@ Lane_init(Lane *self, PyObject *args, PyObject *kwds)
     self->values = Py_NewRef(values);
     self->deficit = Py_NewRef(deficit);
     self->ptr = Py_NewRef(ptr);
-    self->lock = lock == Py_None ? NULL : Py_NewRef(lock);
+    if (lock != Py_None) {
+        PyObject *acquire = PyObject_GetAttr(lock, s_acquire);
+        PyObject *release = acquire == NULL ? NULL : PyObject_GetAttr(lock, s_release);
+        if (release == NULL) {
+            Py_XDECREF(acquire);
+            Lane_clear(self);
+            return -1;
+        }
+        self->acquire = acquire;
+        self->release = release;
+    }
     self->active = Py_NewRef(active);
     self->prio = prio;
     self->quantum = quantum;
@@ -340,8 +353,8 @@ Lane_send(Lane *self, PyObject *const *args, Py_ssize_t nargs)
     }
     if (key < 0)
         goto done;
-    if (self->lock != NULL) {
-        PyObject *got = PyObject_CallMethodOneArg(self->lock, s_acquire, Py_False);
+    if (self->acquire != NULL) {
+        PyObject *got = PyObject_CallOneArg(self->acquire, Py_False);
         if (got == NULL) {
             PyBuffer_Release(&view);
             return NULL;
@@ -356,10 +369,10 @@ Lane_send(Lane *self, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     int rc = charge(self, vals, key, size, now);
-    if (self->lock != NULL) {
+    if (self->release != NULL) {
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);  /* keep charge()'s error, if any, across the release */
-        PyObject *r = PyObject_CallMethodNoArgs(self->lock, s_release);
+        PyObject *r = PyObject_CallNoArgs(self->release);
         Py_XDECREF(r);
         if (type != NULL) {
             PyErr_Clear();
