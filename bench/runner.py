@@ -23,7 +23,6 @@ from bench import report
 from bench.figures import Bench, Params
 from bench.systems import BareLoop, Imqd, KernelHtb, Plain, fq_codel_leaf, imqd_config
 from imqd.config import BURST_TIME_US
-from imqd.cpu_latency import DEVICE as CPU_LATENCY_DEVICE
 from imqd.cpu_latency import CpuLatencyError, CpuLatencyRequest
 from imqd.netns import Topology
 
@@ -182,7 +181,7 @@ def run(params: Params, *, command: str, quick: bool, log: Callable[[str], None]
                 with Imqd(topo, 1, extra_args=("--idle-tick", "0")) as untick:  # what the idle tick buys
                     raw["latency_idle"] += timed("latency", b.latency_idle, untick, rep,
                                                   report.NO_TICK)
-                if os.path.exists(CPU_LATENCY_DEVICE):
+                if held:  # the request could be held for the references above: imqd can hold it too
                     with Imqd(topo, 1, extra_args=("--cpu-latency", "0")) as polled:
                         raw["latency_idle"] += timed("latency", b.latency_idle, polled, rep,
                                                       "imqd x1" + report.LOW_LATENCY)

@@ -69,10 +69,14 @@ def test_one_noise_dip_does_not_end_the_rise() -> None:
 def test_refinement_stays_between_the_last_good_and_first_bad_load(refine: int) -> None:
     s = search(refine=refine)
     run(s, collapsing(400_000))
-    rising = [t for t, _ in s.history][: len(s.history) - refine]
-    good = max(t for t, lost in s.history[: len(rising)] if not lost)
-    bad = min(t for t, lost in s.history[: len(rising)] if lost and t > good)
-    assert all(good < t < bad for t, _ in s.history[len(rising):])
+    h = s.history
+    # the rise ends at the second lossy step in a row (lossy_steps=2); what follows is the bisection
+    end = next(i for i in range(1, len(h)) if h[i - 1][1] and h[i][1]) + 1
+    good = max(t for t, lost in h[:end] if not lost)
+    bad = min(t for t, lost in h[:end] if lost and t > good)
+    refined = h[end:]
+    assert len(refined) == refine, "one step per bisection asked for"
+    assert all(good < t < bad for t, _ in refined)
 
 
 def test_a_bisection_step_the_senders_miss_ends_the_search_but_loss_stays_the_reason() -> None:
