@@ -32,8 +32,7 @@ SYSTEMS: dict[str, Callable[[Topology], System]] = {
     "imqd2": lambda t: Imqd(t, 2),
     "imqd1-noclass": lambda t: Imqd(t, 1, {"classes": []}),
     "imqd1-notick": lambda t: Imqd(t, 1, extra_args=("--idle-tick", "0")),
-    "imqd-percpu": lambda t: Imqd(t, len(os.sched_getaffinity(0)), extra_args=("--policy", "cpu"),
-                                  name="imqd per-CPU"),
+    "imqd-percpu": Imqd.per_cpu,
 }
 
 PROBE = replace(QUICK, step_warm=0.4, step_window=0.8, step_factor=1.25, lossy_steps=2, ping_count=100)

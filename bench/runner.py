@@ -185,9 +185,8 @@ def run(params: Params, *, command: str, quick: bool, log: Callable[[str], None]
                     with Imqd(topo, 1, extra_args=("--cpu-latency", "0")) as polled:
                         raw["latency_idle"] += timed("latency", b.latency_idle, polled, rep,
                                                       "imqd x1" + report.LOW_LATENCY)
-                cpus = len(os.sched_getaffinity(0))
-                if cpus > 1 and not quick:  # a worker on every CPU, packets to the local one: no cross-CPU wake-up
-                    with Imqd(topo, cpus, extra_args=("--policy", "cpu"), name=report.PER_CPU) as per_cpu:
+                if len(os.sched_getaffinity(0)) > 1 and not quick:  # packets to the local worker: no cross-CPU wake
+                    with Imqd.per_cpu(topo) as per_cpu:
                         raw["latency_idle"] += timed("latency", b.latency_idle, per_cpu, rep)
                 if leaf is not None:
                     with Imqd(topo, 1, imqd_config(topo, leaf=leaf)) as fq:

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import report
 from imqd import rules
 from imqd.config import ClassSpec, parse_config
 from imqd.kernel_queues import PROC_PATH, parse_nfqueue_table
@@ -238,6 +239,11 @@ class Imqd(System):
         self.config = config if config is not None else imqd_config(topo)
         self.extra_args = extra_args
         self.inst: ImqdInstance | None = None
+
+    @classmethod
+    def per_cpu(cls, topo: Topology) -> Imqd:
+        """imqd with a worker on every CPU this process may use and ``--policy cpu`` (report.PER_CPU)."""
+        return cls(topo, len(os.sched_getaffinity(0)), extra_args=("--policy", "cpu"), name=report.PER_CPU)
 
     def start(self) -> None:
         queues = "0" if self.workers == 1 else f"0:{self.workers - 1}"

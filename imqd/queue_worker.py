@@ -349,6 +349,7 @@ class QueueWorker:
 
     def stats(self) -> dict[str, Any]:
         c = self.counters
+        now = self._clock()  # one reading: the tokens are projected to the time the stats report
         return {
             "queue": self.opts.queue,
             "cpu": self.opts.cpu,
@@ -363,8 +364,8 @@ class QueueWorker:
             "held": self.shaper.held,
             "version": self.shaper.version,
             "enabled": self.shaper.enabled,
-            "classes": self.shaper.class_stats(self._clock()),
-            "time": self._clock(),
+            "classes": self.shaper.class_stats(now),
+            "time": now,
         }
 
     def send_stats(self) -> None:

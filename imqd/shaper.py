@@ -89,8 +89,8 @@ def htb_params(classes: list[ClassSpec], slots: dict[str, int]) -> list[HTBClass
 class DirectionTree:
     """One direction's scheduler (IMQ's imq0 or imq1): classifier + HTB + per-class overhead."""
 
-    __slots__ = ("classifier", "htb", "overhead", "host_key", "needs_info", "_classify_packet", "_send_now",
-                 "_lanes")
+    __slots__ = ("classifier", "htb", "overhead", "host_key", "needs_info", "_classify_packet",
+                 "_send_now_reference", "_lanes")
 
     def __init__(self, classifier: Classifier, htb: HTB, overhead: dict[str, int], host_key: dict[str, int],
                  needs_info: frozenset[str]) -> None:
@@ -100,7 +100,7 @@ class DirectionTree:
         self.host_key = host_key
         self.needs_info = needs_info  # leaves whose qdisc reads QueuedPacket.flow or .host
         self._classify_packet = classifier.classify_packet  # bound once: admit runs per packet
-        self._send_now = htb.send_now_reference  # for leaves without a lane, and a lane's -1
+        self._send_now_reference = htb.send_now_reference  # for leaves without a lane, and a lane's -1
         self._lanes = htb.lanes  # the C fast path of send_now, when compiled (the same dict for the HTB's life)
 
     def admit(self, pkt: Any, data: bytes, names: Mapping[int, str | None], now: float
@@ -120,7 +120,7 @@ class DirectionTree:
         size = length + self.overhead[leaf]
         lane = self._lanes.get(leaf)
         sent = lane.send(size, now) if lane is not None else -1  # HTB.lanes: 1 sent, 0 queue it, -1 ask
-        if sent == 1 or (sent < 0 and self._send_now(leaf, size, now)):
+        if sent == 1 or (sent < 0 and self._send_now_reference(leaf, size, now)):
             return None
         flow = 0
         host = None

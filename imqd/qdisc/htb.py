@@ -397,7 +397,8 @@ class HTB:
     def _build_lanes(self) -> dict[str, Any]:
         """One C Lane per leaf that packets may skip (send_now), over this tree's current state objects.
 
-        Rebuilt by every change: a lane holds the leaf's deficit list, the DRR pointer list, the token
+        Rebuilt by every change: a lane holds the leaf's deficit list, the DRR pointer list and the list of
+        backlogged leaves (so between changes those three are only ever changed in place), the token
         store's values and lock, and the constants of the classes on the leaf's path."""
         assert Lane is not None
         lanes = {}
@@ -423,7 +424,7 @@ class HTB:
         """Leaf name -> C Lane, for callers that skip :meth:`send_now`'s Python frame on the per-packet path.
 
         ``lane.send(size, now)`` returns 1 (sent: what ``send_now`` returning True means), 0 (``send_now``
-        would return False) or -1 (call ``send_now``).  The same mapping object for the tree's lifetime,
+        would return False) or -1 (call :meth:`send_now_reference`).  The same mapping object for the tree's lifetime,
         kept current by every change; empty when the C extension is not available or turned off."""
         return self._lanes
 
@@ -465,10 +466,8 @@ class HTB:
         that pair would do -- the same DRR deficit and pointer update, the same charge up the tree -- without
         queueing anything.  Returns False and changes nothing otherwise; the caller then ``enqueue``s.
         """
-        if self._active:
-            return False
         lane = self._lanes.get(leaf)
-        if lane is not None:
+        if lane is not None:  # (it answers 0 itself while a leaf is backlogged)
             sent = lane.send(size, now)  # the same steps in C; -1: a case it leaves to the reference
             if sent >= 0:
                 return sent == 1
