@@ -80,12 +80,13 @@ START_PPS = 10_000  # the first offered load of the ceiling search (and the load
 # (It was 400,000 until a faster machine forwarded that without loss: the figure was then the bound's.)
 MAX_PPS = 10_000_000
 LOSS_STOP = 0.9  # stop rising once less than this share of the offered load arrives
-IDLE_INTERVALS_S = (0.01, 0.001)  # low load: 100 and 1,000 pings a second
+IDLE_INTERVALS_S = (0.01, 0.001)  # low load: 100 and 1,000 probes a second
+OWD_PORT = 9950  # UDP port of the one-way delay probes (bench.owd)
 
 
 def ping_cpus() -> dict[str, int]:
-    """Where the latency pings run: on the CPU imqd x1's worker (and the bare loop) is pinned to and, if
-    there is one, on another."""
+    """Where the low-load latency probes are sent from: the CPU imqd x1's worker (and the bare loop) is pinned
+    to and, if there is one, another."""
     (worker,) = worker_cpus(1)
     others = sorted(os.sched_getaffinity(0) - {worker})
     return {"same": worker, **({"other": others[0]} if others else {})}
@@ -334,24 +335,53 @@ class Bench:
     def ping(self, count: int, interval: float, cpu: int | None = None) -> list[float]:
         return self.topo.ping(0, count=count, interval=interval, deadline=count * interval + 3, cpu=cpu)
 
+    def one_way(self, direction: str, count: int, interval: float, cpu: int | None = None) -> list[float]:
+        """One-way delays (µs) of `count` UDP probes across the router (:mod:`bench.owd`), sent from the
+        client (UP) or the server (DOWN) every `interval` s, the sender pinned to `cpu`."""
+        topo, client = self.topo, self.topo.clients[0]
+        src, dst, to = ((client.ns, topo.server_ns, topo.server_addr4) if direction == UP
+                        else (topo.server_ns, client.ns, client.addr4))
+        py = [sys.executable, "-m", "bench.owd"]
+        recv = topo.popen(dst, [*py, "recv", "--port", str(OWD_PORT)], cwd=str(REPO), stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            ready = recv.stdout.readline().strip() if recv.stdout else ""
+            if ready != "ready":
+                raise RuntimeError(f"bench.owd recv in {dst}: {ready or recv.stderr.read()[-500:]}")
+            pin = [] if cpu is None else ["taskset", "-c", str(cpu)]
+            topo.exec(src, [*pin, *py, "send", "--to", to, "--port", str(OWD_PORT), "--count", str(count),
+                            "--interval", str(interval)], cwd=str(REPO), timeout=count * interval + 30)
+            time.sleep(0.05)  # the last probe's crossing
+            out, err = recv.communicate("go\n", timeout=30)
+        finally:
+            if recv.poll() is None:
+                recv.kill()
+                recv.wait()
+        if recv.returncode != 0:
+            raise RuntimeError(f"bench.owd recv in {dst} exited {recv.returncode}: {err[-500:]}")
+        return json.loads(out)["delays_us"]
+
     def latency_idle(self, system: System, rep: int, name: str | None = None) -> list[dict[str, Any]]:
-        """ping RTTs at low load through `system`: one echo every 10 ms, then every 1 ms, nothing else.
+        """One-way delays across the router at low load through `system` (:mod:`bench.owd`): a probe every
+        10 ms, then every 1 ms, nothing else; upload and download.
 
         Two low loads, because on a machine whose CPUs sleep between packets the slower one pays every
-        wake-up cold; and ping pinned to the CPU of the (first) worker, then to another CPU, because where
-        the kernel forwards a packet decides whether waking the worker crosses CPUs -- a lottery per run
-        if ping were left to the scheduler (docs/benchmarks.md).  `name` labels the records (default: the
-        system's name)."""
+        wake-up cold; and the sender pinned to the CPU of the (first) worker, then to another CPU, because on
+        veth the router forwards a packet on its sender's CPU, and that decides whether waking the worker
+        crosses CPUs -- a lottery per run if the sender were left to the scheduler (docs/benchmarks.md).
+        `name` labels the records (default: the system's name)."""
         name = name or system.name
-        self.ping(3, 0.05)  # warm the ARP and conntrack entries
+        for direction in (UP, DOWN):
+            self.one_way(direction, 3, 0.05)  # warm the neighbour and conntrack entries
         out = []
         for placement, cpu in ping_cpus().items():
             for interval in IDLE_INTERVALS_S:
-                rtts = self.ping(self.p.ping_count, interval, cpu)
-                self.log(f"  latency  {name:<22} idle, {1 / interval:,.0f} pings/s on the {placement} CPU: "
-                         f"median {_median(rtts) * 1000:.0f} us ({len(rtts)} replies)")
-                out.append({"rep": rep, "system": name, "interval_s": interval, "ping_cpu": placement,
-                            "rtts_ms": rtts})
+                for direction in (UP, DOWN):
+                    delays = self.one_way(direction, self.p.ping_count, interval, cpu)
+                    self.log(f"  latency  {name:<22} idle, {1 / interval:,.0f}/s {direction} from the {placement} "
+                             f"CPU: median {_median(delays):.0f} us one way ({len(delays)} probes)")
+                    out.append({"rep": rep, "system": name, "interval_s": interval, "sender_cpu": placement,
+                                "direction": direction, "delays_us": delays})
         return out
 
     def latency_loaded(self, system: System, rep: int, label: str) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """``python -m bench.probe`` -- a quick A/B of the forwarding ceiling and idle latency (root; ~1 min a system).
 
 The full suite (``python -m bench``) takes ~15 minutes; while working on the per-packet path one wants the
-two figures that path decides -- peak UDP 64-byte packets/s and the idle RTT -- for a few systems, measured
+two figures that path decides -- peak UDP 64-byte packets/s and the one-way delay at low load -- for a few systems, measured
 alternately on one topology so slow drifts in the machine's load hit every system alike.  Nothing is written
 to docs/; the page's figures come only from the full suite.
 
@@ -39,8 +39,10 @@ PROBE = replace(QUICK, step_warm=0.4, step_window=0.8, step_factor=1.25, lossy_s
 
 
 def measure(b: Bench, system: System, rep: int, tcp: bool, udp: bool) -> dict[str, Any]:
-    out = {f"rtt_us@{1 / r['interval_s']:.0f}/s,{r['ping_cpu']}": statistics.median(r["rtts_ms"]) * 1000
-           for r in b.latency_idle(system, rep)}
+    pooled: dict[str, list[float]] = {}  # upload and download probes together
+    for r in b.latency_idle(system, rep):
+        pooled.setdefault(f"owd_us@{1 / r['interval_s']:.0f}/s,{r['sender_cpu']}", []).extend(r["delays_us"])
+    out = {k: statistics.median(v) for k, v in pooled.items()}
     if udp:
         out["udp_pps"] = b.ceiling_udp(system, rep)["pps"]
     if tcp:

@@ -41,13 +41,7 @@ PER_CPU = "imqd per-CPU"
 IDLE_PAIRS = (("imqd x1", "plain"), ("bare-loop x1", "plain"), ("imqd x1", "bare-loop x1"), (NO_TICK, "plain"),
               (PER_CPU, "plain"),
               ("imqd x1" + LOW_LATENCY, "plain" + LOW_LATENCY), ("bare-loop x1" + LOW_LATENCY, "plain" + LOW_LATENCY))
-IDLE_INTERVAL_S = 0.01  # records without an interval (older runs) pinged every 10 ms
-PING_CPUS = ("same", "other", "any")  # where the latency pings ran: the worker's CPU, another, not pinned
-# A ping's echo and its reply each cross the router once: the latency a packet gains is half the RTT's.
-PACKETS_PER_RTT = 2
-# ... and each crossing queues it once (the rules queue the wan side only: POSTROUTING -o wan for uploads,
-# PREROUTING -i wan for downloads; imqd.rules.for_config)
-PASSES_PER_PACKET = 1
+SENDER_CPUS = ("same", "other")  # where the low-load probes were sent from: the worker's CPU, another
 TRAFFIC = {"udp64": "64-byte UDP frames", "tcp1500": "full-size TCP (2 flows)"}
 
 
@@ -189,33 +183,30 @@ def _ceiling(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _latency_idle(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per ping rate and ping CPU: median RTTs and the added latency of IDLE_PAIRS.
+    """Per probe rate and sender CPU: each system's median one-way delay across the router (upload and
+    download probes together, :mod:`bench.owd`), and what IDLE_PAIRS add per packet.
 
-    Keyed ``"100/s same CPU"`` (pings a second; ping on the worker's CPU or another one); records of runs
-    before pings were pinned have neither an interval (they pinged every 10 ms) nor a CPU ("any")."""
+    Keyed ``"100/s same CPU"`` (probes a second; sent from the worker's CPU or another one)."""
     groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for r in records:
-        pps = round(1 / r.get("interval_s", IDLE_INTERVAL_S))
-        groups.setdefault((pps, r.get("ping_cpu", "any")), []).append(r)
+        groups.setdefault((round(1 / r["interval_s"]), r["sender_cpu"]), []).append(r)
     out = {}
-    for (pps, cpu), recs in sorted(groups.items(), key=lambda kv: (kv[0][0], PING_CPUS.index(kv[0][1]))):
-        med: dict[str, dict[int, float]] = {}
+    for (pps, cpu), recs in sorted(groups.items(), key=lambda kv: (kv[0][0], SENDER_CPUS.index(kv[0][1]))):
+        pooled: dict[str, dict[int, list[float]]] = {}
         for r in recs:
-            if r["rtts_ms"]:
-                med.setdefault(r["system"], {})[r["rep"]] = median(r["rtts_ms"]) * 1000
-        added = {f"{a} - {b}": paired(med.get(a, {}), med.get(b, {}), "-") for a, b in IDLE_PAIRS}
+            pooled.setdefault(r["system"], {}).setdefault(r["rep"], []).extend(r["delays_us"])
+        med = {sy: {rep: median(d) for rep, d in by_rep.items() if d} for sy, by_rep in pooled.items()}
         out[f"{pps}/s {cpu} CPU"] = {
-            "pps": pps, "ping_cpu": cpu,
-            "median_us": {s: three(v.values()) for s, v in med.items()},
-            "added_us": {k: three(v) for k, v in added.items()},
-            "added_per_packet_us": {k: three(d / PACKETS_PER_RTT for d in v) for k, v in added.items()}}
+            "pps": pps, "sender_cpu": cpu,
+            "median_us": {sy: three(v.values()) for sy, v in med.items() if v},
+            "added_us": {f"{a} - {b}": three(paired(med.get(a, {}), med.get(b, {}), "-")) for a, b in IDLE_PAIRS}}
     return out
 
 
 def _idle_label(li: dict[str, Any]) -> str:
-    """'100 pings/s, ping on the worker's CPU' for one entry of _latency_idle."""
-    where = {"same": ", ping on the worker's CPU", "other": ", ping on another CPU"}.get(li["ping_cpu"], "")
-    return f"{li['pps']:,} pings/s{where}"
+    """'100 packets/s from the worker's CPU' for one entry of _latency_idle."""
+    where = {"same": "the worker's CPU", "other": "another CPU"}[li["sender_cpu"]]
+    return f"{li['pps']:,} packets/s from {where}"
 
 
 def _latency_load(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -292,11 +283,11 @@ def _targets(s: dict[str, Any]) -> list[dict[str, Any]]:
     for system, suffix, how in (("imqd x1", "", ""), ("imqd x1", LOW_LATENCY, " with --cpu-latency 0"),
                                 (PER_CPU, "", " with a worker per CPU and --policy cpu")):
         for li in s["latency_idle"].values():
-            v = _med(li["added_per_packet_us"].get(f"{system}{suffix} - plain{suffix}"))
+            v = _med(li["added_us"].get(f"{system}{suffix} - plain{suffix}"))
             if v is None:
                 continue  # not measured (runs before these figures)
             out.append({"figure": f"added latency per packet at {_idle_label(li)}{how} "
-                                  f"((RTT {system}{suffix} - RTT plain{suffix}) / 2)",
+                                  f"(one-way delay {system}{suffix} - plain{suffix})",
                         "target": f"<= {TARGETS['added_latency_us']:.0f} us",
                         "value": v, "met": v <= TARGETS["added_latency_us"], "misses": []})
     for traffic in TRAFFIC:
@@ -425,12 +416,16 @@ def render_markdown(s: dict[str, Any], meta: dict[str, Any], *, png: str | None 
 
     li = s["latency_idle"]
     keys = list(li)
-    L += ["## Latency", "", f"**Low load:** {p.get('ping_count', '?')} pings at 10 ms intervals (100/s), then "
-          f"{p.get('ping_count', '?')} at 1 ms intervals (1,000/s), nothing else running; median RTT per repetition. "
-          "ping runs pinned to the CPU of imqd x1's worker (and of the bare loop), then to another CPU: on a veth "
-          "the kernel forwards a packet on the sender's CPU, so this decides whether waking the worker crosses "
-          "CPUs. The echo and the reply each cross the router once, and each crossing queues them once (at the "
-          "wan side), so a packet's added latency is half the added RTT. "
+    L += ["## Latency", "", f"**Low load:** {p.get('ping_count', '?')} UDP probes at 10 ms intervals (100/s), then "
+          f"{p.get('ping_count', '?')} at 1 ms intervals (1,000/s), nothing else running, each rate once from the "
+          "client (upload) and once from the server (download); the figure is the median one-way delay across the "
+          "router per repetition, both directions together. Each probe carries its send time; the receiving "
+          "socket's kernel stamps its arrival (`SO_TIMESTAMPNS`) and the receiver reads them only after the last "
+          "was sent, so neither end's process wake-up is counted, and a difference of two systems is what the "
+          "router adds to one packet (`bench/owd.py`; a ping RTT would also count waking the client's ping "
+          "process, and its echo and reply cross the router differently). The sender is pinned to the CPU of "
+          "imqd x1's worker (and of the bare loop), then to another CPU: on a veth the kernel forwards a packet "
+          "on its sender's CPU, so this decides whether waking the worker crosses CPUs. "
           f"`{NO_TICK}` is imqd x1 run with `--idle-tick 0`: without the tick that keeps an idle worker awake "
           "while traffic flows. "
           f"`…{LOW_LATENCY}` rows run while a PM QoS request (`/dev/cpu_dma_latency` = 0) keeps idle CPUs polling "
@@ -438,15 +433,15 @@ def render_markdown(s: dict[str, Any], meta: dict[str, Any], *, png: str | None 
           "request held by the benchmark. They show what the wake-up of idle CPUs costs, and what an operator "
           f"who trades power for latency gets. `{PER_CPU}` runs a worker on every CPU with `--policy cpu` "
           "(`--queue-cpu-fanout`): each packet goes to the worker pinned to the CPU the kernel handles it on, so "
-          "waking the worker never crosses CPUs, wherever ping runs; no power trade-off.", ""]
-    columns = [_idle_label(li[k]).replace(", ping on", ",") for k in keys]
+          "waking the worker never crosses CPUs, wherever the sender runs; no power trade-off.", ""]
+    columns = [_idle_label(li[k]) for k in keys]
     systems = list(dict.fromkeys(sy for k in keys for sy in li[k]["median_us"]))
-    L += _table(["median RTT µs", *columns], ([sy] + [_f(li[k]["median_us"].get(sy), "{:.0f}") for k in keys]
-                                              for sy in systems))
+    L += _table(["median one-way µs", *columns], ([sy] + [_f(li[k]["median_us"].get(sy), "{:.0f}") for k in keys]
+                                                  for sy in systems))
     L += [""]
     pairs = list(dict.fromkeys(pair for k in keys for pair, v in li[k]["added_us"].items() if v is not None))
     L += _table(["added per packet µs", *columns],
-                ([pair] + [_f(li[k]["added_per_packet_us"].get(pair), "{:.0f}") for k in keys] for pair in pairs))
+                ([pair] + [_f(li[k]["added_us"].get(pair), "{:.0f}") for k in keys] for pair in pairs))
     L += [""]
     ll = s["latency_load"]
     L += ["**Under load (bufferbloat):** four TCP uploads saturate a 20 Mbit/s class; pings from the same host go "
@@ -545,11 +540,11 @@ def limits(s: dict[str, Any], meta: dict[str, Any]) -> list[str]:
                    "and saves most verdict system calls by batching them" + top + ". The two-worker figures share "
                    f"{nproc} CPUs with the senders, so they are also the most sensitive to other load ({load}).")
     for li in s["latency_idle"].values():
-        if not any(f.startswith(f"added latency per packet at {_idle_label(li)} ((") for f in missed):
+        if not any(f.startswith(f"added latency per packet at {_idle_label(li)} (one-way") for f in missed):
             continue
-        added = li["added_per_packet_us"]
+        added = li["added_us"]
         bare, own = _med(added.get("bare-loop x1 - plain")), _med(added.get("imqd x1 - bare-loop x1"))
-        plain_rtt = _med(li["median_us"].get("plain"))
+        plain_owd = _med(li["median_us"].get("plain"))
         if bare is None or own is None:
             continue
         why = (f"Added latency above 50 µs per packet at {_idle_label(li)}: the bare loop alone adds {bare:.0f} µs "
@@ -558,17 +553,17 @@ def limits(s: dict[str, Any], meta: dict[str, Any]) -> list[str]:
                   if own >= 0 else f"imqd takes {-own:.0f} µs less than that"))
         if li["pps"] < 1000:
             faster = [_med(v["median_us"].get("plain")) for v in s["latency_idle"].values()
-                      if v["pps"] > li["pps"] and v["ping_cpu"] == li["ping_cpu"]]
-            fast_rtt = faster[0] if faster and faster[0] is not None else None
+                      if v["pps"] > li["pps"] and v["sender_cpu"] == li["sender_cpu"]]
+            fast_owd = faster[0] if faster and faster[0] is not None else None
             why += ("; its" if own >= 0 else " (its") + " idle tick keeps the worker awake while traffic flows). "
-            if plain_rtt is not None and plain_rtt > 20 and (fast_rtt is None or plain_rtt > 2 * fast_rtt):
+            if plain_owd is not None and plain_owd > 10 and (fast_owd is None or plain_owd > 2 * fast_owd):
                 why += ("At this rate the CPUs sleep between packets and every wake-up is cold: even plain kernel "
-                        f"forwarding takes {plain_rtt:.0f} µs per RTT"
-                        + (f" (at 1,000 pings/s: {fast_rtt:.0f} µs)" if fast_rtt is not None else ""))
+                        f"forwarding takes {plain_owd:.0f} µs one way"
+                        + (f" (at 1,000 packets/s: {fast_owd:.0f} µs)" if fast_owd is not None else ""))
             else:
                 why += ("At this rate the worker's CPU is asleep when a packet comes: plain forwarding wakes no "
-                        f"other process ({plain_rtt:.0f} µs per RTT), an NFQUEUE pass must wake the worker"
-                        + (", from another CPU" if li["ping_cpu"] == "other" else ""))
+                        f"other process ({plain_owd:.0f} µs one way), an NFQUEUE pass must wake the worker"
+                        + (", from another CPU" if li["sender_cpu"] == "other" else ""))
         elif own >= 0:
             why += ")"
         polled = _med(added.get(f"imqd x1{LOW_LATENCY} - plain{LOW_LATENCY}"))

@@ -142,12 +142,15 @@ def _raw(imqd_factor: dict[tuple[str, int], list[float]], *, leaf: bool = False,
             ceil.append({"rep": rep, "system": system, "traffic": "udp64", "pps": pps * (1 + rep / 100),
                          "overload_pps": pps / 5, "cost_step": step})
             ceil.append({"rep": rep, "system": system, "traffic": "tcp1500", "pps": pps * 2, "bps": pps * 2 * 8 * 1448})
-        for system, base in (("plain", 0.050), ("bare-loop x1", 0.150), ("imqd x1", 0.200), (NO_TICK, 0.300)):
-            for cpu, slower in (("other", 0.040), ("same", 0.0)):  # out of order: the summary sorts them
-                idle.append({"rep": rep, "system": system, "interval_s": 0.01, "ping_cpu": cpu,
-                             "rtts_ms": [base + slower * (system != "plain") + rep * 0.001] * 5})
-                idle.append({"rep": rep, "system": system, "interval_s": 0.001, "ping_cpu": cpu,
-                             "rtts_ms": [base / 5 + slower * (system != "plain")] * 5})
+        for system, base in (("plain", 25.0), ("bare-loop x1", 75.0), ("imqd x1", 100.0), (NO_TICK, 150.0)):
+            for cpu, slower in (("other", 20.0), ("same", 0.0)):  # out of order: the summary sorts them
+                for direction, skew in (("upload", -1.0), ("download", 1.0)):  # pooled: the median is between
+                    idle.append({"rep": rep, "system": system, "interval_s": 0.01, "sender_cpu": cpu,
+                                 "direction": direction,
+                                 "delays_us": [base + slower * (system != "plain") + rep + skew] * 5})
+                    idle.append({"rep": rep, "system": system, "interval_s": 0.001, "sender_cpu": cpu,
+                                 "direction": direction,
+                                 "delays_us": [base / 5 + slower * (system != "plain") + skew] * 5})
         load.append({"rep": rep, "system": "kernel HTB + pfifo", "rtts_ms": [400.0, 500.0, 600.0], "bps": 19e6})
         load.append({"rep": rep, "system": "imqd FIFO", "rtts_ms": [200.0, 250.0, 300.0], "bps": 19e6})
         if leaf:
@@ -193,18 +196,17 @@ def test_ceiling_scaling_latency_cost_control_figures() -> None:
     assert s["scaling"]["udp64"]["imqd x2 / imqd x1"]["median"] == pytest.approx(45 / 24)
     assert list(s["latency_idle"]) == ["100/s same CPU", "100/s other CPU", "1000/s same CPU", "1000/s other CPU"]
     slow, fast = s["latency_idle"]["100/s same CPU"], s["latency_idle"]["1000/s same CPU"]
-    assert slow["added_us"]["imqd x1 - plain"]["median"] == pytest.approx(150.0)
-    assert slow["added_us"]["imqd x1 - bare-loop x1"]["median"] == pytest.approx(50.0)
-    assert slow["added_per_packet_us"]["imqd x1 - plain"]["median"] == pytest.approx(75.0)
-    assert slow["added_per_packet_us"][f"{NO_TICK} - plain"]["median"] == pytest.approx(125.0)
-    assert fast["added_per_packet_us"]["imqd x1 - plain"]["median"] == pytest.approx(15.0)
-    assert s["latency_idle"]["1000/s other CPU"]["added_per_packet_us"]["imqd x1 - plain"]["median"] == \
-        pytest.approx(35.0)
-    verdicts = {t["figure"].split(" ((")[0]: t["met"] for t in s["targets"] if "latency" in t["figure"]}
-    assert verdicts == {"added latency per packet at 100 pings/s, ping on the worker's CPU": False,  # 75 us
-                        "added latency per packet at 100 pings/s, ping on another CPU": False,
-                        "added latency per packet at 1,000 pings/s, ping on the worker's CPU": True,  # 15 us
-                        "added latency per packet at 1,000 pings/s, ping on another CPU": True}  # 35 us
+    assert slow["median_us"]["imqd x1"] == {"min": 100.0, "median": 101.0, "max": 102.0, "n": 3}
+    assert slow["added_us"]["imqd x1 - plain"]["median"] == pytest.approx(75.0)
+    assert slow["added_us"]["imqd x1 - bare-loop x1"]["median"] == pytest.approx(25.0)
+    assert slow["added_us"][f"{NO_TICK} - plain"]["median"] == pytest.approx(125.0)
+    assert fast["added_us"]["imqd x1 - plain"]["median"] == pytest.approx(15.0)
+    assert s["latency_idle"]["1000/s other CPU"]["added_us"]["imqd x1 - plain"]["median"] == pytest.approx(35.0)
+    verdicts = {t["figure"].split(" (one-way")[0]: t["met"] for t in s["targets"] if "latency" in t["figure"]}
+    assert verdicts == {"added latency per packet at 100 packets/s from the worker's CPU": False,  # 75 us
+                        "added latency per packet at 100 packets/s from another CPU": False,
+                        "added latency per packet at 1,000 packets/s from the worker's CPU": True,  # 15 us
+                        "added latency per packet at 1,000 packets/s from another CPU": True}  # 35 us
     assert s["latency_load"]["imqd_fifo_over_kernel"]["median"] == pytest.approx(0.5)
     assert s["latency_load"]["rows"]["imqd FIFO"]["p90_ms"]["median"] == 300.0
     assert s["cost"]["cpu_s_per_mpkt"]["imqd x1"]["median"] == pytest.approx(30.0)
@@ -228,12 +230,12 @@ def test_markdown_page_has_machine_command_tables_and_limits() -> None:
     assert "| upload | 5 Mbit/s | 1 |" in md
     assert "| imqd x1 / bare-loop x1 | 0.800 (0.800–0.800) |" in md
     assert "n/a: leaf not available" in md  # no fq_codel row measured
-    assert ("Added latency above 50 µs per packet at 100 pings/s, ping on the worker's CPU: the bare loop alone "
+    assert ("Added latency above 50 µs per packet at 100 packets/s from the worker's CPU: the bare loop alone "
             "adds 50 µs per packet") in md
-    assert "plain kernel forwarding takes 51 µs per RTT (at 1,000 pings/s: 10 µs)" in md
-    assert "at 1,000 pings/s, ping on the worker's CPU: the bare" not in md, "a met target gets no limits note"
-    assert f"| {NO_TICK} | 301 (300–302) | 341 (340–342) | 60 (60–60) | 100 (100–100) |" in md, \
-        "median RTTs per system, ping rate and CPU"
+    assert "plain kernel forwarding takes 26 µs one way (at 1,000 packets/s: 5 µs)" in md
+    assert "at 1,000 packets/s from the worker's CPU: the bare" not in md, "a met target gets no limits note"
+    assert f"| {NO_TICK} | 151 (150–152) | 171 (170–172) | 30 (30–30) | 50 (50–50) |" in md, \
+        "median one-way delays per system, probe rate and sender CPU"
     assert "Ceiling below 0.90 of the bare loop for udp64 imqd x1 / bare-loop x1 (0.80)" in md
     assert "`b` 80%" in md  # profile frames quoted in the limits
     assert "| 80.0% | `b` |" in md  # and in the profile tables
@@ -307,22 +309,23 @@ def test_fq_codel_leaf_probe_finds_a_spelling_the_config_turns_into_an_fq_codel_
 
 def test_low_latency_figures_get_their_own_target_rows_and_limits_note() -> None:
     raw = _raw({("upload", 5_000_000): [1.0, 1.0, 1.0]})
-    for rep in range(3):  # at 100 pings/s: plain 10 us RTT, imqd 70 us RTT with idle CPUs polling
-        for system, rtt_ms in (("plain", 0.010), ("bare-loop x1", 0.030), ("imqd x1", 0.070)):
+    for rep in range(3):  # at 100 packets/s: plain 5 us, imqd 35 us one way with idle CPUs polling
+        for system, delay in (("plain", 5.0), ("bare-loop x1", 15.0), ("imqd x1", 35.0)):
             raw["latency_idle"].append({"rep": rep, "system": system + report.LOW_LATENCY, "interval_s": 0.01,
-                                        "ping_cpu": "same", "rtts_ms": [rtt_ms] * 5})
+                                        "sender_cpu": "same", "direction": "upload", "delays_us": [delay] * 5})
     s = summarize(raw)
-    slow = s["latency_idle"]["100/s same CPU"]["added_per_packet_us"]
+    slow = s["latency_idle"]["100/s same CPU"]["added_us"]
     assert slow[f"imqd x1{report.LOW_LATENCY} - plain{report.LOW_LATENCY}"]["median"] == pytest.approx(30.0)
     assert slow[f"bare-loop x1{report.LOW_LATENCY} - plain{report.LOW_LATENCY}"]["median"] == pytest.approx(10.0)
-    rows = {t["figure"].split(" ((")[0]: (t["value"], t["met"]) for t in s["targets"] if "latency" in t["figure"]}
-    assert rows["added latency per packet at 100 pings/s, ping on the worker's CPU with --cpu-latency 0"] == \
+    rows = {t["figure"].split(" (one-way")[0]: (t["value"], t["met"]) for t in s["targets"]
+            if "latency" in t["figure"]}
+    assert rows["added latency per packet at 100 packets/s from the worker's CPU with --cpu-latency 0"] == \
         (pytest.approx(30.0), True)
-    assert rows["added latency per packet at 100 pings/s, ping on the worker's CPU"] == (pytest.approx(75.0), False)
+    assert rows["added latency per packet at 100 packets/s from the worker's CPU"] == (pytest.approx(75.0), False)
     assert not any("another CPU with --cpu-latency" in f for f in rows), "no row where nothing was measured"
     md = report.render_markdown(s, raw["meta"])
     assert "With idle CPUs kept polling (`--cpu-latency 0`) imqd adds 30 µs per packet at this rate" in md
-    assert f"| imqd x1{report.LOW_LATENCY} | 70 (70–70) |" in md
+    assert f"| imqd x1{report.LOW_LATENCY} | 35 (35–35) |" in md
     assert "imqd adds 30 µs per packet at this rate (the bare loop 10 µs)" in md
 
 
@@ -330,11 +333,11 @@ def test_latency_note_blames_the_worker_wake_up_when_plain_forwarding_is_fast() 
     raw = _raw({("upload", 5_000_000): [1.0, 1.0, 1.0]})
     for r in raw["latency_idle"]:
         if r["system"] == "plain":
-            r["rtts_ms"] = [0.005] * 5  # a machine whose CPUs wake fast: plain forwarding 5 us per RTT
+            r["delays_us"] = [3.0] * 5  # a machine whose CPUs wake fast: plain forwarding 3 us one way
     md = report.render_markdown(summarize(raw), raw["meta"])
     assert "every wake-up is cold" not in md, "not true where plain forwarding is as fast at 100/s as at 1,000/s"
-    assert ("the worker's CPU is asleep when a packet comes: plain forwarding wakes no other process (5 µs per "
-            "RTT), an NFQUEUE pass must wake the worker, from another CPU") in md
+    assert ("the worker's CPU is asleep when a packet comes: plain forwarding wakes no other process (3 µs one "
+            "way), an NFQUEUE pass must wake the worker, from another CPU") in md
 
 
 def test_ceiling_page_says_why_each_udp_search_ended() -> None:
