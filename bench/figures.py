@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench import udpgen
+from bench import owd, udpgen
 from bench.report import top_frames
 from bench.search import CeilingSearch
 from bench.systems import ABOVE_CAPACITY_BPS, DOWN, REPO, UP, Imqd, KernelHtb, Plain, System, read_queues
@@ -335,9 +335,9 @@ class Bench:
     def ping(self, count: int, interval: float, cpu: int | None = None) -> list[float]:
         return self.topo.ping(0, count=count, interval=interval, deadline=count * interval + 3, cpu=cpu)
 
-    def one_way(self, direction: str, count: int, interval: float, cpu: int | None = None) -> list[float]:
-        """One-way delays (µs) of `count` UDP probes across the router (:mod:`bench.owd`), sent from the
-        client (UP) or the server (DOWN) every `interval` s, the sender pinned to `cpu`."""
+    def one_way(self, direction: str, phases: Sequence[owd.Phase]) -> list[list[float]]:
+        """One-way delays (µs) across the router of the UDP probes of each of `phases` (:mod:`bench.owd`),
+        sent from the client (UP) or the server (DOWN)."""
         topo, client = self.topo, self.topo.clients[0]
         src, dst, to = ((client.ns, topo.server_ns, topo.server_addr4) if direction == UP
                         else (topo.server_ns, client.ns, client.addr4))
@@ -348,9 +348,10 @@ class Bench:
             ready = recv.stdout.readline().strip() if recv.stdout else ""
             if ready != "ready":
                 raise RuntimeError(f"bench.owd recv in {dst}: {ready or recv.stderr.read()[-500:]}")
-            pin = [] if cpu is None else ["taskset", "-c", str(cpu)]
-            topo.exec(src, [*pin, *py, "send", "--to", to, "--port", str(OWD_PORT), "--count", str(count),
-                            "--interval", str(interval)], cwd=str(REPO), timeout=count * interval + 30)
+            spec = [a for ph in phases for a in ("--phase", f"{'any' if ph.cpu is None else ph.cpu}:{ph.count}:"
+                                                           f"{ph.interval}")]
+            topo.exec(src, [*py, "send", "--to", to, "--port", str(OWD_PORT), *spec], cwd=str(REPO),
+                      timeout=sum(ph.count * ph.interval for ph in phases) + 30)
             time.sleep(0.05)  # the last probe's crossing
             out, err = recv.communicate("go\n", timeout=30)
         finally:
@@ -359,7 +360,8 @@ class Bench:
                 recv.wait()
         if recv.returncode != 0:
             raise RuntimeError(f"bench.owd recv in {dst} exited {recv.returncode}: {err[-500:]}")
-        return json.loads(out)["delays_us"]
+        got = json.loads(out)["delays_us"]
+        return [got.get(str(i), []) for i in range(len(phases))]
 
     def latency_idle(self, system: System, rep: int, name: str | None = None) -> list[dict[str, Any]]:
         """One-way delays across the router at low load through `system` (:mod:`bench.owd`): a probe every
@@ -371,17 +373,17 @@ class Bench:
         crosses CPUs -- a lottery per run if the sender were left to the scheduler (docs/benchmarks.md).
         `name` labels the records (default: the system's name)."""
         name = name or system.name
-        for direction in (UP, DOWN):
-            self.one_way(direction, 3, 0.05)  # warm the neighbour and conntrack entries
+        runs = [(placement, cpu, interval) for placement, cpu in ping_cpus().items() for interval in IDLE_INTERVALS_S]
+        # a first phase warms the neighbour and conntrack entries
+        phases = [owd.Phase(None, 3, 0.05), *(owd.Phase(cpu, self.p.ping_count, iv) for _, cpu, iv in runs)]
         out = []
-        for placement, cpu in ping_cpus().items():
-            for interval in IDLE_INTERVALS_S:
-                for direction in (UP, DOWN):
-                    delays = self.one_way(direction, self.p.ping_count, interval, cpu)
-                    self.log(f"  latency  {name:<22} idle, {1 / interval:,.0f}/s {direction} from the {placement} "
-                             f"CPU: median {_median(delays):.0f} us one way ({len(delays)} probes)")
-                    out.append({"rep": rep, "system": name, "interval_s": interval, "sender_cpu": placement,
-                                "direction": direction, "delays_us": delays})
+        for direction in (UP, DOWN):
+            delays = self.one_way(direction, phases)[1:]
+            for (placement, _, interval), d in zip(runs, delays):
+                self.log(f"  latency  {name:<22} idle, {1 / interval:,.0f}/s {direction} from the {placement} "
+                         f"CPU: median {_median(d):.0f} us one way ({len(d)} probes)")
+                out.append({"rep": rep, "system": name, "interval_s": interval, "sender_cpu": placement,
+                            "direction": direction, "delays_us": d})
         return out
 
     def latency_loaded(self, system: System, rep: int, label: str) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """``python -m bench.probe`` -- a quick A/B of the forwarding ceiling and idle latency (root; ~1 min a system).
 
-The full suite (``python -m bench``) takes ~15 minutes; while working on the per-packet path one wants the
-two figures that path decides -- peak UDP 64-byte packets/s and the one-way delay at low load -- for a few systems, measured
-alternately on one topology so slow drifts in the machine's load hit every system alike.  Nothing is written
-to docs/; the page's figures come only from the full suite.
+The full suite (``python -m bench``) takes ~20 minutes; while working on the per-packet path one wants the
+two figures that path decides -- peak UDP 64-byte packets/s and the one-way delay at low load -- for a few
+systems, measured alternately on one topology so slow drifts in the machine's load hit every system alike.
+Nothing is written to docs/; the page's figures come only from the full suite.
 
     python -m bench.probe --systems bare1,imqd1 --reps 3
 """
