@@ -103,6 +103,7 @@ class WorkerStatsOut(BaseModel):
     malformed: int = 0
     held: int = 0
     batch_verdicts: int = 0  # verdict messages that accepted a whole drain of the socket at once
+    host_bucket_overflows: int = 0  # per_host caps kept by this worker alone: the shared table's set was full
 
 
 class StatsOut(BaseModel):
@@ -380,6 +381,7 @@ class StatsCollector:
             ("drops", "packets the worker dropped"),
             ("malformed", "packets the worker could not parse (accepted unshaped)"),
             ("batch_verdicts", "batch verdict messages (each accepts every packet of a socket drain)"),
+            ("host_bucket_overflows", "per-host caps this worker kept alone (the shared table had no room)"),
             ("restarts", "times the worker was restarted"),
             ("lost_on_crash", "held packets lost when the worker died")))
         held = GaugeMetricFamily("imqd_worker_held_packets", "packets the worker holds now", labels=labels)

@@ -58,6 +58,7 @@ class WorkerOptions:
     copy_range: int = 128
     sock_len: int = 8 * 1024 * 1024
     shm_name: str | None = None
+    hosts_shm_name: str | None = None  # the per-host bucket table (imqd.shared_hosts); None: one worker
     # While traffic flows, an idle worker wakes at least this often (s; 0 = only for the scheduler's events).
     # A CPU left idle for milliseconds makes the next packet's wake-up and Python code cold: see sleep_time.
     idle_tick: float = IDLE_TICK_S
@@ -361,6 +362,8 @@ class QueueWorker:
             "malformed": c.malformed,
             "errors": c.errors,
             "batch_verdicts": c.batches,
+            # per_host caps that found the shared table's set full and fell back to this worker's own bucket
+            "host_bucket_overflows": hosts.overflows if (hosts := self.shaper.host_buckets) is not None else 0,
             "held": self.shaper.held,
             "version": self.shaper.version,
             "enabled": self.shaper.enabled,
@@ -415,26 +418,31 @@ def pin_to_cpu(cpu: int | None) -> None:
 
 def worker_main(opts: WorkerOptions, control: Any, lock: Any) -> None:
     """Entry point of a worker process (spawned by the supervisor)."""
+    from imqd.shared_hosts import SharedHostTable
     from imqd.shared_tokens import SharedTokenStore
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     pin_to_cpu(opts.cpu)
     store = SharedTokenStore.attach(opts.shm_name, lock) if opts.shm_name else None
-    shaper = Shaper(tokens=store) if store is not None else Shaper()
-    worker = QueueWorker(opts, shaper, control)
-    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
-    # Take the first configuration before binding, so no packet is ever seen unconfigured.
-    msg = control.recv()
-    worker.handle_message(msg)
-    try:
-        worker.bind()
-    except WorkerError as exc:
-        worker._send(("fatal", str(exc)))
-        sys.exit(EXIT_FATAL)
-    worker._send(("ready", opts.queue, os.getpid()))
-    try:
+    hosts = SharedHostTable.attach(opts.hosts_shm_name, lock) if opts.hosts_shm_name else None
+    try:  # however this ends (a fatal bind exits here): unmap the segments before the interpreter tears down
+        shaper = Shaper(tokens=store) if store is not None else Shaper()
+        shaper.host_buckets = hosts.table if hosts is not None else None
+        worker = QueueWorker(opts, shaper, control)
+        signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+        # Take the first configuration before binding, so no packet is ever seen unconfigured.
+        msg = control.recv()
+        worker.handle_message(msg)
+        try:
+            worker.bind()
+        except WorkerError as exc:
+            worker._send(("fatal", str(exc)))
+            sys.exit(EXIT_FATAL)
+        worker._send(("ready", opts.queue, os.getpid()))
         worker.run()
         worker.send_stats()
     finally:
         if store is not None:
             store.close()
+        if hosts is not None:
+            hosts.close()

@@ -22,8 +22,10 @@ from imqd.classifier import Classifier
 from imqd.config import ClassSpec, Config
 from imqd.packet import parse_headers
 from imqd.qdisc.base import QueuedPacket
+from imqd.qdisc.host_buckets import HostBucketTable, class_tag
 from imqd.qdisc.htb import HTB, HTBClassParams
 from imqd.qdisc.leaves import LeafSpec
+from imqd.qdisc.perhost import PerHost
 from imqd.qdisc.tokens import LocalTokenStore, SlotMap, TokenStore
 from imqd.rules import INGRESS_HOOKS
 
@@ -142,6 +144,9 @@ class Shaper:
     enabled: bool = True
     version: int = 0
     _own_slots: SlotMap | None = None  # slots when the caller gives none (a private store)
+    #: where per_host leaves keep their hosts' caps so they hold across workers (imqd.shared_hosts);
+    #: None: each leaf keeps its own (one worker)
+    host_buckets: HostBucketTable | None = None
     #: hook number -> the tree that shapes it, None when nothing does (or shaping is off): the worker's
     #: per-packet lookup, kept current by apply() and set_enabled()
     by_hook: tuple[DirectionTree | None, ...] = (None,) * len(HOOK_DIRECTIONS)
@@ -182,6 +187,13 @@ class Shaper:
         # Validate every existing tree's change before touching any (HTB.change is all-or-nothing per tree).
         for htb, params, default in pending:
             released.extend(htb.change(params, now, fallback=default))
+        if self.host_buckets is not None:
+            for direction in DIRECTIONS:
+                tree = new_trees[direction]
+                for c in config.direction_classes(direction):
+                    leaf = tree.htb.leaf(c.name) if tree is not None and c.per_host is not None else None
+                    if isinstance(leaf, PerHost):
+                        leaf.share_buckets(self.host_buckets, class_tag(direction, c.name))
         self.trees = new_trees
         self._index_hooks()
         if version is not None:

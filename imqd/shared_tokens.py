@@ -111,12 +111,17 @@ class SharedTokenStore:
     def close(self) -> None:
         values = self.values
         self.values = []  # drop the export before closing the mapping
-        if isinstance(values, memoryview):
-            values.release()
-        self._shm.close()
-        if self._owner:
-            try:
-                self._shm.unlink()
-            except FileNotFoundError:
-                pass
+        close_segment(self._shm, self._owner, [values] if isinstance(values, memoryview) else [])
+
+
+def close_segment(shm: shared_memory.SharedMemory, owner: bool, views: list[memoryview]) -> None:
+    """Release `views` (the mapping cannot close while they export it), close it, and unlink it if `owner`."""
+    for view in views:
+        view.release()
+    shm.close()
+    if owner:
+        try:
+            shm.unlink()
+        except FileNotFoundError:
+            pass
 

@@ -30,6 +30,7 @@ from imqd.config import Config
 from imqd.kernel_queues import PROC_PATH, read_nfqueue_table
 from imqd.qdisc.tokens import SlotMap
 from imqd.queue_worker import EXIT_FATAL, IDLE_TICK_S, WorkerOptions, worker_main
+from imqd.shared_hosts import SharedHostTable
 from imqd.shared_tokens import SharedTokenStore
 
 log = logging.getLogger("imqd.supervisor")
@@ -113,9 +114,11 @@ class Supervisor:
         # The fork server imports the worker's modules once; a (re)started worker is then a
         # fork of that clean, single-threaded process: milliseconds instead of a new interpreter.
         self.ctx.set_forkserver_preload(["imqd.queue_worker", "imqd.shaper", "imqd.shared_tokens",
-                                         "netfilterqueue"])
+                                         "imqd.shared_hosts", "netfilterqueue"])
         self.lock = self.ctx.Lock()
         self.store = SharedTokenStore.create(self.lock)
+        # per_host caps in total across workers; one worker keeps its hosts' buckets to itself
+        self.hosts = SharedHostTable.create(self.lock) if len(queues) > 1 else None
         self.slot_map = SlotMap(self.store, self.store.slots)
         self.config = config
         self.enabled = True
@@ -159,7 +162,8 @@ class Supervisor:
     def _spawn(self, w: WorkerSlot) -> None:
         parent, child = self.ctx.Pipe(duplex=True)
         opts = WorkerOptions(queue=w.queue, cpu=w.cpu, max_len=self.max_len, copy_range=self.copy_range,
-                             shm_name=self.store.name, idle_tick=self.idle_tick)
+                             shm_name=self.store.name, idle_tick=self.idle_tick,
+                             hosts_shm_name=self.hosts.name if self.hosts is not None else None)
         # One worker is the only one charging the store: it needs no lock (that is ~10% of its per-packet work).
         lock = self.lock if len(self.workers) > 1 else None
         proc = self.ctx.Process(target=worker_main, args=(opts, child, lock), name=f"imqd-q{w.queue}",
@@ -195,6 +199,8 @@ class Supervisor:
         if self._monitor is not None and self._monitor is not threading.current_thread():
             self._monitor.join(1.0)
         self.store.close()
+        if self.hosts is not None:
+            self.hosts.close()
 
     # -- talking to workers --------------------------------------------------
     def _send(self, w: WorkerSlot, msg: tuple[Any, ...]) -> bool:
@@ -345,7 +351,7 @@ class Supervisor:
                      restarts=w.restarts, applied_version=w.applied, lost_on_crash=w.lost_on_crash,
                      last_restart_seconds=w.last_restart_s)
             for key in ("packets", "verdicts", "accepted", "drops", "malformed", "errors", "held",
-                        "batch_verdicts"):
+                        "batch_verdicts", "host_bucket_overflows"):
                 s.setdefault(key, 0)
             # Drops the kernel made before the worker saw the packet: queue full / socket buffer full.
             s.update(kernel.get(w.queue, {"kernel_waiting": 0, "queue_dropped": 0, "user_dropped": 0}))

@@ -774,6 +774,11 @@ class HTB:
             return CAN_SEND
         return MAY_BORROW
 
+    def leaf(self, name: str) -> Any | None:
+        """The leaf qdisc of class ``name`` (None for an inner or unknown class)."""
+        cl = self._classes.get(name)
+        return cl.q if cl is not None else None
+
     def class_stats(self, now: float | None = None) -> dict[str, dict[str, Any]]:
         """Per class counters and token state (tokens in seconds and bytes, projected to ``now``).
 

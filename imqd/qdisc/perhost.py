@@ -22,6 +22,11 @@ receives ``active hosts x rate``; a separate "under rate first" priority
 would change nothing among hosts with equal parameters, so ``rate`` needs no
 bucket of its own (it is the default ``ceil`` and appears in the stats).
 
+With several workers the caps must hold in total, not per worker (a host's traffic can hash to several):
+:meth:`PerHost.share_buckets` moves every host's bucket into a
+:class:`~imqd.qdisc.host_buckets.HostBucketTable` the workers share.  The
+queues and the DRR stay per worker.
+
 Limits on packets: ``limit`` per host (the arriving packet is dropped when
 its host is full) and ``total_limit`` for the leaf (the oldest packet of the
 longest host queue is dropped, so the hungriest host pays).
@@ -44,6 +49,7 @@ from itertools import count
 from typing import Any
 
 from imqd.qdisc.base import CountedBacklog, QueuedPacket
+from imqd.qdisc.host_buckets import HostBucketTable, SharedBucket
 from imqd.qdisc.leaves import LeafSpec, check_params, register_leaf
 from imqd.qdisc.sfq import DepthIndex
 from imqd.qdisc.tbf import TokenBucket
@@ -67,6 +73,7 @@ _V4_END = 1 << 32
 _NO_HOST = -1  # key of packets whose host is None
 
 IDLE, ACTIVE, BLOCKED = 0, 1, 2
+Bucket = TokenBucket | SharedBucket  # a host's cap: its own, or in a table several workers share
 
 
 class _Host:
@@ -77,7 +84,7 @@ class _Host:
         "drops", "sent_bytes", "sent_packets", "win_sec", "win_bytes", "prev_bytes",
     )  # fmt: skip
 
-    def __init__(self, key: int, bucket: TokenBucket | None) -> None:
+    def __init__(self, key: int, bucket: Bucket | None) -> None:
         self.key = key
         self.q: deque[QueuedPacket] = deque()
         self.bytes = 0
@@ -141,16 +148,13 @@ class _Config:
         self.mask4 = ((1 << self.prefix) - 1) << (32 - self.prefix)
         self.mask6 = ((1 << self.prefix6) - 1) << (128 - self.prefix6)
 
-    def new_bucket(self) -> TokenBucket | None:
-        return TokenBucket(self.cap, self.burst) if self.cap else None
-
 
 class PerHost(CountedBacklog):
     """The per-host fair-share leaf; see the module docstring for the parameters."""
 
     __slots__ = (
         "cfg", "_hosts", "_active", "_blocked", "_seq", "_idle", "_depth",
-        "_qlen", "_bytes", "_now", "drops", "oversize_drops", "forgotten",
+        "_qlen", "_bytes", "_now", "drops", "oversize_drops", "forgotten", "_shared",
     )  # fmt: skip
 
     #: Hosts over their ceil hold packets back: parents must ``peek``.
@@ -173,10 +177,40 @@ class PerHost(CountedBacklog):
         self.drops = 0
         self.oversize_drops = 0
         self.forgotten = 0
+        self._shared: tuple[HostBucketTable, int] | None = None  # (table, class tag): see share_buckets
 
     @classmethod
     def from_spec(cls, spec: LeafSpec) -> PerHost:
         return cls(**check_params(spec, DEFAULTS))
+
+    def share_buckets(self, table: HostBucketTable | None, tag: int = 0) -> None:
+        """Keep the hosts' caps in ``table`` under ``tag`` (this class's identity, the same in every worker),
+        or in this leaf again for ``None``.  A host moved either way starts with a full bucket."""
+        shared = None if table is None else (table, tag)
+        if shared == self._shared:
+            return
+        self._shared = shared
+        for host in self._hosts.values():
+            if host.bucket is not None:
+                host.bucket = self._new_bucket(host.key)
+        self._blocked_to_active()
+
+    def _new_bucket(self, key: int) -> Bucket | None:
+        cfg = self.cfg
+        if not cfg.cap:
+            return None
+        if self._shared is None:
+            return TokenBucket(cfg.cap, cfg.burst)
+        table, tag = self._shared
+        return SharedBucket(table, tag, key, cfg.cap, cfg.burst)
+
+    def _blocked_to_active(self) -> None:
+        """Blocked hosts were timed for buckets that changed: let _select re-time them."""
+        for _, _, host in self._blocked:
+            if host.state == BLOCKED:
+                host.state = ACTIVE
+                self._active.append(host)
+        self._blocked.clear()
 
     # -- data path ---------------------------------------------------------------------
 
@@ -193,7 +227,7 @@ class PerHost(CountedBacklog):
         key = _NO_HOST if h is None else h & (cfg.mask4 if h < _V4_END else cfg.mask6)
         host = self._hosts.get(key)
         if host is None:
-            host = self._hosts[key] = _Host(key, cfg.new_bucket())
+            host = self._hosts[key] = _Host(key, self._new_bucket(key))
         q = host.q
         n = len(q)
         size = pkt.size
@@ -393,17 +427,12 @@ class PerHost(CountedBacklog):
                 dropped.extend(self.enqueue(pkt, now))
             return dropped
         self.cfg = cfg
-        # Blocked hosts were timed for the old bucket: let _select re-time them.
-        for _, _, host in self._blocked:
-            if host.state == BLOCKED:
-                host.state = ACTIVE
-                self._active.append(host)
-        self._blocked.clear()
+        self._blocked_to_active()
         for host in self._hosts.values():
             if not cfg.cap:
                 host.bucket = None
             elif host.bucket is None:
-                host.bucket = TokenBucket(cfg.cap, cfg.burst)
+                host.bucket = self._new_bucket(host.key)
             else:
                 host.bucket.set_rate(cfg.cap, cfg.burst)
             q = host.q

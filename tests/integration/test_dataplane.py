@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 import time
 from typing import Any
 
 import pytest
 
-from imqd.kernel_queues import PROC_PATH, parse_nfqueue_table
 from imqd.lab import ImqdInstance
 from imqd.netns import Topology
+
+from .queues import sources_on_two_queues, uploads_at_once
 
 pytestmark = pytest.mark.netns
 
@@ -138,29 +138,6 @@ def test_siblings_share_then_borrow_up_to_ceil(topology: Topology) -> None:
     assert alone == pytest.approx(mbit(16) * GOODPUT_FACTOR, rel=0.05), "borrowing up to ceil (and no further)"
 
 
-def queue_last_ids(topo: Topology) -> dict[int, int]:
-    """Per queue: the id of the last packet queued (from the router's nfnetlink_queue table)."""
-    table = parse_nfqueue_table(topo.exec(topo.router_ns, ["cat", PROC_PATH]).stdout)
-    return {q: row["last_id"] for q, row in table.items()}
-
-
-def queue_of(topo: Topology, source: str, probes: int = 5) -> int:
-    """Which queue the kernel's flow hash picks for TCP from ``source`` to the server.
-
-    Probe with a few SYNs to a closed port and take the queue whose packet ids moved the most: unrelated
-    packets (IPv6 neighbour discovery, say) may move another queue's ids a little at the same time.
-    """
-    before = queue_last_ids(topo)
-    probe = ("import socket\nfor _ in range(%d):\n    s = socket.socket(); s.settimeout(1); s.bind((%r, 0)); "
-             "s.connect_ex((%r, 9)); s.close()" % (probes, source, topo.server_addr4))
-    topo.exec(topo.clients[0].ns, [sys.executable, "-c", probe], check=False)
-    after = queue_last_ids(topo)
-    moved = {q: after[q] - before.get(q, 0) for q in after}
-    queue = max(moved, key=moved.get)
-    assert moved[queue] >= probes, f"probe SYNs were not queued: {moved}"
-    return queue
-
-
 def test_class_rate_is_global_across_two_queues(topology_factory: Any) -> None:
     """One 20 mbit class, two host pairs hashed to different workers: the total holds (within 5%)."""
     topo = topology_factory(extra_client_addrs=7)
@@ -169,22 +146,7 @@ def test_class_rate_is_global_across_two_queues(topology_factory: Any) -> None:
          "match": {"src": "198.18.10.0/24", "oif": topo.wan_iface}},
     ]}
     with topo.iperf3_server(5201), topo.iperf3_server(5202), ImqdInstance(topo, config, queues="0:1") as imqd:
-        by_queue: dict[int, str] = {}
-        for addr in topo.clients[0].addrs4:
-            by_queue.setdefault(queue_of(topo, addr), addr)
-            if len(by_queue) == 2:
-                break
-        assert len(by_queue) == 2, f"no two client addresses hash to different queues: {by_queue}"
-        results: dict[int, float] = {}
-
-        def run(port: int, addr: str) -> None:
-            results[port] = topo.iperf3(0, port=port, bind=addr, seconds=SECONDS, omit=OMIT)["bps"]
-
-        threads = [threading.Thread(target=run, args=(5201 + i, a)) for i, a in enumerate(by_queue.values())]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = uploads_at_once(topo, sources_on_two_queues(topo), SECONDS, OMIT)
         workers = imqd.stats()["workers"]
     total = sum(results.values())
     assert total == pytest.approx(mbit(20) * GOODPUT_FACTOR, rel=0.05), results

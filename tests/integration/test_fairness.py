@@ -12,6 +12,8 @@ import pytest
 
 from imqd.lab import ImqdInstance
 
+from .queues import sources_on_two_queues, uploads_at_once
+
 pytestmark = pytest.mark.netns
 
 GOODPUT_FACTOR = 1448 / 1514  # TCP payload per charged byte with overhead 14
@@ -86,3 +88,21 @@ def test_fq_codel_keeps_latency_low_where_fifo_bloats(topology: Any) -> None:
           f"(idle {fifo_idle:.2f} / {codel_idle:.2f} ms)")
     assert codel_loaded < 2 * 5 + codel_idle, f"fq_codel: {codel_loaded:.1f} ms under load"
     assert fifo_loaded > 5 * codel_loaded and fifo_loaded > 50, f"FIFO should bloat: {fifo_loaded:.1f} ms"
+
+
+def test_per_host_cap_holds_in_total_when_a_host_spans_two_workers(topology_factory: Any) -> None:
+    """A subscriber is a /24 (`per_host` prefix 24): two of its addresses upload at once and their host pairs
+    hash to different workers. Its 10 mbit cap must hold in total (within 5%), not once per worker, and each
+    worker must have carried one of the uploads."""
+    topo = topology_factory(extra_client_addrs=7)
+    config = {"overhead": 14, "classes": [
+        {"name": "subscribers", "direction": "egress", "rate": "100mbit",
+         "match": {"src": "198.18.10.0/24", "oif": topo.wan_iface},
+         "per_host": {"key": "src", "prefix": 24, "rate": "10mbit"}},
+    ]}
+    with topo.iperf3_server(5201), topo.iperf3_server(5202), ImqdInstance(topo, config, queues="0:1") as imqd:
+        results = uploads_at_once(topo, sources_on_two_queues(topo), SECONDS, omit=1)
+        workers = imqd.stats()["workers"]
+    total = sum(results.values())
+    assert total == pytest.approx(10e6 * GOODPUT_FACTOR, rel=0.05), {a: r / 1e6 for a, r in results.items()}
+    assert len([w for w in workers if w["packets"] > 1000]) == 2, f"both workers should have carried one: {workers}"
