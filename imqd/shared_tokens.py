@@ -12,7 +12,9 @@ The read-modify-write of a charge is guarded by one process-shared lock.  A
 worker killed with SIGKILL while holding it must not freeze the others, so
 the lock is taken with a short timeout; on timeout the charge goes ahead
 unlocked (at worst one lost update, i.e. one packet of extra credit) and the
-event is counted in ``lock_timeouts``.
+event is counted in ``lock_timeouts``.  A POSIX semaphore stays taken when its
+holder dies, and every later charge would wait out that timeout, so the
+supervisor frees a lock a dead worker left taken (:func:`free_if_stuck`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,23 @@ from typing import Any, MutableSequence
 from imqd.qdisc.tokens import FIELDS_PER_SLOT, LOCK_TIMEOUT_S
 
 DEFAULT_SLOTS = 65536
+STUCK_AFTER_S = 0.2  # a charge holds the lock for microseconds: taken this long after a death = the dead held it
+
+
+def free_if_stuck(lock: Any, wait: float = STUCK_AFTER_S) -> bool:
+    """Call after a worker died: free the lock if it stays taken for ``wait`` seconds; whether it had to.
+
+    Only a dead worker can have left it taken that long (the live ones hold it for microseconds), and a
+    semaphore is not released when its holder dies: without this every later charge of every worker would
+    wait ``LOCK_TIMEOUT_S`` (5 ms) -- 200 packets/s."""
+    if lock.acquire(True, wait):
+        lock.release()
+        return False
+    try:
+        lock.release()
+    except ValueError:  # released in the meantime after all ("released too many times")
+        return False
+    return True
 
 
 class _TimedLock:
@@ -79,8 +98,8 @@ class SharedTokenStore:
 
     @classmethod
     def attach(cls, name: str, lock: Any) -> "SharedTokenStore":
-        # Workers (forkserver children) share the supervisor's resource tracker, so registering the segment again is harmless, and if
-        # the supervisor dies the tracker still unlinks it.
+        # Workers (forkserver children) share the supervisor's resource tracker, so registering the segment
+        # again is harmless, and if the supervisor dies the tracker still unlinks it.
         return cls(shared_memory.SharedMemory(name=name), lock, owner=False)
 
     @property

@@ -31,7 +31,7 @@ from imqd.kernel_queues import PROC_PATH, read_nfqueue_table
 from imqd.qdisc.tokens import SlotMap
 from imqd.queue_worker import EXIT_FATAL, IDLE_TICK_S, WorkerOptions, worker_main
 from imqd.shared_hosts import SharedHostTable
-from imqd.shared_tokens import SharedTokenStore
+from imqd.shared_tokens import SharedTokenStore, free_if_stuck
 
 log = logging.getLogger("imqd.supervisor")
 
@@ -305,6 +305,8 @@ class Supervisor:
         if self._stopping:
             return
         self._receive(w)  # take a last 'fatal' or stats message if there is one
+        if len(self.workers) > 1 and free_if_stuck(self.lock):  # (one worker charges without the lock)
+            log.warning("worker for queue %d (pid %s) died holding the shared token lock; freed it", w.queue, w.pid)
         code = w.process.exitcode
         with self._cond:
             w.ready = False
