@@ -69,12 +69,6 @@ class HostBucketTable:
         view = memoryview(bytearray(max(entries, WAYS) * FIELDS * 8))
         return cls(view.cast("q"), view.cast("d"), lock)
 
-    @staticmethod
-    def clear(ints: MutableSequence[int]) -> None:
-        """Mark every entry free (a fresh segment is zeroed already: tag 0 = free)."""
-        for i in range(0, len(ints), FIELDS):
-            ints[i] = 0
-
     def acquire(self) -> bool:
         lock = self.lock
         if lock is None:
@@ -114,20 +108,16 @@ class HostBucketTable:
         return free
 
 
-def _full(own: TokenBucket, now: float) -> bool:
-    """Whether `own` has refilled to its burst at `now` (then it holds nothing a fresh entry would not)."""
-    return own._tokens + (now - own._tc) >= own._buffer  # noqa: SLF001 - TokenBucket's own arithmetic
-
-
 class SharedBucket:
-    """One host's cap in a :class:`HostBucketTable`: :class:`~imqd.qdisc.tbf.TokenBucket`'s interface and
-    arithmetic, with ``tokens`` and ``t_c`` in the table (every worker charges the same ones).
+    """One host's cap in a :class:`HostBucketTable`: a :class:`~imqd.qdisc.tbf.TokenBucket` whose state
+    (``tokens``, ``t_c``) lives in the table, so every worker charges the same one.  Each look or charge loads
+    the entry into ``_view``, a TokenBucket with the host's rate and burst, and lets it do the arithmetic.
 
     Only a charge claims an entry; a look at a host without one sees a full bucket.  A host whose charge
     found its set busy gets a bucket of its own in this worker (``_own``, counted once in ``overflows``) and
     keeps it until it has refilled: moving its debt to a fresh entry earlier would forgive the debt."""
 
-    __slots__ = ("table", "tag", "lo", "hi", "rate", "burst", "_spb", "_buffer", "_at", "_own")
+    __slots__ = ("table", "tag", "lo", "hi", "_at", "_own", "_view")
 
     def __init__(self, table: HostBucketTable, tag: int, key: int, rate: float, burst: int) -> None:
         self.table = table
@@ -138,78 +128,77 @@ class SharedBucket:
         self.hi = _int64(key >> 64)
         self._at = -1  # offset of this host's entry when last seen
         self._own: TokenBucket | None = None  # while the table had no room for this host
-        self.set_rate(rate, burst)
+        self._view = TokenBucket(rate, burst)  # validates both
+
+    @property
+    def rate(self) -> float:
+        return self._view.rate
+
+    @property
+    def burst(self) -> int:
+        return self._view.burst
+
+    def _find(self, now: float, claim: bool) -> int:
+        """This host's entry (see :meth:`HostBucketTable.find`); call with the lock held."""
+        o = self._at = self.table.find(self.tag, self.lo, self.hi, now, self._view.buffer, self._at, claim)
+        return o
 
     def set_rate(self, rate: float, burst: int) -> None:
         """Change rate and burst at once; saved-up time is kept (capped at the new buffer).
 
         Every worker applies the same change to the same entry: capping is idempotent."""
-        own = TokenBucket(rate, burst)  # validates both
-        self.rate = own.rate
-        self.burst = burst
-        self._spb = 8.0 / own.rate
-        buffer = self._buffer = burst * self._spb
+        view = self._view
+        view.set_rate(rate, burst)
         if self._own is not None:
             self._own.set_rate(rate, burst)
-        o = self._at
-        if o < 0:
-            return
         table = self.table
         held = table.acquire()
         try:
-            ints, floats = table.ints, table.floats
-            if ints[o] == self.tag and ints[o + _LO] == self.lo and ints[o + _HI] == self.hi:
-                if floats[o + _TOKENS] > buffer:
-                    floats[o + _TOKENS] = buffer
-                floats[o + _BUFFER] = buffer
+            o = self._find(-math.inf, claim=False)  # -inf: only an entry this host has, never another's
+            if o >= 0:
+                floats = table.floats
+                floats[o + _TOKENS] = min(floats[o + _TOKENS], view.buffer)
+                floats[o + _BUFFER] = view.buffer
         finally:
             table.release(held)
 
-    def _state(self, now: float) -> tuple[float, float]:
-        """(tokens, t_c) at the last charge: this worker's own bucket, the table's entry, or a full bucket."""
+    def _look(self, now: float) -> TokenBucket:
+        """The bucket as it stands: this worker's own while it is in debt, else the table's entry loaded into
+        ``_view`` (a full bucket if the host has none)."""
         own = self._own
-        if own is not None and not _full(own, now):
-            return own._tokens, own._tc  # noqa: SLF001 - the same arithmetic, kept in one place
+        if own is not None and not own.full(now):
+            return own
+        view = self._view
         table = self.table
         held = table.acquire()
         try:
-            o = self._at = table.find(self.tag, self.lo, self.hi, now, self._buffer, self._at, claim=False)
-            if o < 0:
-                return self._buffer, -math.inf
-            return table.floats[o + _TOKENS], table.floats[o + _TC]
+            o = self._find(now, claim=False)
+            view.state = (view.buffer, -math.inf) if o < 0 else (table.floats[o + _TOKENS], table.floats[o + _TC])
         finally:
             table.release(held)
+        return view
 
     def tokens(self, now: float) -> float:
-        toks, tc = self._state(now)
-        toks += now - tc
-        return (toks if toks < self._buffer else self._buffer) / self._spb
+        return self._look(now).tokens(now)
 
     def ready_at(self, size: int) -> float:
-        if size > self.burst:
-            return math.inf
-        toks, tc = self._state(-math.inf)  # -inf: an own bucket in debt stays the source (never "refilled")
-        return tc - toks + size * self._spb
+        return self._look(-math.inf).ready_at(size)  # -inf: an own bucket in debt stays the source
 
     def conforms(self, size: int, now: float) -> bool:
-        if size > self.burst:
-            return False
-        toks, tc = self._state(now)
-        return now >= tc - toks + size * self._spb
+        return self._look(now).conforms(size, now)
 
     def time_until(self, size: int, now: float) -> float:
-        t = self.ready_at(size) - now
-        return t if t > 0.0 else 0.0
+        return self._look(-math.inf).time_until(size, now)
 
     def consume(self, size: int, now: float) -> None:
         own = self._own
-        if own is not None and not _full(own, now):
+        if own is not None and not own.full(now):
             own.consume(size, now)
             return
         table = self.table
         held = table.acquire()
         try:
-            o = self._at = table.find(self.tag, self.lo, self.hi, now, self._buffer, self._at, claim=True)
+            o = self._find(now, claim=True)
             if o < 0:
                 if own is None:
                     own = self._own = TokenBucket(self.rate, self.burst)
@@ -217,17 +206,10 @@ class SharedBucket:
                 own.consume(size, now)
                 return
             self._own = None  # it had refilled: the entry carries on from a full bucket
-            floats = table.floats
-            tc = floats[o + _TC]
-            diff = now - tc
-            if diff < 0.0:  # another worker's clock read was later: no credit, t_c not rewound
-                diff = 0.0
-                now = tc
-            toks = floats[o + _TOKENS] + diff
-            if toks > self._buffer:
-                toks = self._buffer
-            floats[o + _TOKENS] = toks - size * self._spb
-            floats[o + _TC] = now
-            floats[o + _BUFFER] = self._buffer
+            floats, view = table.floats, self._view
+            view.state = (floats[o + _TOKENS], floats[o + _TC])
+            view.consume(size, now)
+            floats[o + _TOKENS], floats[o + _TC] = view.state
+            floats[o + _BUFFER] = view.buffer
         finally:
             table.release(held)

@@ -50,6 +50,24 @@ class TokenBucket:
         if self._tokens > self._buffer:
             self._tokens = self._buffer
 
+    @property
+    def state(self) -> tuple[float, float]:
+        """(saved-up seconds, time of the last charge): all a bucket remembers besides rate and burst."""
+        return self._tokens, self._tc
+
+    @state.setter
+    def state(self, value: tuple[float, float]) -> None:
+        self._tokens, self._tc = value
+
+    @property
+    def buffer(self) -> float:
+        """The most seconds the bucket can save up (``burst * 8 / rate``)."""
+        return self._buffer
+
+    def full(self, now: float) -> bool:
+        """Whether the bucket has refilled to its burst at ``now`` (a fresh bucket would be no different)."""
+        return self._tokens + (now - self._tc) >= self._buffer
+
     def tokens(self, now: float) -> float:
         """Bytes available at ``now`` (negative after a forced ``consume``)."""
         toks = self._tokens + (now - self._tc)
