@@ -116,9 +116,11 @@ class Supervisor:
         self.ctx.set_forkserver_preload(["imqd.queue_worker", "imqd.shaper", "imqd.shared_tokens",
                                          "imqd.shared_hosts", "netfilterqueue"])
         self.lock = self.ctx.Lock()
+        # The lock the workers charge under: none for one worker, the only one charging the store (that is ~10%
+        # of its per-packet work), which also keeps its per_host caps to itself; several share both.
+        self.worker_lock = self.lock if len(queues) > 1 else None
         self.store = SharedTokenStore.create(self.lock)
-        # per_host caps in total across workers; one worker keeps its hosts' buckets to itself
-        self.hosts = SharedHostTable.create(self.lock) if len(queues) > 1 else None
+        self.hosts = SharedHostTable.create(self.lock) if self.worker_lock is not None else None
         self.slot_map = SlotMap(self.store, self.store.slots)
         self.config = config
         self.enabled = True
@@ -164,9 +166,7 @@ class Supervisor:
         opts = WorkerOptions(queue=w.queue, cpu=w.cpu, max_len=self.max_len, copy_range=self.copy_range,
                              shm_name=self.store.name, idle_tick=self.idle_tick,
                              hosts_shm_name=self.hosts.name if self.hosts is not None else None)
-        # One worker is the only one charging the store: it needs no lock (that is ~10% of its per-packet work).
-        lock = self.lock if len(self.workers) > 1 else None
-        proc = self.ctx.Process(target=worker_main, args=(opts, child, lock), name=f"imqd-q{w.queue}",
+        proc = self.ctx.Process(target=worker_main, args=(opts, child, self.worker_lock), name=f"imqd-q{w.queue}",
                                 daemon=True)
         proc.start()
         child.close()
@@ -305,7 +305,7 @@ class Supervisor:
         if self._stopping:
             return
         self._receive(w)  # take a last 'fatal' or stats message if there is one
-        if len(self.workers) > 1 and free_if_stuck(self.lock):  # (one worker charges without the lock)
+        if self.worker_lock is not None and free_if_stuck(self.worker_lock):
             log.warning("worker for queue %d (pid %s) died holding the shared token lock; freed it", w.queue, w.pid)
         code = w.process.exitcode
         with self._cond:
