@@ -48,11 +48,9 @@ from imqd.qdisc.counters import (
     zero_backlog,
     zero_row,
 )
-from imqd.qdisc.fifo import Fifo
 from imqd.qdisc.htb_class import (
     CAN_SEND,
     CANT_SEND,
-    IDX_GAP,
     MAX_DEPTH,
     MAY_BORROW,
     MBUFFER,
@@ -62,9 +60,12 @@ from imqd.qdisc.htb_class import (
     ClassState,
     HTBClassParams,
 )
+from imqd.qdisc.htb_plan import ChangePlan, plan_change
 from imqd.qdisc.htb_rows import RowScheduler
 from imqd.qdisc.htb_scan import ScanScheduler
-from imqd.qdisc.leaves import change_leaf, make_leaf
+from imqd.qdisc.htb_stats import class_stats, mode_name
+from imqd.qdisc.htb_update import Incremental
+from imqd.qdisc.leaves import make_leaf
 from imqd.qdisc.tokens import LOCK_TIMEOUT_S, LocalTokenStore, TokenStore
 
 try:  # send_now's common case in C (imqd/qdisc/_htbfast.c); optional: without it the code below does it all
@@ -82,11 +83,11 @@ ACCELERATED = Lane is not None
 SCHEDULERS = {"rows": RowScheduler, "scan": ScanScheduler}
 DEFAULT_SCHEDULER = "rows"
 
-LAZY_KINDS = frozenset(("fifo",))  # leaves that keep nothing worth keeping while empty: built on demand
 
+class HTB(Incremental):
+    """An HTB tree: classify elsewhere, then ``enqueue`` into a leaf, ``dequeue`` when ``next_event`` says.
 
-class HTB:
-    """An HTB tree: classify elsewhere, then ``enqueue`` into a leaf, ``dequeue`` when ``next_event`` says."""
+    Configured by :meth:`change` (the whole class set) or :meth:`update` (a few classes, in place)."""
 
     def __init__(self, classes: Sequence[HTBClassParams], now: float, tokens: TokenStore | None = None,
                  accelerate: bool = True, scheduler: str | None = None, counters: CounterStore | None = None
@@ -100,9 +101,13 @@ class HTB:
         self._cvals = self.counters.values
         self._locked = self.tokens.locked
         self._lock = self.tokens.lock  # None: private store, no locking on the per-packet path
-        self._classes: dict[str, ClassState] = {}
-        self._order: list[ClassState] = []  # definition order
+        self._classes: dict[str, ClassState] = {}  # in definition order
         self._leaf_map: dict[str, ClassState] = {}
+        self._pos: list[int] = []  # DRR positions of the leaves, sorted
+        self._at: dict[int, ClassState] = {}  # position -> leaf
+        self._slot_owner: dict[int, str] = {}
+        self._slot_free: list[int] = []  # a heap of slots freed since the last full change
+        self._slot_top = 0
         self._nactive = 0  # backlogged leaves
         self._busy: list[bool] = []  # one element while a leaf is backlogged (the C lanes read its length)
         self._ptr = [0] * NO_KEY  # DRR pointer per level*8+prio: position of the next leaf to serve
@@ -132,107 +137,16 @@ class HTB:
         process (a smaller limit, a full fallback) go to :meth:`take_dropped`.
         Raises ``ValueError`` and changes nothing if the new tree is invalid.
         """
-        plan = self._validate(classes, fallback)
+        plan = plan_change(self._classes, classes, fallback, self.tokens, self.counters)
         return self._commit(plan, now, fallback)
 
-    def _validate(self, classes: Sequence[HTBClassParams], fallback: str | None) -> dict[str, Any]:
-        """Check the new tree and prepare everything that can fail; mutate nothing."""
-        if isinstance(classes, (str, bytes)) or not hasattr(classes, "__iter__"):
-            raise ValueError(f"classes must be a sequence of HTBClassParams, got {classes!r}")
-        params = list(classes)
-        by_name: dict[str, HTBClassParams] = {}
-        for p in params:
-            if not isinstance(p, HTBClassParams):
-                raise ValueError(f"classes: expected HTBClassParams, got {p!r}")
-            if p.name in by_name:
-                raise ValueError(f"class {p.name!r}: name: duplicate class name")
-            by_name[p.name] = p
-        kids: dict[str | None, list[str]] = {None: []}
-        for p in params:
-            if p.parent is not None and p.parent not in by_name:
-                raise ValueError(f"class {p.name!r}: parent {p.parent!r} is not a class of this tree")
-            kids.setdefault(p.parent, []).append(p.name)
-        depth: dict[str, int] = {}
-        for p in params:
-            path = []
-            n: str | None = p.name
-            while n is not None and n not in depth:
-                if n in path:
-                    raise ValueError(f"class {p.name!r}: parent: cycle through {' -> '.join(path + [n])}")
-                path.append(n)
-                n = by_name[n].parent
-            d = -1 if n is None else depth[n]
-            for m in reversed(path):
-                d += 1
-                depth[m] = d
-        for p in params:
-            # An inner class at depth d has level 7-d; level 0 is for leaves only (kernel: "tree is too deep").
-            if p.name in kids and depth[p.name] >= MAX_DEPTH - 1:
-                raise ValueError(
-                    f"class {p.name!r}: parent: tree too deep (inner classes may be at most {MAX_DEPTH - 1} deep)"
-                )
-        if fallback is not None and (fallback not in by_name or fallback in kids):
-            raise ValueError(f"fallback: {fallback!r} is not a leaf class of the new tree")
-
-        # Slots: explicit ones are the caller's; survivors keep theirs; new ones get the lowest free.
-        slot_of: dict[str, int] = {}
-        owner: dict[int, str] = {}
-        for p in params:
-            if p.slot >= 0:
-                if p.slot in owner:
-                    raise ValueError(f"class {p.name!r}: slot {p.slot} is already used by class {owner[p.slot]!r}")
-                owner[p.slot] = p.name
-                slot_of[p.name] = p.slot
-        fresh: set[int] = set()
-        for p in params:
-            old = self._classes.get(p.name)
-            if p.slot < 0 and old is not None and old.slot not in owner:
-                owner[old.slot] = p.name
-                slot_of[p.name] = old.slot
-        nxt = 0
-        for p in params:
-            if p.name not in slot_of:
-                while nxt in owner:
-                    nxt += 1
-                owner[nxt] = p.name
-                slot_of[p.name] = nxt
-                fresh.add(nxt)  # HTB picked it: whatever a removed class left there is not ours
-        if owner:
-            top = max(owner) + 1
-            self.tokens.ensure(top)  # raises ValueError if a fixed-size store is too small
-            self.counters.ensure(top)
-
-        # Build every new or re-parameterised leaf now, so bad leaf parameters fail before any change.
-        new_leaves: dict[str, tuple[Any, bool, int]] = {}
-        for p in params:
-            if p.name in kids:
-                continue
-            old = self._classes.get(p.name)
-            if old is not None and old.spec is not None and old.spec == p.leaf:
-                continue
-            try:
-                q = make_leaf(p.leaf)
-            except ValueError as exc:
-                raise ValueError(f"class {p.name!r}: leaf: {exc}") from None
-            lazy = p.leaf.kind in LAZY_KINDS and isinstance(q, Fifo)
-            new_leaves[p.name] = (q, lazy, q.passthrough_max if lazy else 0)
-        return {
-            "params": params,
-            "kids": kids,
-            "depth": depth,
-            "slot_of": slot_of,
-            "fresh": fresh,
-            "new_leaves": new_leaves,
-            "positions": _tree_positions(kids),
-        }
-
-    def _commit(self, plan: dict[str, Any], now: float, fallback: str | None) -> list[QueuedPacket]:
-        params: list[HTBClassParams] = plan["params"]
-        kids: dict[str | None, list[str]] = plan["kids"]
-        depth: dict[str, int] = plan["depth"]
-        slot_of: dict[str, int] = plan["slot_of"]
-        new_leaves: dict[str, tuple[Any, bool, int]] = plan["new_leaves"]
-        positions: dict[str, tuple[int, int]] = plan["positions"]
+    def _commit(self, plan: ChangePlan, now: float, fallback: str | None) -> list[QueuedPacket]:
+        params = plan.params
+        kids = plan.kids
+        depth = plan.depth
+        slot_of = plan.slot_of
+        new_leaves = plan.new_leaves
+        positions = plan.positions
         returned: list[QueuedPacket] = []
         orphans: list[QueuedPacket] = []
         dropped = self._dq_dropped  # drops are reported through take_dropped(), never lost
@@ -241,7 +155,6 @@ class HTB:
         cvals = self._cvals = self.counters.values
 
         classes: dict[str, ClassState] = {}
-        order: list[ClassState] = []
         for p in params:
             cl = old_classes.get(p.name)
             is_new = cl is None
@@ -267,36 +180,11 @@ class HTB:
                     cl.deficit = [0] * MAX_DEPTH
                 cl.set_leaf(None, None)
             elif p.name in new_leaves:
-                newq, lazy, passthrough = new_leaves[p.name]
                 if cl.spec is None:  # new, or an inner class that became a leaf
                     cl.deficit = [0] * MAX_DEPTH
-                if old_q is None:
-                    cl.set_leaf(None if lazy else newq, p.leaf, lazy, passthrough)
-                else:
-                    assert cl.spec is not None
-                    res = None
-                    if cl.spec.kind == p.leaf.kind:
-                        try:
-                            res = change_leaf(old_q, p.leaf)
-                        except (ValueError, TypeError):
-                            res = None  # validated by make_leaf already: rebuild rather than fail half-way
-                    if res is None:  # different kind (or no in-place change): move the packets over
-                        self._collect_dropped(cl, dropped)
-                        for pkt in old_q.drain():
-                            d = newq.enqueue(pkt, now)
-                            if d:
-                                cvals[cl.cbase + C_DROPS] += len(d)
-                                dropped.extend(d)
-                        cl.set_leaf(newq, p.leaf, lazy, passthrough)
-                    else:
-                        cvals[cl.cbase + C_DROPS] += len(res)
-                        dropped.extend(res)
-                        self._collect_dropped(cl, dropped)
-                        cl.set_leaf(old_q, p.leaf, lazy, passthrough)
-                    if lazy and not cl.q.backlog_packets:
-                        cl.q = None
+                self._replace_leaf(cl, p, new_leaves[p.name], now)
             classes[p.name] = cl
-            order.append(cl)
+        order = list(classes.values())
         for name, cl in old_classes.items():
             if name not in classes and cl.q is not None:
                 orphans.extend(cl.q.drain())
@@ -312,7 +200,7 @@ class HTB:
 
         vals = self._vals
         with self._locked():
-            for s in plan["fresh"]:
+            for s in plan.fresh:
                 self.tokens.reset(s)
             for cl in order:
                 b = cl.base
@@ -327,8 +215,9 @@ class HTB:
                         vals[b + 1] = cl.cbuffer
 
         self._classes = classes
-        self._order = order
         self._leaf_map = {cl.name: cl for cl in order if cl.spec is not None}
+        self._index_positions()
+        self._index_slots()
         active = []
         for cl in order:
             cl.active = cl.q is not None and cl.q.backlog_packets > 0
@@ -354,24 +243,31 @@ class HTB:
         return returned
 
     def _build_lanes(self) -> dict[str, Any]:
-        """One C Lane per leaf that packets may skip (send_now), over this tree's current state objects.
-
-        Rebuilt by every change: a lane holds the leaf's deficit list, the DRR pointer list and the busy
-        list (so between changes those three are only ever changed in place), the token store's values and
-        lock, the counters, and the constants of the classes on the leaf's path."""
-        assert Lane is not None
+        """One C Lane per leaf that packets may skip (send_now), over this tree's current state objects."""
         lanes = {}
-        for cl in self._order:
-            if cl.spec is None or cl.passthrough <= 0:
-                continue
-            spec = tuple((c.base, c.level, c.buffer, c.cbuffer, c.spb, c.cspb, c.cbase) for c in cl.chain)
-            try:
-                lanes[cl.name] = Lane(self._vals, self._cvals, spec, cl.prio, cl.quantum, cl.idx, cl.passthrough,
-                                      cl.deficit, self._ptr, self._lock, self._busy)
-            except (TypeError, ValueError, OverflowError):
-                pass  # what C cannot hold (a store that is no buffer of doubles, a quantum beyond a C long):
-                # this leaf stays with the Python code -- never let change() fail after the tree is in place
+        for cl in self._leaf_map.values():
+            lane = self._build_lane(cl)
+            if lane is not None:
+                lanes[cl.name] = lane
         return lanes
+
+    def _build_lane(self, cl: ClassState) -> Any | None:
+        """Leaf ``cl``'s C Lane, or None (no passthrough, or what C cannot hold).
+
+        A lane holds the leaf's deficit list, the DRR pointer list and the busy list (so those three are only
+        ever changed in place), the token store's values and lock, the counters, and the constants of the
+        classes on the leaf's path (so it is rebuilt when any of them change)."""
+        assert Lane is not None
+        if cl.spec is None or cl.passthrough <= 0:
+            return None
+        spec = tuple((c.base, c.level, c.buffer, c.cbuffer, c.spb, c.cspb, c.cbase) for c in cl.chain)
+        try:
+            return Lane(self._vals, self._cvals, spec, cl.prio, cl.quantum, cl.idx, cl.passthrough,
+                        cl.deficit, self._ptr, self._lock, self._busy)
+        except (TypeError, ValueError, OverflowError):
+            # what C cannot hold (a store that is no buffer of doubles, a quantum beyond a C long): this leaf
+            # stays with the Python code -- never let a change fail after the tree is in place
+            return None
 
     @property
     def exact_next_event(self) -> bool:
@@ -627,7 +523,7 @@ class HTB:
     def drain(self) -> list[QueuedPacket]:
         """Remove and return every held packet (drops not yet collected stay in :meth:`take_dropped`)."""
         out: list[QueuedPacket] = []
-        for cl in self._order:
+        for cl in self._classes.values():
             if cl.q is not None:
                 out.extend(cl.q.drain())
                 cl.active = False
@@ -654,7 +550,7 @@ class HTB:
 
     @property
     def backlog_packets(self) -> int:
-        return sum(cl.q.backlog_packets for cl in self._order if cl.active)
+        return sum(cl.q.backlog_packets for cl in self._leaf_map.values() if cl.active)
 
     @property
     def busy(self) -> bool:
@@ -663,7 +559,7 @@ class HTB:
 
     @property
     def backlog_bytes(self) -> int:
-        return sum(cl.q.backlog_bytes for cl in self._order if cl.active)
+        return sum(cl.q.backlog_bytes for cl in self._leaf_map.values() if cl.active)
 
     # -- introspection ---------------------------------------------------------------
 
@@ -676,7 +572,12 @@ class HTB:
     @property
     def classes(self) -> tuple[HTBClassParams, ...]:
         """The current configuration, in definition order."""
-        return tuple(cl.params for cl in self._order)
+        return tuple(cl.params for cl in self._classes.values())
+
+    @property
+    def _order(self) -> list[ClassState]:
+        """The classes' run-time state in definition order (for introspection and tests)."""
+        return list(self._classes.values())
 
     def mode(self, name: str, now: float) -> str:
         """The class's own mode at ``now``: ``can_send``, ``may_borrow`` or ``cant_send``."""
@@ -686,16 +587,7 @@ class HTB:
         return self._mode(cl, now)
 
     def _mode(self, c: ClassState, now: float) -> str:
-        vals = self._vals
-        b = c.base
-        tc = vals[b + 2]
-        if tc != tc:
-            return CAN_SEND
-        if now < tc - vals[b + 1]:
-            return CANT_SEND
-        if now >= tc - vals[b]:
-            return CAN_SEND
-        return MAY_BORROW
+        return mode_name(self._vals, c, now)
 
     def leaf(self, name: str) -> Any | None:
         """The leaf qdisc of class ``name`` (None for an inner or unknown class, and for a FIFO leaf that holds
@@ -716,84 +608,4 @@ class HTB:
         Pass the caller's clock: without ``now`` the tokens are projected to the last time the Python
         code saw one (a change, a dequeue, a send_now that C left to Python), which the C fast path does
         not move."""
-        if now is None:
-            now = self._last_now
-        vals = self._vals
-        cv = self._cvals
-        backlog: dict[str, list[int]] = {cl.name: [0, 0] for cl in self._order}
-        for cl in self._order:
-            if cl.q is not None:
-                n, nb = cl.q.backlog_packets, cl.q.backlog_bytes
-                for c in cl.chain:
-                    backlog[c.name][0] += n
-                    backlog[c.name][1] += nb
-        out: dict[str, dict[str, Any]] = {}
-        with self._locked():
-            for cl in self._order:
-                b = cl.base
-                cb = cl.cbase
-                tc = vals[b + 2]
-                diff = min(max(now - tc, 0.0), MBUFFER) if tc == tc else 0.0
-                toks = min(vals[b] + diff, cl.buffer) if tc == tc else cl.buffer
-                ctoks = min(vals[b + 1] + diff, cl.cbuffer) if tc == tc else cl.cbuffer
-                st: dict[str, Any] = {
-                    "parent": cl.parent_name,
-                    "level": cl.level,
-                    "prio": cl.prio,
-                    "rate": cl.params.rate,
-                    "ceil": cl.params.ceil,
-                    "slot": cl.slot,
-                    "bytes": int(cv[cb + C_BYTES]),
-                    "packets": int(cv[cb + C_PACKETS]),
-                    "drops": int(cv[cb + C_DROPS]),
-                    "backlog_packets": backlog[cl.name][0],
-                    "backlog_bytes": backlog[cl.name][1],
-                    "borrows": int(cv[cb + C_BORROWS]),
-                    "lends": int(cv[cb + C_LENDS]),
-                    "tokens": toks,
-                    "ctokens": ctoks,
-                    "tokens_bytes": toks / cl.spb,
-                    "ctokens_bytes": ctoks / cl.cspb,
-                    "mode": self._mode(cl, now),
-                    "leaf": self._leaf_stats(cl),
-                }
-                out[cl.name] = st
-        return out
-
-    def _leaf_stats(self, cl: ClassState) -> dict[str, Any] | None:
-        if cl.spec is None:
-            return None
-        q = cl.q
-        if cl.lazy:  # the queue object comes and goes: its limits are the spec's, its drops the counter's
-            limits = cl.spec.as_dict()
-            return {"kind": cl.spec.kind, "backlog_packets": q.backlog_packets if q is not None else 0,
-                    "backlog_bytes": q.backlog_bytes if q is not None else 0,
-                    "drops": int(self._cvals[cl.cbase + C_DROPS]),
-                    "limit_packets": limits.get("limit_packets", 1000), "limit_bytes": limits.get("limit_bytes")}
-        stats = getattr(q, "stats", None)
-        if stats is not None:
-            return stats()  # type: ignore[no-any-return]
-        return {"kind": cl.spec.kind, "backlog_packets": q.backlog_packets, "backlog_bytes": q.backlog_bytes}
-
-
-def _tree_positions(kids: Mapping[str | None, Sequence[str]]) -> dict[str, tuple[int, int]]:
-    """Each class's DRR span: leaves numbered in tree order, ``IDX_GAP`` apart; an inner class spans its
-    first to its last leaf.  ``kids[None]`` are the roots; children are visited in definition order."""
-    out: dict[str, tuple[int, int]] = {}
-    pos = 0
-    stack: list[tuple[str, bool]] = [(name, False) for name in reversed(kids.get(None, ()))]
-    first: dict[str, int] = {}
-    while stack:
-        name, done = stack.pop()
-        children = kids.get(name)
-        if not children:
-            pos += IDX_GAP
-            out[name] = (pos, pos)
-            continue
-        if done:
-            out[name] = (first[name], pos)
-            continue
-        first[name] = pos + IDX_GAP
-        stack.append((name, True))
-        stack.extend((child, False) for child in reversed(children))
-    return out
+        return class_stats(self, self._last_now if now is None else now)

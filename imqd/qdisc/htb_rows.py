@@ -69,7 +69,7 @@ class RowScheduler:
     # -- membership ------------------------------------------------------------------
     def rebuild(self, active: list[ClassState], now: float) -> None:
         """Forget every cached mode and placement, then activate the backlogged leaves (after a change)."""
-        for c in self.htb._order:
+        for c in self.htb._classes.values():
             c.mode = M_UNTRACKED
             c.prios = 0
             c.wait_seq = 0
@@ -123,6 +123,14 @@ class RowScheduler:
         if not cl.wc and cl.active and cl.hold == PLACED and cl.q.peek(now) is None:
             self._unplace(cl, cl.prio)  # what it still holds is not due yet: out of the rows until it is
             self._gate(cl, now)
+
+    def refresh(self, c: ClassState, now: float) -> None:
+        """Class ``c``'s rates changed (a live update): re-read its mode if it is tracked."""
+        if c.mode != M_UNTRACKED:
+            self._now = now
+            m, t = self._actual(c, now)
+            c.wait_seq = 0
+            self._set(c, m, t)
 
     def skip(self, cl: ClassState) -> None:
         """``cl`` said it had a packet and then had not: leave it out until this dequeue ends."""
@@ -206,7 +214,7 @@ class RowScheduler:
         c.wait_at = t
         w = self.wait
         heappush(w, (t, s, c))
-        if len(w) > 1024 and len(w) > 4 * len(self.htb._order):
+        if len(w) > 1024 and len(w) > 4 * len(self.htb._classes):
             self.wait = [e for e in w if e[2].wait_seq == e[1]]  # drop stale entries
             heapify(self.wait)
 
@@ -389,7 +397,7 @@ class RowScheduler:
             for c in row:
                 assert c.mode == M_CAN and c.level == key >> 3, f"{c.name} in row {key} with mode {c.mode}"
                 rows_seen.add((c.name, key & 7))
-        for c in self.htb._order:
+        for c in self.htb._classes.values():
             if c.level == 0:
                 if c.active and c.hold == PLACED:
                     assert c.mode != M_UNTRACKED, f"placed leaf {c.name} untracked"

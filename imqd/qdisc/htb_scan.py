@@ -65,6 +65,10 @@ class ScanScheduler:
     def charged(self, cl: ClassState, now: float) -> None:
         self._ne_cache = None
 
+    def refresh(self, c: ClassState, now: float) -> None:
+        """Class ``c``'s rates changed (a live update)."""
+        self._ne_cache = None
+
     def skip(self, cl: ClassState) -> None:
         """``cl`` said it had a packet and then had not: leave it out until this dequeue ends."""
         self._skip = (self._skip or []) + [cl]
