@@ -225,6 +225,7 @@ class Incremental:
             del classes[cl.name]
             del self._leaf_map[cl.name]
             self._free_slot(cl.slot, cl.name)
+        self._pick_scheduler(None, now)  # the tree may have grown past or shrunk below AUTO_SCAN_LEAVES
         if renumber:
             self._renumber()
         elif self._accelerate:

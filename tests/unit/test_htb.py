@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from array import array
 from typing import Any
 
@@ -418,6 +419,7 @@ def test_bad_class_parameters_name_class_and_field(kw: dict[str, Any], field: st
 def run_two_workers(shared: bool, until: float) -> tuple[Sim, Sim]:
     tree = [C("root", None, 10 * M, slot=0), C("a", "root", 2 * M, 2 * M, slot=1)]
     store = LocalTokenStore()
+    store.lock = threading.Lock()  # as the supervisor gives several workers: a store with other writers has a lock
     h1 = HTB(tree, 0.0, tokens=store)
     h2 = HTB(tree, 0.0, tokens=store if shared else LocalTokenStore())
     s1, s2 = Sim(h1), Sim(h2)

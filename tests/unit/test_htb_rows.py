@@ -20,6 +20,7 @@ from imqd.qdisc.base import QueuedPacket
 from imqd.qdisc.htb import HTB, HTBClassParams
 from imqd.qdisc.htb_class import MBUFFER, TOKEN_FLOOR
 from imqd.qdisc.leaves import LeafSpec
+from imqd.qdisc.tokens import LocalTokenStore
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                             HealthCheck.data_too_large])
@@ -135,12 +136,28 @@ ops = st.lists(
 )
 
 
+class SharedStore(LocalTokenStore):
+    """A store other workers write to (it has a lock): the row scheduler checks its cache against it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = NoContention()
+
+
+class NoContention:
+    def acquire(self, block: bool = True, timeout: float = -1) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+
 class Pair:
     """The same operations on a row-scheduled and a scan-scheduled HTB, compared after each one."""
 
     def __init__(self, classes: list[HTBClassParams]) -> None:
-        self.rows = HTB(classes, 0.0, scheduler="rows")
-        self.scan = HTB(classes, 0.0, scheduler="scan")
+        self.rows = HTB(classes, 0.0, scheduler="rows", tokens=SharedStore())
+        self.scan = HTB(classes, 0.0, scheduler="scan", tokens=SharedStore())
         self.now = 0.0
         self.seq = 0
         self.classes = classes

@@ -104,7 +104,7 @@ def drr_order(h: HTB) -> list[str]:
 @SETTINGS
 @given(classes=big_trees(max_inner=6, max_leaves=40), data=st.data())
 def test_update_ends_where_change_with_the_merged_list_ends(classes: list[HTBClassParams], data: Any) -> None:
-    a = HTB(classes, 0.0)
+    a = HTB(classes, 0.0, scheduler="rows")
     b = HTB(classes, 0.0)
     now = 0.0
     seq = 0
@@ -195,7 +195,7 @@ def test_a_new_subscriber_is_placed_after_its_parents_last_leaf_without_renumber
 
 
 def test_many_additions_under_one_parent_renumber_and_keep_the_drr_pointer() -> None:
-    h = HTB(subscribers(4), 0.0)
+    h = HTB(subscribers(4), 0.0, scheduler="rows")
     for k in range(40):  # 'a' is not the last subtree: its gap halves with each leaf until it is used up
         h.update([C(f"n{k}", "a", 1e6)], now=0.0)
     assert drr_order(h) == drr_order(HTB(list(h.classes), 0.0))
@@ -263,3 +263,16 @@ def test_one_update_in_10000_classes_does_not_look_at_the_others() -> None:
     h.update([C("s10000", "b", 3e6)], now=1.0)
     h.update(removals=["s17"], now=1.0)
     assert sorted(built) == (["s10000", "s5000"] if h.accelerated else [])
+
+
+def test_auto_uses_the_scan_for_a_handful_of_leaves_and_the_rows_beyond() -> None:
+    h = HTB(subscribers(2), 0.0)
+    assert h.scheduler == "scan"
+    for k in range(3):
+        h.enqueue(QueuedPacket(MTU, None, 0.0, k), "s1", 0.0)
+    h.update([C(f"x{i}", "a") for i in range(10)], now=0.0)
+    assert h.scheduler == "rows" and h.leaf("s1").backlog_packets == 3
+    h._sched.check()  # noqa: SLF001
+    assert [h.dequeue(1.0) is not None for _ in range(3)] == [True] * 3, "the switch kept what was queued"
+    h.update(removals=[f"x{i}" for i in range(10)], now=1.0)
+    assert h.scheduler == "scan"
