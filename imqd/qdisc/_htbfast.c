@@ -1,9 +1,11 @@
 /*
  * imqd.qdisc._htbfast -- HTB.send_now's common case in C (an optional accelerator).
  *
- * HTB.send_now() lets a packet straight through a leaf when nothing is backlogged and the leaf may send
- * at once, and charges it up the tree exactly as enqueue + dequeue would.  Under load that is every
- * packet of a class below its rate, and in Python it costs more than receiving the packet does.  A Lane
+ * HTB.send_now() lets a packet straight through an empty leaf that may send at once while no backlogged
+ * leaf can be sent (HTB's gate: none is backlogged, or the scheduler's next event lies ahead), and charges it
+ * up the tree exactly as enqueue + dequeue would.  Under load that is every packet of a class below its rate
+ * -- a subscriber under its plan while others wait for tokens -- and in Python it costs more than receiving
+ * the packet does.  A Lane
  * does the same for one leaf: the mode checks along the leaf's parent chain, the DRR deficit and pointer
  * step, and htb_charge_class on the token store -- the same operations on the same IEEE doubles, in the
  * same order, so the result is bit for bit the one the Python reference (imqd/qdisc/htb.py, HTB.send_now
@@ -42,7 +44,8 @@ typedef struct {
     PyObject *ptr;        /* HTB's DRR pointer list (one int per level*8+prio) */
     PyObject *acquire;    /* the shared store's lock's bound acquire and release (looked up once), or NULL */
     PyObject *release;
-    PyObject *busy;       /* non-empty while HTB has a backlogged leaf: the fast path is only for an empty tree */
+    PyObject *gate;       /* HTB's gate: array('d', [open_until, bypasses]) -- see send() */
+    Py_buffer gate_view;  /* held for the lane's life: the gate never changes size */
     long prio, quantum, idx, passthrough;
     Py_ssize_t min_len;   /* bytes the token store must have for every slot on the path (checked on each call) */
     Py_ssize_t min_clen;  /* the same for the counters buffer */
@@ -71,7 +74,7 @@ Lane_traverse(Lane *self, visitproc visit, void *arg)
     Py_VISIT(self->ptr);
     Py_VISIT(self->acquire);
     Py_VISIT(self->release);
-    Py_VISIT(self->busy);
+    Py_VISIT(self->gate);
     return 0;
 }
 
@@ -84,7 +87,9 @@ Lane_clear(Lane *self)
     Py_CLEAR(self->ptr);
     Py_CLEAR(self->acquire);
     Py_CLEAR(self->release);
-    Py_CLEAR(self->busy);
+    if (self->gate != NULL)
+        PyBuffer_Release(&self->gate_view);
+    Py_CLEAR(self->gate);
     self->n = 0;
     return 0;
 }
@@ -129,7 +134,7 @@ check_buffer(PyObject *obj, const char *formats, const char *what, Py_ssize_t *n
     return 0;
 }
 
-/* Lane(values, counters, chain, prio, quantum, idx, passthrough, deficit, ptr, lock, busy)
+/* Lane(values, counters, chain, prio, quantum, idx, passthrough, deficit, ptr, lock, gate)
  *   chain: tuple of (base, level, buffer, cbuffer, spb, cspb, cbase), leaf first */
 static int
 Lane_init(Lane *self, PyObject *args, PyObject *kwds)
@@ -139,10 +144,10 @@ Lane_init(Lane *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_TypeError, "Lane: already initialised");
         return -1;
     }
-    PyObject *values, *counters, *chain, *deficit, *ptr, *lock, *busy;
+    PyObject *values, *counters, *chain, *deficit, *ptr, *lock, *gate;
     long prio, quantum, idx, passthrough;
-    if (!PyArg_ParseTuple(args, "OOO!llllO!O!OO!:Lane", &values, &counters, &PyTuple_Type, &chain, &prio, &quantum,
-                          &idx, &passthrough, &PyList_Type, &deficit, &PyList_Type, &ptr, &lock, &PyList_Type, &busy))
+    if (!PyArg_ParseTuple(args, "OOO!llllO!O!OO:Lane", &values, &counters, &PyTuple_Type, &chain, &prio, &quantum,
+                          &idx, &passthrough, &PyList_Type, &deficit, &PyList_Type, &ptr, &lock, &gate))
         return -1;
     Py_ssize_t n = PyTuple_GET_SIZE(chain);
     if (n < 1 || n > Py_SIZE(self)) {
@@ -153,9 +158,14 @@ Lane_init(Lane *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "Lane: prio must be 0..7, idx >= 0 and quantum >= 1");
         return -1;
     }
-    Py_ssize_t nvals, ncounters;
-    if (check_buffer(values, "d", "values", &nvals) < 0 || check_buffer(counters, "ql", "counters", &ncounters) < 0)
+    Py_ssize_t nvals, ncounters, ngate;
+    if (check_buffer(values, "d", "values", &nvals) < 0 || check_buffer(counters, "ql", "counters", &ncounters) < 0
+        || check_buffer(gate, "d", "gate", &ngate) < 0)
         return -1;
+    if (ngate < 2) {
+        PyErr_SetString(PyExc_ValueError, "Lane: gate needs 2 doubles (open until, bypasses)");
+        return -1;
+    }
     Lane_clear(self);
     self->min_len = self->min_clen = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -194,7 +204,11 @@ Lane_init(Lane *self, PyObject *args, PyObject *kwds)
         self->acquire = acquire;
         self->release = release;
     }
-    self->busy = Py_NewRef(busy);
+    if (PyObject_GetBuffer(gate, &self->gate_view, PyBUF_WRITABLE) < 0) {
+        Lane_clear(self);
+        return -1;
+    }
+    self->gate = Py_NewRef(gate);
     self->prio = prio;
     self->quantum = quantum;
     self->idx = idx;
@@ -295,7 +309,11 @@ Lane_send(Lane *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_RuntimeError, "Lane: not initialised");
         return NULL;
     }
-    if (size > self->passthrough || PyList_GET_SIZE(self->busy) > 0)
+    /* The gate: while some leaf is backlogged, a packet may only skip the queue while none of them can be sent
+     * (HTB keeps open_until = the scheduler's next event, a lower bound; -inf when unknown, +inf when idle):
+     * enqueue + dequeue would then release this packet first too.  bypasses counts the charges made here. */
+    double *gatev = (double *)self->gate_view.buf;
+    if (size > self->passthrough || !(now < gatev[0]))
         return PyLong_FromLong(0);
     Py_buffer view, cview;
     if (PyObject_GetBuffer(self->values, &view, PyBUF_WRITABLE) < 0)
@@ -368,6 +386,7 @@ Lane_send(Lane *self, PyObject *const *args, Py_ssize_t nargs)
     PyBuffer_Release(&view);
     if (rc < 0)
         return NULL;
+    gatev[1] += 1.0;
     return PyLong_FromLong(1);
 done:
     PyBuffer_Release(&cview);

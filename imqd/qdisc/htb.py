@@ -32,6 +32,8 @@ value (packets handed back unscheduled: release them).
 
 from __future__ import annotations
 
+import math
+from array import array
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -115,7 +117,11 @@ class HTB(Incremental):
         self._slot_free: list[int] = []  # a heap of slots freed since the last full change
         self._slot_top = 0
         self._nactive = 0  # backlogged leaves
-        self._busy: list[bool] = []  # one element while a leaf is backlogged (the C lanes read its length)
+        # The fast path's gate, read by the C lanes: [open_until, bypasses].  While some leaf is backlogged a packet
+        # may skip the queue only before open_until, the scheduler's last next_event (none of the backlogged
+        # leaves can be sent before it, so enqueue + dequeue would release the new packet first as well);
+        # -inf when that is unknown, +inf when nothing is backlogged.  bypasses counts send_now's charges.
+        self._gate = array("d", [math.inf, 0.0])
         self._ptr = [0] * NO_KEY  # DRR pointer per level*8+prio: position of the next leaf to serve
         self._dq_dropped: list[QueuedPacket] = []
         self._last_now = now
@@ -231,7 +237,7 @@ class HTB(Incremental):
                 active.append(cl)
             self._set_backlog(cl)
         self._nactive = len(active)
-        self._busy[:] = [True] if active else []  # in place: the lanes watch this list
+        self._gate[0] = -math.inf if active else math.inf  # in place: the lanes hold it
         self._ptr[:] = [0] * NO_KEY  # in place: the lanes hold it
         self._last_now = now
         if not self._pick_scheduler(active, now):
@@ -261,7 +267,7 @@ class HTB(Incremental):
     def _build_lane(self, cl: ClassState) -> Any | None:
         """Leaf ``cl``'s C Lane, or None (no passthrough, or what C cannot hold).
 
-        A lane holds the leaf's deficit list, the DRR pointer list and the busy list (so those three are only
+        A lane holds the leaf's deficit list, the DRR pointer list and the gate (so those three are only
         ever changed in place), the token store's values and lock, the counters, and the constants of the
         classes on the leaf's path (so it is rebuilt when any of them change)."""
         assert Lane is not None
@@ -270,7 +276,7 @@ class HTB(Incremental):
         spec = tuple((c.base, c.level, c.buffer, c.cbuffer, c.spb, c.cspb, c.cbase) for c in cl.chain)
         try:
             return Lane(self._vals, self._cvals, spec, cl.prio, cl.quantum, cl.idx, cl.passthrough,
-                        cl.deficit, self._ptr, self._lock, self._busy)
+                        cl.deficit, self._ptr, self._lock, self._gate)
         except (TypeError, ValueError, OverflowError):
             # what C cannot hold (a store that is no buffer of doubles, a quantum beyond a C long): this leaf
             # stays with the Python code -- never let a change fail after the tree is in place
@@ -332,8 +338,7 @@ class HTB(Incremental):
 
     def _activate(self, cl: ClassState, now: float) -> None:
         cl.active = True
-        if not self._nactive:
-            self._busy.append(True)
+        self._gate[0] = -math.inf  # a new backlogged leaf may be sendable now: closed until next_event says
         self._nactive += 1
         self._sched.activate(cl, now)
 
@@ -341,7 +346,7 @@ class HTB(Incremental):
         cl.active = False
         self._nactive -= 1
         if not self._nactive:
-            self._busy.clear()
+            self._gate[0] = math.inf
         self._sched.deactivate(cl)
         if cl.lazy:
             cl.q = None  # an empty FIFO is rebuilt on the next packet: 10,000 idle ones cost nothing
@@ -378,11 +383,13 @@ class HTB(Incremental):
     def send_now(self, leaf: str, size: int, now: float) -> bool:
         """Let a packet of ``size`` bytes through leaf ``leaf`` at once if HTB would dequeue it at once.
 
-        The worker's fast path.  When no leaf is backlogged, ``enqueue`` followed by ``dequeue`` hands the
-        packet straight back if its leaf qdisc passes it through unchanged (a FIFO within its limits) and
-        the class may send at ``now`` (on its own tokens or by borrowing).  ``send_now`` does exactly what
-        that pair would do -- the same DRR deficit and pointer update, the same charge up the tree -- without
-        queueing anything.  Returns False and changes nothing otherwise; the caller then ``enqueue``s.
+        The worker's fast path.  When no backlogged leaf can be sent at ``now`` (none is backlogged, or the
+        scheduler's last ``next_event`` lies ahead), ``enqueue`` followed by ``dequeue`` hands the packet
+        straight back if its leaf qdisc passes it through unchanged (an empty FIFO within its limits) and the
+        class may send at ``now`` (on its own tokens or by borrowing).  ``send_now`` does exactly what that
+        pair would do -- the same DRR deficit and pointer update, the same charge up the tree -- without
+        queueing anything.  So a subscriber under its plan goes straight through while others wait for
+        tokens.  Returns False and changes nothing otherwise; the caller then ``enqueue``s.
         """
         lane = self._lanes.get(leaf)
         if lane is not None:  # (it answers 0 itself while a leaf is backlogged)
@@ -393,8 +400,8 @@ class HTB(Incremental):
 
     def send_now_reference(self, leaf: str, size: int, now: float) -> bool:
         """:meth:`send_now` in Python: the reference the C lanes are held to, and what does their -1 cases."""
-        if self._nactive:
-            return False
+        if self._nactive and not now < self._gate[0]:
+            return False  # a backlogged leaf may be sendable now: the packet queues behind (see _gate)
         cl = self._leaf_map.get(leaf) or self._no_leaf(leaf, "send_now")
         if size > cl.passthrough:
             return False
@@ -416,6 +423,7 @@ class HTB(Incremental):
             return False
         self._last_now = now
         self._charge(cl, key, size, now)
+        self._gate[1] += 1.0
         return True
 
     def _init_slot(self, c: ClassState, now: float) -> None:
@@ -543,7 +551,10 @@ class HTB(Incremental):
         """A time >= ``now`` at which ``dequeue`` may succeed, never after the first at which it will;
         ``None`` when empty.  Exact with the reference scheduler; the row scheduler may answer earlier (a
         mode change that lets nothing go yet: the caller finds nothing and asks again)."""
-        return self._sched.next_event(now)
+        t = self._sched.next_event(now)
+        if self._nactive:
+            self._gate[0] = -math.inf if t is None else t  # the fast path may skip the queue until then
+        return t
 
     def drain(self) -> list[QueuedPacket]:
         """Remove and return every held packet (drops not yet collected stay in :meth:`take_dropped`)."""
@@ -556,7 +567,7 @@ class HTB(Incremental):
                     cl.q = None
                 self._set_backlog(cl)
         self._nactive = 0
-        self._busy.clear()  # in place: the lanes watch this list
+        self._gate[0] = math.inf
         self._sched.rebuild([], self._last_now)
         return out
 

@@ -23,7 +23,8 @@ key, hence the same charges and DRR pointers (held to it by tests/unit/test_htb_
   the cache is optimistic: the leaf the structures offer is checked against the token slots along its path,
   and if any class on it is worse than cached, those classes are refreshed and the search repeats.  Because
   every cached key is at most the true key, the first offer that checks out is the reference's answer.
-  A store without a lock has no other writer (one worker): its cache is exact and the check is skipped.
+  A store without a lock has no other writer (one worker): its cache stays exact, and the check is skipped,
+  until a packet goes through ``send_now`` while leaves are backlogged (its charge is not seen here either).
 * **Leaves that hold packets back** (delay, per-host, TBF: not work-conserving) are taken out of the rows
   while ``peek`` says they have nothing to send, with a wait entry at their own ``next_event``: no search
   ever lands on them in vain, and ``next_event`` never returns "now" for them.
@@ -66,6 +67,7 @@ class RowScheduler:
         self.seq = 0
         self.skipped: list[ClassState] = []
         self._now = 0.0
+        self._exact_at = 0.0  # send_now charges (HTB._gate[1]) when the cache was last exact
 
     # -- membership ------------------------------------------------------------------
     def rebuild(self, active: list[ClassState], now: float) -> None:
@@ -80,6 +82,7 @@ class RowScheduler:
         self.mask = 0
         self.wait = []
         self.skipped = []
+        self._exact_at = self.htb._gate[1]
         for cl in active:
             self.activate(cl, now)
 
@@ -161,7 +164,7 @@ class RowScheduler:
                 return None
             key = (m & -m).bit_length() - 1
             leaf, top = self._find(rows[key], key & 7, ptr[key])
-            if self.htb._lock is not None and not self._verify(leaf, top, now):
+            if (self.htb._lock is not None or self.htb._gate[1] != self._exact_at) and not self._verify(leaf, top, now):
                 continue  # another worker's charges made the path worse than cached: refreshed, search again
             if not leaf.wc and leaf.q.peek(now) is None:
                 self._unplace(leaf, leaf.prio)

@@ -44,6 +44,7 @@ class ScanScheduler:
         # next_event's last answer while nothing of ours changed since: time alone cannot make it
         # earlier, and charges by other workers only make the true answer later.
         self._ne_cache: float | None = None
+        self._ne_stamp = 0.0
 
     # -- membership ------------------------------------------------------------------
     def rebuild(self, active: list[ClassState], now: float) -> None:
@@ -127,7 +128,8 @@ class ScanScheduler:
         if not active:
             return None
         cached = self._ne_cache
-        if cached is not None and now < cached:
+        stamp = self.htb._gate[1]  # send_now's charges since the answer was cached make it early: recompute
+        if cached is not None and now < cached and stamp == self._ne_stamp:
             return cached
         vals = self.htb._vals
         inf = math.inf
@@ -163,4 +165,5 @@ class ScanScheduler:
         if best == inf:
             return None
         self._ne_cache = best
+        self._ne_stamp = stamp
         return best

@@ -14,6 +14,7 @@ A new leaf takes a DRR position between its parent's last leaf and the next one 
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -186,7 +187,7 @@ class Incremental:
                     cl.active = False  # its new limits dropped everything it held
                     self._nactive -= 1
                     if not self._nactive:
-                        self._busy.clear()
+                        self._gate[0] = math.inf
                     if cl.lazy:
                         cl.q = None
                 elif was_active:
@@ -238,6 +239,8 @@ class Incremental:
                 else:
                     self._lanes[name] = lane
         self._last_now = now
+        if self._nactive:
+            self._gate[0] = -math.inf  # rates changed: closed until the scheduler's next event says otherwise
 
         if orphans:
             orphans.sort(key=lambda pk: pk.enqueued_at)  # stable: keeps each queue's order

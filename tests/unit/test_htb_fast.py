@@ -243,9 +243,10 @@ def test_a_lane_answers_like_send_now_for_each_case() -> None:
     small = HTB([HTBClassParams("a", None, 8e6, 8e6, 1500, 1500, leaf=LeafSpec.of("fifo", limit_bytes=500))], 0.0)
     assert small.lanes["a"].send(600, 0.0) == 0 and small.lanes["a"].send(400, 0.0) == 1, "the FIFO's limit holds"
     assert h.enqueue(QueuedPacket(100), "b", 1.0) == []
-    assert a.send(100, 1.0) == 0, "a packet waits in b: queue behind it"
+    assert a.send(100, 1.0) == 0, "a packet waits in b and may be sendable now: queue behind it"
+    assert h.next_event(1.0) == 1.0 and a.send(100, 1.0) == 0, "b can be sent now: still queue behind it"
     h.drain()
-    assert a.send(100, 1.0) == 1, "drain empties the list the lane watches, in place"
+    assert a.send(100, 1.0) == 1, "drain opens the gate the lane watches, in place"
     h.tokens.reset(h._leaf_map["a"].slot)
     assert a.send(100, 1.0) == -1, "a fresh slot is filled by Python"
     with pytest.raises(TypeError):
@@ -259,7 +260,7 @@ def test_a_lane_refuses_what_it_cannot_use() -> None:
     cl = h._leaf_map["a"]
     spec = ((0, 0, 1.0, 1.0, 1e-6, 1e-6, 0),)
     counts = array("q", [0] * 7)
-    good = (0, 1514, 0, 1500, cl.deficit, h._ptr, None, h._busy)
+    good = (0, 1514, 0, 1500, cl.deficit, h._ptr, None, h._gate)
     lane_type(array("d", [0.0] * 3), counts, spec, *good)
     with pytest.raises(TypeError, match="values must be a writable buffer"):
         lane_type(array("f", [0.0] * 3), counts, spec, *good)
@@ -271,6 +272,8 @@ def test_a_lane_refuses_what_it_cannot_use() -> None:
         lane_type(array("d", [0.0] * 3), array("q", [0] * 4), spec, *good)
     with pytest.raises(ValueError, match="1..8"):
         lane_type(array("d", [0.0] * 3), counts, spec * 9, *good)
+    with pytest.raises(ValueError, match="gate needs 2"):
+        lane_type(array("d", [0.0] * 3), counts, spec, *good[:-1], array("d", [0.0]))
     with pytest.raises(TypeError, match="already initialised"):
         h.lanes["a"].__init__(array("d", [0.0] * 3), counts, spec, *good)
     with pytest.raises(RuntimeError, match="not initialised"):

@@ -284,6 +284,51 @@ def test_send_now_is_enqueue_then_dequeue_on_an_idle_tree(classes: list[HTBClass
         now += advance * 10 * MTU * 8 / classes[0].rate
 
 
+@SETTINGS
+@given(classes=trees(), ops=steps)
+def test_send_now_on_a_busy_tree_is_enqueue_then_dequeue(classes: list[HTBClassParams], ops: Any) -> None:
+    """While leaves are backlogged, send_now lets a packet skip the queue only when enqueue + dequeue would
+    release that very packet at once: A offers each packet to send_now first, B enqueues it and, when A's
+    send_now succeeded, dequeues at once and must get it.  Both release what is due at the same times (as a
+    worker: next_event, which opens A's gate until it), and must end in the same state."""
+    a, b = HTB(classes, 0.0), HTB(classes, 0.0)
+    leaves = sorted(a.leaves())
+    now = 0.0
+    skipped = 0
+    for pick, size, count, advance in ops:
+        leaf = leaves[pick % len(leaves)]
+        for _ in range(count):
+            pa, pb = QueuedPacket(size, leaf), QueuedPacket(size, leaf)
+            if a.send_now(leaf, size, now):
+                skipped += a.busy
+                assert not b.enqueue(pb, leaf, now)
+                assert b.dequeue(now) is pb, "enqueue + dequeue would have released another packet first"
+            else:
+                assert len(a.enqueue(pa, leaf, now)) == len(b.enqueue(pb, leaf, now))
+        for h in (a, b):
+            while h.dequeue(now) is not None:
+                pass
+            h.take_dropped()
+            h.next_event(now)
+        assert _state(a) == _state(b)
+        now += advance * 10 * MTU * 8 / classes[0].rate
+
+
+def test_send_now_lets_an_under_rate_subscriber_through_while_another_is_backlogged() -> None:
+    h = HTB([HTBClassParams("root", None, 1e9, 1e9, 100_000, 100_000),
+             HTBClassParams("busy", "root", 8000.0, 8000.0, 1500, 1500),
+             HTBClassParams("light", "root", 8e6, 8e6, 15_000, 15_000)], 0.0)
+    assert h.send_now("busy", 1500, 0.0) and h.send_now("busy", 1500, 0.0), "tokens >= 0 let a packet go"
+    assert not h.send_now("busy", 1500, 0.0), "its bucket is overdrawn now"
+    assert h.enqueue(QueuedPacket(1500), "busy", 0.0) == []
+    assert not h.send_now("light", 100, 0.0), "until the scheduler has looked, the gate is shut"
+    t = h.next_event(0.0)
+    assert t is not None and t > 0.0
+    assert h.send_now("light", 100, 0.0) and h.send_now("light", 100, t / 2), "nothing else can go before t"
+    assert not h.send_now("light", 100, t), "from t the backlogged packet may be due: queue behind it"
+    assert h.dequeue(t) is not None
+
+
 def test_send_now_refuses_when_a_packet_waits_or_tokens_lack() -> None:
     h = HTB([HTBClassParams("a", None, 8000.0, 8000.0, 1500, 1500),
              HTBClassParams("b", None, 8000.0, 8000.0, 1500, 1500)], 0.0)
@@ -291,7 +336,7 @@ def test_send_now_refuses_when_a_packet_waits_or_tokens_lack() -> None:
     assert not h.send_now("a", 1000, 0.0), "the bucket is overdrawn now"
     assert h.backlog_packets == 0, "a refusal queues nothing"
     assert h.enqueue(QueuedPacket(1000), "a", 0.0) == []
-    assert not h.send_now("b", 100, 0.0), "b has tokens, but a packet waits: it must queue behind"
+    assert not h.send_now("b", 100, 0.0), "b has tokens, but a packet waits that may be due: queue behind"
     assert not h.send_now("a", 1000, 10.0), "a packet still waits in a"
     assert h.dequeue(10.0) is not None and h.send_now("b", 100, 10.0), "idle again: b goes straight through"
 
