@@ -19,6 +19,7 @@ Pure: the caller reads the nat table and the clock and passes them in.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
@@ -53,6 +54,11 @@ class ClassTree:
     matching: tuple[ClassSpec, ...]  # leaves with a match, not default: ingress ones first, each in config order
     chains: tuple[tuple[str, tuple[str, ...]], ...]  # (leaf, its ancestors nearest first)
     names: tuple[str, ...]
+
+    @functools.cached_property
+    def signed(self) -> tuple[tuple[ClassSpec, tuple[str, Any]], ...]:
+        """``matching`` with each class's (direction, match): what, when it changes, starts its wait over."""
+        return tuple((c, (c.direction, c.match)) for c in self.matching)
 
     @classmethod
     def of(cls, config: Config) -> ClassTree:
@@ -234,7 +240,7 @@ def matched_counts(tree: ClassTree, classes: Mapping[str, Mapping[str, Any]]) ->
         if not st:
             continue
         backlog = st.get("backlog") or {}
-        n = int(st.get("packets", 0) or 0) + int(st.get("drops", 0) or 0) + int(backlog.get("packets", 0) or 0)
+        n = (st.get("packets") or 0) + (st.get("drops") or 0) + (backlog.get("packets") or 0)
         out[leaf] = n
         for name in ancestors:
             out[name] += n
@@ -318,13 +324,16 @@ class MatchWatch:
         first, self._observed = not self._observed, True
         enabled = stats.get("enabled", True)
         quiet: list[tuple[ClassSpec, _Quiet]] = []
-        states: dict[str, _Quiet] = {}
         old_states, initial = self._classes, self._initial
-        for c in tree.matching:
-            traffic = self._traffic[c.direction]
-            sig, n = (c.direction, c.match), matched[c.name]
-            state = old_states.get(c.name)
-            if state is None and first and initial.get(c.name) == sig:
+        states: dict[str, _Quiet] = {}
+        for c, sig in tree.signed:
+            name = c.name
+            state = old_states.get(name)
+            if state is not None and state.ever and enabled and (state.signature is sig or state.signature == sig):
+                states[name] = state  # matched before with this match: nothing to watch (most classes)
+                continue
+            traffic, n = self._traffic[c.direction], matched[name]
+            if state is None and first and initial.get(name) == sig:
                 state = _Quiet(sig, 0, self.started, 0)
             if state is None or not enabled or state.signature != sig:
                 state = _Quiet(sig, n, now, traffic)  # new, changed, or not classifying: start over
@@ -332,7 +341,7 @@ class MatchWatch:
                 state.matched, state.ever = n, True
             elif n < state.matched:  # a restarted worker's share is gone: it may have matched meanwhile
                 state = _Quiet(sig, n, now, traffic, state.ever)
-            states[c.name] = state
+            states[name] = state
             if not state.ever and now - state.since >= self.warn_after and \
                     traffic - state.traffic >= self.min_packets:
                 quiet.append((c, state))

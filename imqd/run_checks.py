@@ -17,7 +17,7 @@ from typing import Any
 
 from imqd import rules
 from imqd.config import Config
-from imqd.hook_checks import ClassTree, MatchWatch, NatRule, capped, class_placement_warning, parse_nat
+from imqd.hook_checks import MatchWatch, NatRule, capped, class_placement_warning, parse_nat
 
 NAT_REFRESH_S = 30.0
 PLACEMENT_MORE = "classes the ingress hook cannot see (imqd check-config lists them all)"
@@ -76,7 +76,7 @@ class RunChecks:
         if not nat:
             return []
         memo, lines = self._per_class, []
-        for c in ClassTree.of(config).matching:
+        for c in self.watch.tree(config).matching:
             key = (c.name, c.direction, c.match)
             if key not in memo:
                 memo[key] = class_placement_warning(c, self.ingress_hook, nat)
