@@ -50,7 +50,8 @@ host_mirror() {
             /^[ \t]*$/ { flush(); next }
             {
                 key = tolower($1)
-                if (key == "types:") { types = ""; for (i = 2; i <= NF; i++) types = types " " $i; sub(/^ /, "", types) }
+                if (key == "types:") { types = ""; for (i = 2; i <= NF; i++) types = types " " $i
+                                       sub(/^ /, "", types) }
                 else if (key == "uris:") uri = $2
                 else if (key == "enabled:") enabled = tolower($2)
                 else if (key == "suites:") { for (i = 2; i <= NF; i++) if ($i !~ /[-\/]/) release = 1 }
@@ -70,7 +71,10 @@ host_mirror() {
 
 if [ "${1:-}" = "--print-mirror" ]; then
     MIRROR=${IMQD_DEBIAN_MIRROR:-$(host_mirror)}
-    [ -n "$MIRROR" ] || { echo "build-base-image: no Debian source in ${IMQD_APT_ETC:-/etc/apt}; set IMQD_DEBIAN_MIRROR" >&2; exit 1; }
+    if [ -z "$MIRROR" ]; then
+        echo "build-base-image: no Debian source in ${IMQD_APT_ETC:-/etc/apt}; set IMQD_DEBIAN_MIRROR" >&2
+        exit 1
+    fi
     echo "$MIRROR"
     exit 0
 fi

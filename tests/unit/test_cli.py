@@ -164,3 +164,37 @@ def test_check_config_without_a_readable_nat_table_says_the_check_was_skipped(
     assert out == f"{path}: OK (1 classes)\n"
     assert err == ("imqd: note: NAT placement checks skipped, the nat table is unreadable: iptables-save: "
                    "permission denied -- managing imqd's rules needs CAP_NET_ADMIN\n")
+
+
+def test_run_checks_the_placement_it_installs_else_the_one_installed(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """`imqd run --apply-rules` checks its own placement; without it, the one `imqd rules apply` installed."""
+    import logging
+
+    import imqd.rules
+    from imqd.cli import start_checks
+    from imqd.rules import RuleOptions
+
+    monkeypatch.setattr(imqd.rules, "read_nat", lambda runner=None, ipv6=True: {"ipv4": MASQUERADING, "ipv6": ""})
+    installed: list[object] = ["prerouting"]
+
+    def installed_hook(runner=None):
+        if isinstance(installed[0], Exception):
+            raise installed[0]
+        return installed[0]
+
+    monkeypatch.setattr(imqd.rules, "installed_ingress_hook", installed_hook)
+    config = parse_config({"classes": [{"name": "lan1", "direction": "ingress", "rate": "6mbit",
+                                        "match": {"dst": "198.18.1.2/32"}}]})
+    opts = RuleOptions(queues=(0, 1))
+    with caplog.at_level(logging.WARNING, logger="imqd"):
+        assert start_checks(config, opts, applying=True).ingress_hook == "after-nat"
+        assert not caplog.records
+        assert start_checks(config, opts, applying=False).ingress_hook == "prerouting"
+    (record,) = caplog.records
+    assert record.getMessage().startswith("class lan1 matches dst 198.18.1.2/32, but ingress is taken at mangle "
+                                          "PREROUTING")
+    installed[0] = None
+    assert start_checks(config, opts, applying=False).ingress_hook == "after-nat", "nothing installed: the flag's"
+    installed[0] = imqd.rules.RulesError("iptables-save not found")
+    assert start_checks(config, opts, applying=False).ingress_hook == "after-nat"

@@ -134,7 +134,8 @@ def test_matched_is_sent_plus_dropped_plus_queued_and_a_parent_sums_its_leaves()
     config = cfg({"name": "root", "direction": "ingress", "rate": "20mbit"},
                  down("a", "198.18.1.2/32", parent="root"), down("b", "198.18.1.3/32", parent="root"),
                  {"name": "idle", "rate": "1mbit"})
-    got = matched_counts(ClassTree.of(config), {"root": counters(packets=999), "a": counters(10, 2, 3), "b": counters(5)})
+    stats = {"root": counters(packets=999), "a": counters(10, 2, 3), "b": counters(5)}
+    got = matched_counts(ClassTree.of(config), stats)
     assert got == {"root": 20, "a": 15, "b": 5, "idle": 0}, "a parent's own packets count its leaves' sends again"
 
 
