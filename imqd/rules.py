@@ -13,8 +13,8 @@ Where ingress is taken decides which addresses a class sees (docs/architecture.m
 patch registered its hook at PREROUTING priority NF_IP_PRI_NAT_DST + 1 (-99) in its default behaviour AB ("after
 NAT on PREROUTING, before NAT on POSTROUTING"), and at NF_IP_PRI_MANGLE + 1 (-149) with BA/BB; egress at
 POSTROUTING NF_IP_PRI_NAT_SRC - 1 (99) with AB/BB, NF_IP_PRI_LAST with AA/BA.  iptables cannot place a chain at
-PREROUTING after nat (-100): its tables there are raw (-300), mangle (-150) and nat (-100, which sees only the
-first packet of a connection).  The chains that run after de-NAT for every packet are mangle FORWARD and INPUT,
+PREROUTING after nat (-100): its tables there are raw (-300), mangle (-150) and nat (-100, whose chains are walked
+only until a connection has its NAT binding, normally its first packet).  The chains that run after de-NAT for every packet are mangle FORWARD and INPUT,
 so ``after-nat`` jumps from there: a masqueraded download is addressed to the internal host, as under IMQ's AB.
 ``prerouting`` is IMQ's BA/BB: the reply is still addressed to the router's public address.  Egress after SNAT
 (IMQ's AA/BA) cannot be built: no iptables table sees every packet at POSTROUTING after nat (100), see
@@ -92,7 +92,8 @@ INGRESS_PLACEMENTS: dict[str, tuple[str, ...]] = {"after-nat": ("FORWARD", "INPU
 DEFAULT_INGRESS_HOOK = "after-nat"
 # IMQ's CONFIG_IMQ_BEHAVIOR_XY: X = ingress (PREROUTING) after (A) or before (B) NAT, Y = egress (POSTROUTING).
 # imqd's egress is always before SNAT (mangle POSTROUTING, -150): after SNAT (NF_IP_PRI_LAST) no iptables table sees
-# every packet -- nat POSTROUTING (100) sees only a connection's first packet -- so AA and BA are refused.
+# every packet -- nat POSTROUTING (100) is walked only until a connection has its NAT binding, and an NFQUEUE there
+# before MASQUERADE keeps the binding from being made (tests/integration/test_rules.py) -- so AA and BA are refused.
 IMQ_BEHAVIOURS: dict[str, str | None] = {"AB": "after-nat", "BB": "prerouting", "AA": None, "BA": None}
 # family -> (iptables, iptables-save, iptables-restore)
 FAMILIES: dict[str, tuple[str, str, str]] = {
@@ -143,8 +144,8 @@ def parse_ingress_hook(text: str, flag: str = "--ingress-hook") -> str:
         if placement is None:
             raise ValueError(
                 f"{flag} {text}: IMQ's behaviour {value.upper()} shapes egress after SNAT, which iptables cannot "
-                "do (no table sees every packet at POSTROUTING after nat; nat POSTROUTING sees only a "
-                "connection's first packet); imqd's egress is always before SNAT: use AB (after-nat) or BB "
+                "do (no table sees every packet at POSTROUTING after nat; nat POSTROUTING is walked only until a "
+                "connection has its NAT binding); imqd's egress is always before SNAT: use AB (after-nat) or BB "
                 "(prerouting)")
         return placement
     raise ValueError(f"{flag}: expected one of {', '.join(INGRESS_PLACEMENTS)} (or IMQ's AB, BB), got {text!r}")
@@ -312,7 +313,7 @@ def render_restore(opts: RuleOptions, family: str = "ipv4") -> str:
         "# * egress: mangle POSTROUTING (-150) runs before SNAT (nat POSTROUTING, 100): an upload still carries",
         "#   the internal source address; the router's own packets (OUTPUT) are queued here too.  Egress after",
         "#   SNAT (IMQ's AA/BA) cannot be built with iptables: no table sees every packet at POSTROUTING after",
-        "#   nat (nat POSTROUTING itself sees only a connection's first packet).",
+        "#   nat (nat POSTROUTING is walked only until a connection has its NAT binding).",
         "# The worker tells the direction by packet.hook: 0 PREROUTING, 1 INPUT, 2 FORWARD = ingress;",
         "# 3 OUTPUT, 4 POSTROUTING = egress.",
         "*mangle",

@@ -231,7 +231,7 @@ def test_parse_ingress_hook_refuses_egress_after_snat_and_says_why(text: str) ->
     with pytest.raises(ValueError, match="--ingress-hook") as info:
         rules.parse_ingress_hook(text)
     msg = str(info.value)
-    assert "egress after SNAT" in msg and "nat POSTROUTING sees only" in msg and "\n" not in msg
+    assert "egress after SNAT" in msg and "nat POSTROUTING is walked only until" in msg and "\n" not in msg
 
 
 @pytest.mark.parametrize("text", ["", "forward", "after_nat", "A", "ABC", "postrouting", "nat"])
