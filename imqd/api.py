@@ -87,6 +87,8 @@ class ClassStatsOut(BaseModel):
     rate_bps: int = Field(description="measured rate in bit/s over about the last second")
     borrowed: int
     lends: int
+    matched: int | None = Field(default=None, description="packets classified into the class: sent + dropped + "
+                                "queued (a parent: its leaves'); from imqd run")
 
 
 class WorkerStatsOut(BaseModel):
@@ -104,6 +106,7 @@ class WorkerStatsOut(BaseModel):
     held: int = 0
     batch_verdicts: int = 0  # verdict messages that accepted a whole drain of the socket at once
     host_bucket_overflows: int = 0  # per_host caps kept by this worker alone: the shared table's set was full
+    hook_packets: dict[str, int] = {}  # packets per netfilter hook (prerouting, input, forward, output, postrouting)
 
 
 class StatsOut(BaseModel):
@@ -111,6 +114,8 @@ class StatsOut(BaseModel):
     classes: dict[str, ClassStatsOut]
     workers: list[WorkerStatsOut]
     last_apply_seconds: float | None
+    warnings: list[str] = Field(default_factory=list, description="classes the hooks cannot see, or that matched "
+                                "nothing while their direction saw traffic (imqd.hook_checks)")
 
 
 def _has_text_parser(field: Any) -> bool:

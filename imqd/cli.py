@@ -68,11 +68,28 @@ def add_rule_options(p: argparse.ArgumentParser) -> None:
                    help="shape ingress only from this interface (repeatable)")
     p.add_argument("--out-iface", action="append", default=[], metavar="IF",
                    help="shape egress only to this interface (repeatable)")
-    p.add_argument("--nat", action="store_true",
-                   help="router masquerades: take ingress at mangle FORWARD/INPUT (after de-NAT)")
+    add_ingress_hook_options(p)
     p.add_argument("--fail-closed", action="store_true",
                    help="drop packets when no worker is bound (default: pass them, --queue-bypass)")
     p.add_argument("--no-ipv6", action="store_true", help="do not install ip6tables rules")
+
+
+def ingress_hook_arg(text: str) -> str:
+    from imqd.rules import parse_ingress_hook
+
+    try:
+        return parse_ingress_hook(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_ingress_hook_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ingress-hook", type=ingress_hook_arg, default=None, metavar="after-nat|prerouting",
+                   help="where ingress is queued: after-nat (default; mangle FORWARD/INPUT, after de-NAT: a "
+                        "masqueraded download is addressed to the internal host, like IMQ's default AB) or "
+                        "prerouting (mangle PREROUTING, before de-NAT: IMQ's BA/BB); IMQ's names AB/BB accepted "
+                        "(env IMQD_INGRESS_HOOK)")
+    p.add_argument("--nat", action="store_true", help="deprecated: ingress after de-NAT is the default now")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,8 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     tok = sub.add_parser("token", help="write a new random API bearer token to FILE (mode 600)")
     tok.add_argument("file", type=Path)
 
-    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check = sub.add_parser("check-config", help="validate a config file (and whether the ingress hook can see "
+                                                 "the addresses its classes name, given the nat table) and exit")
     check.add_argument("config", type=Path)
+    add_ingress_hook_options(check)
 
     lab = sub.add_parser("lab", help="build client-router-server namespaces and show shaping live")
     lab.add_argument("--seconds", type=int, default=10)
@@ -138,6 +157,24 @@ def add_client_options(p: argparse.ArgumentParser) -> None:
 
 
 # -- commands ----------------------------------------------------------------
+def ingress_hook(args: argparse.Namespace) -> str:
+    """The ingress placement from ``--ingress-hook``, IMQD_INGRESS_HOOK or the deprecated ``--nat``."""
+    from imqd.rules import DEFAULT_INGRESS_HOOK, parse_ingress_hook
+
+    hook = args.ingress_hook
+    if hook is None and (text := env("IMQD_INGRESS_HOOK")) is not None:
+        try:
+            hook = parse_ingress_hook(text, "IMQD_INGRESS_HOOK")
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+    if args.nat:
+        if hook not in (None, "after-nat"):
+            raise CliError(f"--nat (ingress after de-NAT) contradicts --ingress-hook {hook}: drop --nat")
+        print("imqd: notice: --nat is deprecated: ingress after de-NAT is the default now "
+              "(--ingress-hook after-nat); drop the flag", file=sys.stderr)
+    return hook or DEFAULT_INGRESS_HOOK
+
+
 def rule_options(args: argparse.Namespace) -> Any:
     from imqd.rules import RuleOptions
 
@@ -152,8 +189,8 @@ def rule_options(args: argparse.Namespace) -> Any:
             raise CliError(f"IMQD_QUEUES: {exc}") from None
     try:
         return RuleOptions(queues=queues, policy=args.policy, bypass=not args.fail_closed,
-                           in_ifaces=tuple(args.in_iface), out_ifaces=tuple(args.out_iface), nat=args.nat,
-                           ipv6=not args.no_ipv6)
+                           in_ifaces=tuple(args.in_iface), out_ifaces=tuple(args.out_iface),
+                           ingress_hook=ingress_hook(args), ipv6=not args.no_ipv6)
     except ValueError as exc:
         raise CliError(str(exc)) from None
 
@@ -194,6 +231,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if not has_net_admin():
         raise CliError("imqd run needs CAP_NET_ADMIN (NFQUEUE and iptables): run as root or grant the capability")
+    checks = start_checks(config, opts, applying=args.apply_rules)  # before the workers: their counters start at 0
     with hold_cpu_latency(cpu_latency):  # released however this ends
         first, last = args.queues
         sup = Supervisor(list(range(first, last + 1)), config, max_len=kernel_queue_len(config, args.max_len),
@@ -225,6 +263,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "imqd running: queues %d:%d, %d classes; HTB fast path in %s", first, last, len(config.classes),
                 "C" if ACCELERATED else "Python (the C extension imqd.qdisc._htbfast was not built: slower)")
             controller = Controller(config, config_path, sup, on_change=follow_rules)
+            controller.stats_hook = checks
             if api is None:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, lambda *_: stop.set())
@@ -239,6 +278,32 @@ def cmd_run(args: argparse.Namespace) -> int:
                     print(f"imqd: removing rules failed: {exc}", file=sys.stderr)
             sup.stop()
         return 0
+
+
+def start_checks(config: Config, opts: Any, *, applying: bool) -> Any:
+    """The /stats warnings of a run (imqd.run_checks), and the placement warnings logged now, at start.
+
+    The placement checked is the one ``--apply-rules`` installs, else the one imqd's rules already have (put there
+    by ``imqd rules apply`` or the operator), else the flag's."""
+    from imqd import rules as rules_mod
+    from imqd.run_checks import RunChecks
+
+    hook = opts.ingress_hook
+    if not applying:
+        try:
+            hook = rules_mod.installed_ingress_hook() or hook
+        except rules_mod.RulesError:
+            pass
+    checks = RunChecks(config, hook, read_nat=lambda: read_nat_rules(ipv6=opts.ipv6))
+    for line in checks.placement(config):
+        logging.getLogger("imqd").warning("%s", line)
+    return checks
+
+
+def read_nat_rules(*, ipv6: bool = True) -> list[Any]:
+    from imqd.run_checks import read_nat_rules as read
+
+    return read(ipv6=ipv6)
 
 
 def cpu_latency_arg(flag: int | None, env_value: str | None) -> int | None:
@@ -353,8 +418,21 @@ def cmd_rules(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate the config; then warn about every class the ingress hook cannot see, given the nat table."""
+    from imqd.hook_checks import placement_warnings
+    from imqd.rules import RulesError
+
     config = load_config(args.config)
-    print(f"{args.config}: OK ({len(config.classes)} classes)")
+    hook = ingress_hook(args)
+    try:
+        warnings = placement_warnings(config, hook, read_nat_rules())
+    except RulesError as exc:
+        warnings = []
+        print(f"imqd: note: NAT placement checks skipped, the nat table is unreadable: {exc}", file=sys.stderr)
+    for line in warnings:
+        print(f"imqd: warning: {line}", file=sys.stderr)
+    extra = f", {len(warnings)} warning{'s' if len(warnings) != 1 else ''} (ingress hook {hook})" if warnings else ""
+    print(f"{args.config}: OK ({len(config.classes)} classes{extra})")
     return 0
 
 

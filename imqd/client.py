@@ -270,7 +270,7 @@ def stats_text(stats: dict[str, Any]) -> str:
         backlog = c.get("backlog") or {}
         crows.append([name, str(c.get("direction", "-")), human_rate(c.get("rate_bps")), human_count(c.get("bytes")),
                       human_count(c.get("packets")), human_count(c.get("drops")),
-                      f"{backlog.get('packets', 0)}p/{backlog.get('bytes', 0)}b"])
+                      f"{backlog.get('packets', 0)}p/{backlog.get('bytes', 0)}b", human_count(c.get("matched"))])
     wrows = []
     for w in stats.get("workers") or []:
         wrows.append([str(w.get("queue", "-")), human_count(w.get("cpu")), human_count(w.get("pid")),
@@ -281,9 +281,10 @@ def stats_text(stats: dict[str, Any]) -> str:
     head = f"shaping: {'on' if enabled else 'off'}"
     if last is not None:
         head += f"   last change applied in {last * 1000:.1f} ms"
+    warnings = [f"warning: {w}" for w in stats.get("warnings") or []]
     return "\n".join([
-        head, "",
-        table(["class", "dir", "rate", "bytes", "pkts", "drops", "backlog"], crows), "",
+        head, *warnings, "",
+        table(["class", "dir", "rate", "bytes", "pkts", "drops", "backlog", "matched"], crows), "",
         table(["queue", "cpu", "pid", "packets", "held", "drops", "malformed", "restarts"], wrows),
     ])
 

@@ -42,6 +42,9 @@ class Workers(Protocol):
 class Controller:
     """Serialises changes: validate -> persist -> apply to all workers."""
 
+    #: set by ``imqd run``: adds each class's ``matched`` and the ``warnings`` list to the stats (imqd.hook_checks)
+    stats_hook: Callable[[Config, dict[str, Any]], dict[str, Any]] | None = None
+
     def __init__(self, config: Config, path: Path | None, workers: Workers,
                  on_change: Callable[[Config], None] | None = None) -> None:
         self.config = config
@@ -115,5 +118,6 @@ class Controller:
             }
             if "qdisc" in st:
                 classes[cls.name]["qdisc"] = st["qdisc"]
-        return {"enabled": self.workers.enabled, "classes": classes, "workers": self.workers.worker_stats(),
-                "last_apply_seconds": self.last_apply_s}
+        out = {"enabled": self.workers.enabled, "classes": classes, "workers": self.workers.worker_stats(),
+               "last_apply_seconds": self.last_apply_s}
+        return self.stats_hook(self.config, out) if self.stats_hook is not None else out

@@ -28,13 +28,14 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from imqd.kernel_queues import PROC_PATH, read_nfqueue_table
 from imqd.nfnetlink import VerdictBatch
 from imqd.packet import MalformedPacket
 from imqd.qdisc.base import QueuedPacket
+from imqd.rules import HOOK_NAMES
 from imqd.shaper import Shaper
 
 BATCH_MAX = 64  # packets whose accept may wait for one batch verdict (bounds the added delay)
@@ -72,6 +73,9 @@ class WorkerCounters:
     malformed: int = 0
     errors: int = 0
     batches: int = 0  # batch verdict messages sent
+    # packets per NF_INET hook (imqd.rules.HOOK_NAMES order): which direction saw traffic, and where ingress is
+    # taken (imqd.hook_checks reports classes that match nothing although their direction saw packets)
+    by_hook: list[int] = field(default_factory=lambda: [0] * len(HOOK_NAMES))
 
 
 class IfaceNames(dict[int, "str | None"]):
@@ -148,7 +152,9 @@ class QueueWorker:
         c = self.counters
         c.packets += 1
         try:
-            tree = self.shaper.by_hook[pkt.hook]
+            hook = pkt.hook
+            c.by_hook[hook] += 1
+            tree = self.shaper.by_hook[hook]
             if tree is not None:
                 now = self._clock()
                 try:
@@ -362,6 +368,7 @@ class QueueWorker:
             "malformed": c.malformed,
             "errors": c.errors,
             "batch_verdicts": c.batches,
+            "hook_packets": dict(zip(HOOK_NAMES, c.by_hook)),
             # per_host caps that found the shared table's set full and fell back to this worker's own bucket
             "host_bucket_overflows": hosts.overflows if (hosts := self.shaper.host_buckets) is not None else 0,
             "held": self.shaper.held,

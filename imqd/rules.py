@@ -4,14 +4,21 @@ Layout (per family)::
 
     mangle IMQD_INGRESS   NFQUEUE rule(s), one per input interface when restricted (else ``! -i lo``)
     mangle IMQD_EGRESS    NFQUEUE rule(s), one per output interface when restricted (else ``! -o lo``)
-    PREROUTING  -m comment --comment imqd -j IMQD_INGRESS      (nat=False)
-    FORWARD     -m comment --comment imqd -j IMQD_INGRESS      (nat=True: forwarded traffic, after de-NAT)
-    INPUT       -m comment --comment imqd -j IMQD_INGRESS      (nat=True: traffic to the router itself)
+    FORWARD     -m comment --comment imqd -j IMQD_INGRESS      (ingress_hook after-nat, the default: forwarded)
+    INPUT       -m comment --comment imqd -j IMQD_INGRESS      (after-nat: traffic to the router itself)
+    PREROUTING  -m comment --comment imqd -j IMQD_INGRESS      (ingress_hook prerouting: before de-NAT)
     POSTROUTING -m comment --comment imqd -j IMQD_EGRESS       (always: mangle -150 runs before SNAT at 100)
 
-Why the NAT variant: mangle PREROUTING (priority -150) runs before the de-NAT of replies (nat, -100), so a
-masqueraded download is still addressed to the router's public address there and per-internal-host classes
-cannot match.  mangle FORWARD and INPUT run after de-NAT and routing and see the internal host.
+Where ingress is taken decides which addresses a class sees (docs/architecture.md, "Hook placement").  The IMQ
+patch registered its hook at PREROUTING priority NF_IP_PRI_NAT_DST + 1 (-99) in its default behaviour AB ("after
+NAT on PREROUTING, before NAT on POSTROUTING"), and at NF_IP_PRI_MANGLE + 1 (-149) with BA/BB; egress at
+POSTROUTING NF_IP_PRI_NAT_SRC - 1 (99) with AB/BB, NF_IP_PRI_LAST with AA/BA.  iptables cannot place a chain at
+PREROUTING after nat (-100): its tables there are raw (-300), mangle (-150) and nat (-100, whose chains are walked
+only until a connection has its NAT binding, normally its first packet).  The chains that run after de-NAT for every packet are mangle FORWARD and INPUT,
+so ``after-nat`` jumps from there: a masqueraded download is addressed to the internal host, as under IMQ's AB.
+``prerouting`` is IMQ's BA/BB: the reply is still addressed to the router's public address.  Egress after SNAT
+(IMQ's AA/BA) cannot be built: no iptables table sees every packet at POSTROUTING after nat (100), see
+`IMQ_BEHAVIOURS`.
 
 The worker tells ingress from egress by netfilterqueue's ``packet.hook`` (the NF_INET_* number):
 0 PREROUTING, 1 INPUT, 2 FORWARD = ingress; 3 OUTPUT, 4 POSTROUTING = egress (`INGRESS_HOOKS`, `EGRESS_HOOKS`).
@@ -26,7 +33,8 @@ rule, so rules appended after imqd's jump in the same chain do not see queued pa
 refills them, deletes stale imqd jumps (those with the ``imqd`` comment) and appends missing ones.  With the
 nf_tables backend that is one netlink transaction, with the legacy backend one table replacement: packets never
 see a half-built chain, and nothing that is not imqd's is touched (jumps into imqd's chains without the comment
-are left alone).  `remove` deletes imqd's chains and every jump into them the same way.
+are left alone).  `remove` deletes imqd's chains and every jump into them the same way.  `read_nat` reads the
+nat table (never changes it) for the placement checks of :mod:`imqd.hook_checks`.
 
 Every function that runs tools takes a ``runner`` with ``subprocess.run``'s signature (called with
 ``input=, capture_output=True, text=True, check=False``), so the same code works in a namespace
@@ -50,6 +58,9 @@ __all__ = [
     "RuleOptions",
     "RulesError",
     "parse_queues",
+    "parse_ingress_hook",
+    "installed_ingress_hook",
+    "read_nat",
     "build_rules",
     "for_config",
     "render_restore",
@@ -60,6 +71,8 @@ __all__ = [
     "EGRESS_CHAIN",
     "INGRESS_HOOKS",
     "EGRESS_HOOKS",
+    "HOOK_NAMES",
+    "INGRESS_PLACEMENTS",
     "FAMILIES",
 ]
 
@@ -73,6 +86,15 @@ POLICIES = ("flow", "cpu")
 HOOK_PREROUTING, HOOK_INPUT, HOOK_FORWARD, HOOK_OUTPUT, HOOK_POSTROUTING = range(5)
 INGRESS_HOOKS = frozenset({HOOK_PREROUTING, HOOK_INPUT, HOOK_FORWARD})
 EGRESS_HOOKS = frozenset({HOOK_OUTPUT, HOOK_POSTROUTING})
+HOOK_NAMES = ("prerouting", "input", "forward", "output", "postrouting")  # by NF_INET_* number
+# Where the ingress jump is taken: after-nat (the default, IMQ's AB) or prerouting (IMQ's BA/BB): built-in chains.
+INGRESS_PLACEMENTS: dict[str, tuple[str, ...]] = {"after-nat": ("FORWARD", "INPUT"), "prerouting": ("PREROUTING",)}
+DEFAULT_INGRESS_HOOK = "after-nat"
+# IMQ's CONFIG_IMQ_BEHAVIOR_XY: X = ingress (PREROUTING) after (A) or before (B) NAT, Y = egress (POSTROUTING).
+# imqd's egress is always before SNAT (mangle POSTROUTING, -150): after SNAT (NF_IP_PRI_LAST) no iptables table sees
+# every packet -- nat POSTROUTING (100) is walked only until a connection has its NAT binding, and an NFQUEUE there
+# before MASQUERADE keeps the binding from being made (tests/integration/test_rules.py) -- so AA and BA are refused.
+IMQ_BEHAVIOURS: dict[str, str | None] = {"AB": "after-nat", "BB": "prerouting", "AA": None, "BA": None}
 # family -> (iptables, iptables-save, iptables-restore)
 FAMILIES: dict[str, tuple[str, str, str]] = {
     "ipv4": ("iptables", "iptables-save", "iptables-restore"),
@@ -111,6 +133,24 @@ def parse_queues(text: str, flag: str = "--queues") -> tuple[int, int]:
     return first, last
 
 
+def parse_ingress_hook(text: str, flag: str = "--ingress-hook") -> str:
+    """``after-nat`` / ``prerouting`` (or IMQ's behaviour names ``AB`` / ``BB``) -> the placement; ValueError
+    naming `flag` otherwise, and saying why for IMQ's ``AA`` / ``BA`` (egress after SNAT)."""
+    value = text.strip().lower() if isinstance(text, str) else text
+    if value in INGRESS_PLACEMENTS:
+        return value
+    if isinstance(value, str) and value.upper() in IMQ_BEHAVIOURS:
+        placement = IMQ_BEHAVIOURS[value.upper()]
+        if placement is None:
+            raise ValueError(
+                f"{flag} {text}: IMQ's behaviour {value.upper()} shapes egress after SNAT, which iptables cannot "
+                "do (no table sees every packet at POSTROUTING after nat; nat POSTROUTING is walked only until a "
+                "connection has its NAT binding); imqd's egress is always before SNAT: use AB (after-nat) or BB "
+                "(prerouting)")
+        return placement
+    raise ValueError(f"{flag}: expected one of {', '.join(INGRESS_PLACEMENTS)} (or IMQ's AB, BB), got {text!r}")
+
+
 def _check_ifaces(name: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, (tuple, list)):
         raise ValueError(f"{name}: expected a tuple of interface names, got {value!r}")
@@ -135,7 +175,7 @@ class RuleOptions:
     bypass: bool = True
     in_ifaces: tuple[str, ...] = ()
     out_ifaces: tuple[str, ...] = ()
-    nat: bool = False
+    ingress_hook: str = DEFAULT_INGRESS_HOOK  # after-nat: mangle FORWARD + INPUT; prerouting: mangle PREROUTING
     ipv6: bool = True
     ingress: bool = True  # False: queue nothing for the ingress tree (it has no classes); its chain stays empty
     egress: bool = True
@@ -155,7 +195,9 @@ class RuleOptions:
         object.__setattr__(self, "queues", (q[0], q[1]))
         if self.policy not in POLICIES:
             raise ValueError(f"policy: expected one of {POLICIES}, got {self.policy!r}")
-        for name in ("bypass", "nat", "ipv6", "ingress", "egress"):
+        if self.ingress_hook not in INGRESS_PLACEMENTS:
+            raise ValueError(f"ingress_hook: expected one of {tuple(INGRESS_PLACEMENTS)}, got {self.ingress_hook!r}")
+        for name in ("bypass", "ipv6", "ingress", "egress"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected a bool, got {getattr(self, name)!r}")
         object.__setattr__(self, "in_ifaces", _check_ifaces("in_ifaces", self.in_ifaces))
@@ -177,7 +219,7 @@ def _nfqueue_target(opts: RuleOptions) -> list[str]:
 
 
 def _jump_hooks(opts: RuleOptions) -> list[tuple[str, str]]:
-    ingress = ["FORWARD", "INPUT"] if opts.nat else ["PREROUTING"]
+    ingress = INGRESS_PLACEMENTS[opts.ingress_hook]
     return [(hook, INGRESS_CHAIN) for hook in ingress] + [("POSTROUTING", EGRESS_CHAIN)]
 
 
@@ -246,34 +288,43 @@ def render_restore(opts: RuleOptions, family: str = "ipv4") -> str:
     first, last = opts.queues
     where_in = ", ".join(opts.in_ifaces) or "all but lo" if opts.ingress else "none"
     where_out = ", ".join(opts.out_ifaces) or "all but lo" if opts.egress else "none"
+    other = next(h for h in INGRESS_PLACEMENTS if h != opts.ingress_hook)
+    pri = "NF_IP6_PRI" if family == "ipv6" else "NF_IP_PRI"
     out = [
         f"# imqd NFQUEUE rules for {tool} (table mangle).",
         "# Generated by imqd.rules.render_restore -- do not edit; regenerate instead.",
         f"# Options: queues {first}:{last}, policy {opts.policy}, "
         f"bypass {'on (fail open)' if opts.bypass else 'off (fail closed)'},",
-        f"#          ingress interfaces {where_in}, egress interfaces {where_out}, nat {'on' if opts.nat else 'off'}.",
+        f"#          ingress interfaces {where_in}, egress interfaces {where_out}, ingress hook {opts.ingress_hook}.",
         "#",
         f"# Load:   {restore} --noflush < this-file   (adds to the existing rules, flushes nothing else)",
         "# Better: `imqd rules apply` -- idempotent; loading this file twice would add the jumps twice.",
         "# Remove: `imqd rules remove` -- deletes only imqd's jumps and chains.",
         "#",
-        "# Hooks: mangle PREROUTING (-150) runs before the de-NAT of replies (nat, -100), so on a NAT router a",
-        "# masqueraded download is still addressed to the router there and per-host classes cannot match.",
-        "# NAT recipe: jump to IMQD_INGRESS from mangle FORWARD (after de-NAT and routing: sees the internal host)",
-        "# and from mangle INPUT (traffic to the router itself) instead of PREROUTING.  Egress stays at",
-        "# POSTROUTING: mangle POSTROUTING (-150) runs before SNAT (100) and still sees internal sources.",
+        "# Which addresses each direction sees (IMQ's default behaviour AB: ingress after NAT on PREROUTING,",
+        f"# priority {pri}_NAT_DST + 1 = -99; egress before NAT on POSTROUTING, {pri}_NAT_SRC - 1 = 99):",
+        "# * ingress after-nat (default, IMQ's AB): mangle FORWARD and INPUT (-150) run after the de-NAT of",
+        "#   replies (nat PREROUTING, -100) and after routing: a masqueraded download is addressed to the",
+        "#   internal host, a port-forwarded (DNAT) connection to the internal server, traffic to the router",
+        "#   itself to the router.  mangle FORWARD runs before filter FORWARD (0): a packet the firewall drops",
+        "#   later has been shaped (and charged) first, as under IMQ.",
+        "# * ingress prerouting (IMQ's BA/BB, `--ingress-hook prerouting`): mangle PREROUTING (-150) runs before",
+        "#   de-NAT: a masqueraded download is still addressed to the router's public address there.",
+        "# * egress: mangle POSTROUTING (-150) runs before SNAT (nat POSTROUTING, 100): an upload still carries",
+        "#   the internal source address; the router's own packets (OUTPUT) are queued here too.  Egress after",
+        "#   SNAT (IMQ's AA/BA) cannot be built with iptables: no table sees every packet at POSTROUTING after",
+        "#   nat (nat POSTROUTING is walked only until a connection has its NAT binding).",
         "# The worker tells the direction by packet.hook: 0 PREROUTING, 1 INPUT, 2 FORWARD = ingress;",
         "# 3 OUTPUT, 4 POSTROUTING = egress.",
         "*mangle",
     ]
     rules = _family_rules(opts)
     jumps = [r for r in rules if r[0] == "-A" and r[1] not in CHAINS]
-    alt = _family_rules(dataclasses.replace(opts, nat=not opts.nat))
+    alt = _family_rules(dataclasses.replace(opts, ingress_hook=other))
     out += [f":{r[1]} - [0:0]" for r in rules if r[0] == "-N"]
     out += [_line(r) for r in rules if r[0] == "-A" and r[1] in CHAINS]
     out += [_line(r) for r in jumps if r[-1] == INGRESS_CHAIN]
-    variant = "Router without NAT" if opts.nat else "NAT router (masquerade)"
-    out.append(f"# {variant} variant: instead of the line(s) above use")
+    out.append(f"# Ingress hook {other} instead: replace the line(s) above with")
     out += ["# " + _line(r) for r in alt if r[0] == "-A" and r[1] not in CHAINS and r[-1] == INGRESS_CHAIN]
     out += [_line(r) for r in jumps if r[-1] == EGRESS_CHAIN]
     out.append("COMMIT")
@@ -440,3 +491,44 @@ def show(runner: Runner = subprocess.run, *, ipv6: bool = True) -> str:
         out.append(f"# {family} ({tool} -t {TABLE})")
         out += mine or ["# (no imqd rules)"]
     return "\n".join(out) + "\n"
+
+
+def installed_ingress_hook(runner: Runner = subprocess.run) -> str | None:
+    """Where the IPv4 mangle table jumps to IMQD_INGRESS now: ``prerouting``, ``after-nat``, or None (no jump).
+
+    For ``imqd run`` without ``--apply-rules``, whose placement is whatever ``imqd rules apply`` (or the operator)
+    installed.  A jump from PREROUTING wins: packets are queued there before de-NAT, whatever else exists."""
+    chains = {ln.split()[1] for ln in _state(_save(runner, "ipv4"))[1] if _jump_target(ln) == INGRESS_CHAIN}
+    if "PREROUTING" in chains:
+        return "prerouting"
+    return "after-nat" if chains & set(INGRESS_PLACEMENTS["after-nat"]) else None
+
+
+def _table_section(saved: str, table: str) -> str:
+    """The ``*table`` ... ``COMMIT`` block of an ``iptables-save`` dump ("" if the table is not there)."""
+    lines = saved.splitlines()
+    try:
+        start = lines.index("*" + table)
+    except ValueError:
+        return ""
+    end = next((i for i in range(start, len(lines)) if lines[i] == "COMMIT"), len(lines))
+    return "\n".join(lines[start:end + 1]) + "\n"
+
+
+def read_nat(runner: Runner = subprocess.run, *, ipv6: bool = True) -> dict[str, str]:
+    """Per family, the nat table as ``iptables-save`` prints it ("" when there is none); read-only.
+
+    Runs ``iptables-save`` without ``-t``: that lists the tables that exist, whereas ``-t nat`` would, with the
+    legacy backend, load iptable_nat and create an empty nat table just by asking.  A missing ip6tables or an
+    IPv6-less kernel gives "" for ipv6."""
+    out: dict[str, str] = {}
+    for family in ("ipv4", "ipv6") if ipv6 else ("ipv4",):
+        try:
+            saved = _run(runner, [FAMILIES[family][1]])
+        except RulesError as e:
+            if family == "ipv6" and _tolerable_v6(e):
+                out[family] = ""
+                continue
+            raise
+        out[family] = _table_section(saved, "nat")
+    return out

@@ -5,10 +5,16 @@
 #
 #   scripts/build-base-image.sh [IMAGE]        default IMAGE: localhost/imqd-base:bookworm
 #   podman build --build-arg BASE=localhost/imqd-base:bookworm -t imqd .
+#   scripts/build-base-image.sh --print-mirror  the Debian mirror it would use, and exit
 #
 # Idempotent: does nothing when IMAGE already exists (set IMQD_BASE_REBUILD=1 to force).
-# Env: IMQD_DEBIAN_MIRROR (default http://deb.debian.org/debian). Needs root, podman,
-# debootstrap.
+# Needs root, podman, debootstrap.
+#
+# The Debian mirror is the host's own: the first enabled `deb` source of a release suite
+# (not -security/-updates/-backports) in /etc/apt/sources.list.d/*.sources (deb822 `URIs:`),
+# else /etc/apt/sources.list and sources.list.d/*.list (one-line `deb [opts] URI suite ...`).
+# IMQD_DEBIAN_MIRROR overrides it; IMQD_APT_ETC (default /etc/apt) is where to look. No mirror
+# name is kept in this repository: the machine's configuration says which one it may reach.
 #
 # Pitfalls:
 #   * `--variant=minbase` is close to debian:bookworm-slim (apt, dpkg, bash, no
@@ -27,9 +33,60 @@
 #     official image so `podman run IMAGE` behaves the same.
 set -eu
 
+# host_mirror: print the URI of the host's first enabled Debian release source, or nothing.
+host_mirror() {
+    etc=${IMQD_APT_ETC:-/etc/apt}
+    for f in "$etc"/sources.list.d/*.sources; do
+        [ -f "$f" ] || continue
+        # deb822: stanzas separated by blank lines; keys are case-insensitive.
+        awk '
+            function flush() {
+                if (types ~ /(^| )deb( |$)/ && enabled != "no" && uri != "" && release && uri !~ /-security\/?$/) {
+                    print uri; found = 1; exit
+                }
+                types = ""; uri = ""; enabled = ""; release = 0
+            }
+            /^[ \t]*#/ { next }
+            /^[ \t]*$/ { flush(); next }
+            {
+                key = tolower($1)
+                if (key == "types:") { types = ""; for (i = 2; i <= NF; i++) types = types " " $i
+                                       sub(/^ /, "", types) }
+                else if (key == "uris:") uri = $2
+                else if (key == "enabled:") enabled = tolower($2)
+                else if (key == "suites:") { for (i = 2; i <= NF; i++) if ($i !~ /[-\/]/) release = 1 }
+            }
+            END { if (!found) flush() }
+        ' "$f" | head -n 1 | grep . && return 0
+    done
+    for f in "$etc"/sources.list "$etc"/sources.list.d/*.list; do
+        [ -f "$f" ] || continue
+        # one-line: deb [opts] URI suite components...
+        sed -e 's/#.*//' -e 's/\[[^]]*\]//' "$f" | awk '
+            $1 == "deb" && NF >= 3 && $3 !~ /[-\/]/ && $2 !~ /-security\/?$/ { print $2; exit }
+        ' | grep . && return 0
+    done
+    return 0
+}
+
+if [ "${1:-}" = "--print-mirror" ]; then
+    MIRROR=${IMQD_DEBIAN_MIRROR:-$(host_mirror)}
+    if [ -z "$MIRROR" ]; then
+        echo "build-base-image: no Debian source in ${IMQD_APT_ETC:-/etc/apt}; set IMQD_DEBIAN_MIRROR" >&2
+        exit 1
+    fi
+    echo "$MIRROR"
+    exit 0
+fi
+
 IMAGE=${1:-localhost/imqd-base:bookworm}
-MIRROR=${IMQD_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+MIRROR=${IMQD_DEBIAN_MIRROR:-$(host_mirror)}
 PODMAN=${PODMAN:-podman}
+if [ -z "$MIRROR" ]; then
+    echo "build-base-image: no enabled Debian release source in ${IMQD_APT_ETC:-/etc/apt} (sources.list.d/*.sources," \
+        "sources.list, sources.list.d/*.list); set IMQD_DEBIAN_MIRROR to the mirror to debootstrap from" >&2
+    exit 1
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "build-base-image: must run as root (debootstrap)" >&2

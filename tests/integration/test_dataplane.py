@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+import yaml
 
+from imqd.hook_checks import WARN_AFTER_S
 from imqd.lab import ImqdInstance
 from imqd.netns import Topology
 
@@ -155,25 +159,113 @@ def test_class_rate_is_global_across_two_queues(topology_factory: Any) -> None:
     assert all(r > mbit(2) for r in results.values()), f"one flow starved: {results}"
 
 
-def test_per_internal_host_download_limit_through_masquerading_router(topology_factory: Any) -> None:
-    """With NAT, --nat moves ingress to mangle FORWARD so a class can match the internal host's address."""
-    topo = topology_factory(masquerade=True)
-    host = topo.clients[0].addrs4[0]
-    config = {"overhead": 14, "classes": [
-        {"name": "host", "direction": "ingress", "rate": "5mbit", "match": {"dst": f"{host}/32"}},
+GHOST = "198.18.250.2"  # an internal address no host of the topology has: its class can never match
+
+
+def nat_config(topo: Topology) -> dict[str, Any]:
+    """One download class per internal host (different rates), and one for an address nobody uses."""
+    return {"overhead": 14, "classes": [
+        {"name": "host0", "direction": "ingress", "rate": "5mbit", "match": {"dst": f"{topo.clients[0].addr4}/32"}},
+        {"name": "host1", "direction": "ingress", "rate": "8mbit", "match": {"dst": f"{topo.clients[1].addr4}/32"}},
+        {"name": "ghost", "direction": "ingress", "rate": "1mbit", "match": {"dst": f"{GHOST}/32"}},
     ]}
-    with topo.iperf3_server(5201):
-        kernel = reference_htb(topo, "5mbit", download=True)
-        with ImqdInstance(topo, config, queues="0:1", extra_args=["--nat"]) as imqd:
-            res = topo.iperf3(0, seconds=SECONDS, omit=OMIT, reverse=True)
+
+
+def downloads_at_once(topo: Topology, seconds: int = SECONDS) -> list[dict[str, Any]]:
+    """A download to each of the two clients at the same time (servers on 5201 and 5202)."""
+    results: list[dict[str, Any]] = [{}, {}]
+
+    def run(i: int) -> None:
+        results[i] = topo.iperf3(i, port=5201 + i, seconds=seconds, omit=OMIT, reverse=True)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def warnings_when(imqd: ImqdInstance, done: Callable[[list[str]], bool], started: float) -> list[str]:
+    """/stats warnings, polled until ``done`` says they are complete (the no-match window is WARN_AFTER_S from
+    imqd's start, which comes a little after ``started``); the last ones read after 2 x the window."""
+    deadline = started + 2 * WARN_AFTER_S
+    while True:
+        warnings = imqd.stats()["warnings"]
+        if done(warnings) or time.monotonic() > deadline:
+            return warnings
+        time.sleep(0.5)
+
+
+def test_per_internal_host_downloads_through_a_masquerading_router_with_default_flags(topology_factory: Any) -> None:
+    """IMQ's default: ingress after de-NAT, so classes for internal hosts hold without any flag (within 3% of
+    kernel HTB on each host's LAN port); a class for an address nobody has is reported in /stats, they are not."""
+    topo = topology_factory(masquerade=True, clients=2)
+    config = nat_config(topo)
+    with topo.iperf3_server(5201), topo.iperf3_server(5202):
+        for i, rate in enumerate(("5mbit", "8mbit")):
+            topo.htb(topo.router_ns, topo.lan_ifaces[i], rate)
+        try:
+            kernel = [r["bps"] for r in downloads_at_once(topo)]
+        finally:
+            for i in (0, 1):
+                topo.clear_tc(topo.router_ns, topo.lan_ifaces[i])
+        started = time.monotonic()
+        with ImqdInstance(topo, config, queues="0:1") as imqd:
+            ours = downloads_at_once(topo)
+            warnings = warnings_when(imqd, lambda w: any("has matched no packet" in x for x in w), started)
             stats = imqd.stats()
-        # Control: without --nat the PREROUTING rule sees the router's public address and the class cannot match.
-        with ImqdInstance(topo, config, queues="0:1"):
+            log = imqd.log()
+    assert all(r["server_saw"] == [topo.router_wan_addr4] for r in ours), "the server must see the masqueraded address"
+    for i, name in enumerate(("host0", "host1")):
+        ratio = ours[i]["bps"] / kernel[i]
+        assert 0.97 <= ratio <= 1.03, (f"{name}: imqd {ours[i]['bps'] / 1e6:.3f} vs kernel HTB {kernel[i] / 1e6:.3f} "
+                                       f"Mbit/s; {stats['classes'][name]}; {os.getloadavg()[0]:.1f} load")
+        assert stats["classes"][name]["matched"] > 1000
+    assert stats["classes"]["ghost"]["matched"] == 0
+    assert len(warnings) == 1 and warnings[0].startswith(f"class ghost (ingress, match dst {GHOST}/32) has matched "
+                                                         "no packet in "), warnings
+    assert "check its match" in warnings[0] and "PREROUTING" not in warnings[0]
+    workers = stats["workers"]
+    assert sum(w["hook_packets"]["forward"] for w in workers) > 1000
+    assert sum(w["hook_packets"]["prerouting"] for w in workers) == 0
+    assert "de-NAT" not in log, log
+
+
+def test_ingress_before_de_nat_sees_the_public_address_and_says_so(topology_factory: Any) -> None:
+    """``--ingress-hook prerouting`` (IMQ's BA/BB): the download is still addressed to the router there, the
+    internal-host classes never match and the host downloads unshaped -- and imqd says why, at start (the nat
+    table masquerades) and in /stats (nothing matched while ingress saw traffic at PREROUTING)."""
+    topo = topology_factory(masquerade=True, clients=2)
+    with topo.iperf3_server(5201):
+        started = time.monotonic()
+        with ImqdInstance(topo, nat_config(topo), queues="0:1", extra_args=["--ingress-hook", "prerouting"]) as imqd:
             unshaped = measure(topo, reverse=True, seconds=3)
-    assert res["server_saw"] == [topo.router_wan_addr4], "the server must see the masqueraded address"
-    assert res["bps"] / kernel == pytest.approx(1.0, abs=0.05), (res["bps"], kernel)
-    assert stats["classes"]["host"]["packets"] > 0
-    assert unshaped > mbit(20), "without --nat a per-internal-host class should not match (sanity of the test)"
+            warnings = warnings_when(imqd, lambda w: sum("has matched no packet" in x for x in w) == 3, started)
+            stats = imqd.stats()
+            log = imqd.log()
+    assert unshaped > mbit(20), "before de-NAT a per-internal-host class cannot match"
+    assert stats["classes"]["host0"]["matched"] == 0
+    placement = [w for w in warnings if "but ingress is taken at mangle PREROUTING, before de-NAT, and the nat "
+                                        "table masquerades" in w]
+    assert [w.split()[1] for w in placement] == ["host0", "host1", "ghost"], warnings
+    no_match = [w for w in warnings if "has matched no packet" in w]
+    assert [w.split()[1] for w in no_match] == ["host0", "host1", "ghost"], warnings
+    assert all("ingress is taken at mangle PREROUTING, before de-NAT" in w for w in no_match)
+    assert all(f"WARNING {w}" in log for w in placement), log
+
+
+def test_check_config_on_a_masquerading_router(topology_factory: Any, tmp_path: Any) -> None:
+    """``imqd check-config`` reads the router's nat table: a warning for prerouting, none for the default."""
+    topo = topology_factory(masquerade=True, clients=2)
+    path = tmp_path / "imqd.yaml"
+    path.write_text(yaml.safe_dump(nat_config(topo)))
+    check = [sys.executable, "-m", "imqd", "check-config", str(path)]
+    before = topo.exec(topo.router_ns, check + ["--ingress-hook", "prerouting"])
+    assert before.stdout == f"{path}: OK (3 classes, 3 warnings (ingress hook prerouting))\n"
+    assert before.stderr.count("imqd: warning: class ") == 3
+    after = topo.exec(topo.router_ns, check)
+    assert (after.stdout, after.stderr) == (f"{path}: OK (3 classes)\n", "")
 
 
 def test_worker_killed_under_load_is_back_within_a_second(topology: Topology) -> None:

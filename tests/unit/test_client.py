@@ -206,9 +206,9 @@ def test_stats_table_and_json(env: Env) -> None:
     lines = out.splitlines()
     assert lines[0].startswith("shaping: on")
     head = lines.index(next(line for line in lines if line.startswith("class ")))
-    assert lines[head].split() == ["class", "dir", "rate", "bytes", "pkts", "drops", "backlog"]
+    assert lines[head].split() == ["class", "dir", "rate", "bytes", "pkts", "drops", "backlog", "matched"]
     web = next(line for line in lines if line.startswith("web ")).split()
-    assert web[0:2] == ["web", "egress"] and web[3:] == ["123456", "99", "7", "4p/6000b"]
+    assert web[0:2] == ["web", "egress"] and web[3:] == ["123456", "99", "7", "4p/6000b", "-"], "no checks: no matched"
     whead = next(i for i, line in enumerate(lines) if line.startswith("queue "))
     assert lines[whead].split() == ["queue", "cpu", "pid", "packets", "held", "drops", "malformed", "restarts"]
     assert lines[whead + 1].split() == ["0", "0", "4242", "100", "10", "3", "2", "1"]
@@ -217,6 +217,34 @@ def test_stats_table_and_json(env: Env) -> None:
     assert code == 0
     data = json.loads(out)
     assert data["classes"]["web"]["bytes"] == 123456 and data["workers"][0]["pid"] == 4242
+
+
+def test_stats_show_matched_and_the_warnings_first(env: Env) -> None:
+    from imqd.hook_checks import parse_nat
+    from imqd.run_checks import RunChecks
+
+    nat = parse_nat("-A POSTROUTING -o wan0 -j MASQUERADE\n")
+    env.controller.stats_hook = RunChecks(env.controller.config, "prerouting", read_nat=lambda: nat)
+    assert env.run("class", "add", "lan1", "--set", "direction=ingress", "--set", "rate=6mbit",
+                   "--set", "match.dst=198.18.1.2/32")[0] == 0
+    env.workers.counters = {"web": {"packets": 99, "drops": 7, "backlog_packets": 4}}
+    code, out, _ = env.run("stats")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[1] == ("warning: class lan1 matches dst 198.18.1.2/32, but ingress is taken at mangle PREROUTING, "
+                        "before de-NAT, and the nat table masquerades (-A POSTROUTING -o wan0 -j MASQUERADE): if "
+                        "198.18.1.2/32 is an internal host, replies to it are still addressed to the router's "
+                        "public address there, so the class never sees them; use --ingress-hook after-nat "
+                        "(the default)")
+    web = next(line for line in lines if line.startswith("web ")).split()
+    assert web[-1] == "110", "matched = sent 99 + dropped 7 + queued 4"
+    _, out, _ = env.run("stats", "--json")
+    data = json.loads(out)
+    assert data["warnings"] == [lines[1].removeprefix("warning: ")] and data["classes"]["root"]["matched"] == 110
+    assert len([w for w in lines if w.startswith("warning:")]) == 1, "web is egress: its dst is not behind de-NAT"
+    env.controller.stats_hook = None
+    code, out, _ = env.run("stats")
+    assert "warning" not in out
 
 
 def test_enable_on_off(env: Env) -> None:

@@ -466,3 +466,16 @@ def test_sleep_time_examples() -> None:
     assert sleep_time(10.0, 10.0002, 10.5, 0.001) == pytest.approx(0.0002)  # a release before the tick
     assert sleep_time(10.0, 9.0, 10.5, 0.001) == 0.0  # overdue release: do not sleep
     assert sleep_time(10.0, None, 10.5, 0.0) == MAX_SLEEP_S  # --idle-tick 0
+
+
+def test_packets_are_counted_per_hook_whatever_the_shaper_does() -> None:
+    """The per-hook counts tell imqd.hook_checks which direction saw traffic and where ingress is queued."""
+    kernel = FakeKernelQueue()
+    worker, _ = make_worker([{"name": "in", "direction": "ingress", "rate": "1mbit",
+                              "match": {"dst": "198.18.99.0/24"}}], kernel)
+    hooks = [0, 0, 2, 2, 2, 1, 4, 3, 4, 4]
+    drain(worker, [kernel.arrive(tcp(), hook=h) for h in hooks])
+    drain(worker, [kernel.arrive(b"\x45garbage", hook=2)])  # malformed: counted all the same
+    assert worker.stats()["hook_packets"] == {"prerouting": 2, "input": 1, "forward": 4, "output": 1,
+                                              "postrouting": 3}
+    assert worker.stats()["packets"] == len(hooks) + 1

@@ -71,7 +71,9 @@ def test_parse_queues_never_crashes(text: str) -> None:
         ({"queues": "0:3"}, "queues"),
         ({"queues": (0, 1), "policy": "random"}, "policy"),
         ({"queues": (0, 1), "bypass": 1}, "bypass"),
-        ({"queues": (0, 1), "nat": "yes"}, "nat"),
+        ({"queues": (0, 1), "ingress_hook": "forward"}, "ingress_hook"),
+        ({"queues": (0, 1), "ingress_hook": "AB"}, "ingress_hook"),  # aliases are the CLI's, not RuleOptions'
+        ({"queues": (0, 1), "ingress_hook": None}, "ingress_hook"),
         ({"queues": (0, 1), "ipv6": None}, "ipv6"),
         ({"queues": (0, 1), "in_ifaces": "eth0"}, "in_ifaces"),
         ({"queues": (0, 1), "in_ifaces": ("-j",)}, "in_ifaces"),
@@ -113,13 +115,14 @@ def test_default_rules_exactly() -> None:
         ["-N", "IMQD_EGRESS"],
         ["-A", "IMQD_INGRESS", "!", "-i", "lo", "-j", "NFQUEUE", "--queue-balance", "0:3", "--queue-bypass"],
         ["-A", "IMQD_EGRESS", "!", "-o", "lo", "-j", "NFQUEUE", "--queue-balance", "0:3", "--queue-bypass"],
-        ["-A", "PREROUTING", "-m", "comment", "--comment", "imqd", "-j", "IMQD_INGRESS"],
+        ["-A", "FORWARD", "-m", "comment", "--comment", "imqd", "-j", "IMQD_INGRESS"],
+        ["-A", "INPUT", "-m", "comment", "--comment", "imqd", "-j", "IMQD_INGRESS"],
         ["-A", "POSTROUTING", "-m", "comment", "--comment", "imqd", "-j", "IMQD_EGRESS"],
     ]
 
 
 def test_chains_created_before_use_and_jumps_last() -> None:
-    r = rules_of(RuleOptions(queues=(0, 3), nat=True, in_ifaces=("a", "b")))
+    r = rules_of(RuleOptions(queues=(0, 3), ingress_hook="prerouting", in_ifaces=("a", "b")))
     kinds = [x[0] for x in r]
     assert kinds[:2] == ["-N", "-N"] and "-N" not in kinds[2:]
     first_jump = next(i for i, x in enumerate(r) if x[0] == "-A" and x[1] in BUILTIN)
@@ -205,19 +208,51 @@ def test_rules_for_config_ignore_matching_inner_classes_and_unmatched_leaves() -
     assert [r[2:4] for r in nfqueue_rules(opts, "IMQD_EGRESS")] == [["-o", "wan0"]]
 
 
-def test_nat_moves_ingress_jump_to_forward_and_input() -> None:
-    assert jumps(RuleOptions(queues=(0, 1))) == [("PREROUTING", "IMQD_INGRESS"), ("POSTROUTING", "IMQD_EGRESS")]
-    assert jumps(RuleOptions(queues=(0, 1), nat=True)) == [
-        ("FORWARD", "IMQD_INGRESS"),
-        ("INPUT", "IMQD_INGRESS"),
-        ("POSTROUTING", "IMQD_EGRESS"),
-    ]
+def test_ingress_is_after_de_nat_by_default_and_at_prerouting_when_asked() -> None:
+    """IMQ's default AB: ingress after de-NAT (mangle FORWARD + INPUT); prerouting = IMQ's BA/BB."""
+    after = [("FORWARD", "IMQD_INGRESS"), ("INPUT", "IMQD_INGRESS"), ("POSTROUTING", "IMQD_EGRESS")]
+    assert jumps(RuleOptions(queues=(0, 1))) == after
+    assert jumps(RuleOptions(queues=(0, 1), ingress_hook="after-nat")) == after
+    assert jumps(RuleOptions(queues=(0, 1), ingress_hook="prerouting")) == [
+        ("PREROUTING", "IMQD_INGRESS"), ("POSTROUTING", "IMQD_EGRESS")]
+
+
+@pytest.mark.parametrize(("text", "placement"), [
+    ("after-nat", "after-nat"), ("prerouting", "prerouting"), (" prerouting ", "prerouting"),
+    ("PREROUTING", "prerouting"), ("After-NAT", "after-nat"),
+    ("AB", "after-nat"), ("ab", "after-nat"), ("BB", "prerouting"), ("bb", "prerouting"),
+])
+def test_parse_ingress_hook_accepts_names_and_imq_aliases(text: str, placement: str) -> None:
+    assert rules.parse_ingress_hook(text) == placement
+
+
+@pytest.mark.parametrize("text", ["AA", "ba", "Ba"])
+def test_parse_ingress_hook_refuses_egress_after_snat_and_says_why(text: str) -> None:
+    with pytest.raises(ValueError, match="--ingress-hook") as info:
+        rules.parse_ingress_hook(text)
+    msg = str(info.value)
+    assert "egress after SNAT" in msg and "nat POSTROUTING is walked only until" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("text", ["", "forward", "after_nat", "A", "ABC", "postrouting", "nat"])
+def test_parse_ingress_hook_rejects_anything_else_naming_the_flag(text: str) -> None:
+    with pytest.raises(ValueError, match="--ingress-hook: expected one of after-nat, prerouting"):
+        rules.parse_ingress_hook(text)
+
+
+@given(st.text(max_size=12))
+def test_parse_ingress_hook_never_crashes(text: str) -> None:
+    try:
+        assert rules.parse_ingress_hook(text) in rules.INGRESS_PLACEMENTS
+    except ValueError as e:
+        assert "--ingress-hook" in str(e)
 
 
 def test_jumps_carry_the_imqd_comment() -> None:
-    for r in rules_of(RuleOptions(queues=(0, 1), nat=True)):
-        if r[0] == "-A" and r[1] in BUILTIN:
-            assert r[2:6] == ["-m", "comment", "--comment", "imqd"]
+    for hook in rules.INGRESS_PLACEMENTS:
+        for r in rules_of(RuleOptions(queues=(0, 1), ingress_hook=hook)):
+            if r[0] == "-A" and r[1] in BUILTIN:
+                assert r[2:6] == ["-m", "comment", "--comment", "imqd"]
 
 
 def test_ipv6_family_toggle() -> None:
@@ -234,10 +269,10 @@ def test_hook_sets_split_all_five_hooks() -> None:
 
 
 # ---------------------------------------------------------------- render_restore
-@pytest.mark.parametrize("nat", [False, True])
+@pytest.mark.parametrize("hook", ["after-nat", "prerouting"])
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])
-def test_render_restore_holds_exactly_the_built_rules(nat: bool, family: str) -> None:
-    opts = RuleOptions(queues=(1, 4), policy="cpu", in_ifaces=("eth0",), nat=nat)
+def test_render_restore_holds_exactly_the_built_rules(hook: str, family: str) -> None:
+    opts = RuleOptions(queues=(1, 4), policy="cpu", in_ifaces=("eth0",), ingress_hook=hook)
     text = render_restore(opts, family)
     active = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
     assert active[0] == "*mangle" and active[-1] == "COMMIT"
@@ -245,8 +280,10 @@ def test_render_restore_holds_exactly_the_built_rules(nat: bool, family: str) ->
     assert active[1:-1] == [f":{r[1]} - [0:0]" for r in built if r[0] == "-N"] + [
         " ".join(r) for r in built if r[0] == "-A" and r[1] in ("IMQD_INGRESS", "IMQD_EGRESS")
     ] + [" ".join(r) for r in built if r[0] == "-A" and r[1] in BUILTIN]
-    # the commented variant is the other NAT mode's ingress jumps
-    other = rules_of(RuleOptions(queues=(1, 4), policy="cpu", in_ifaces=("eth0",), nat=not nat), family)
+    # the commented variant is the other placement's ingress jumps
+    alt = next(h for h in rules.INGRESS_PLACEMENTS if h != hook)
+    other = rules_of(RuleOptions(queues=(1, 4), policy="cpu", in_ifaces=("eth0",), ingress_hook=alt), family)
+    assert f"ingress hook {hook}." in text and f"# Ingress hook {alt} instead" in text
     commented = [ln[2:] for ln in text.splitlines() if ln.startswith("# -A ")]
     assert commented == [" ".join(r) for r in other if r[0] == "-A" and r[1] in BUILTIN and r[-1] == "IMQD_INGRESS"]
 
@@ -345,20 +382,28 @@ def test_apply_then_apply_again_changes_nothing() -> None:
     once = {f: fake.save(f) for f in ("ipv4", "ipv6")}
     rules.apply(opts, runner=fake)
     assert {f: fake.save(f) for f in ("ipv4", "ipv6")} == once
-    assert fake.tables["ipv4"]["PREROUTING"] == ["-p tcp -j MARK --set-xmark 0x1/0xffffffff",
-                                                  "-m comment --comment imqd -j IMQD_INGRESS"]
+    assert fake.tables["ipv4"]["PREROUTING"] == ["-p tcp -j MARK --set-xmark 0x1/0xffffffff"]
+    assert fake.tables["ipv4"]["FORWARD"] == fake.tables["ipv4"]["INPUT"] == [
+        "-m comment --comment imqd -j IMQD_INGRESS"]
 
 
-def test_apply_switches_nat_mode_and_drops_duplicate_jumps() -> None:
+def test_apply_switches_ingress_hook_both_ways_and_drops_duplicate_jumps() -> None:
     fake = FakeIptables()
-    rules.apply(RuleOptions(queues=(0, 3)), runner=fake)
+    rules.apply(RuleOptions(queues=(0, 3), ingress_hook="prerouting"), runner=fake)
+    assert rules.installed_ingress_hook(runner=fake) == "prerouting"
     fake.tables["ipv4"]["POSTROUTING"].append("-m comment --comment imqd -j IMQD_EGRESS")  # a stray duplicate
-    rules.apply(RuleOptions(queues=(0, 3), nat=True, in_ifaces=("wan",)), runner=fake)
+    rules.apply(RuleOptions(queues=(0, 3), in_ifaces=("wan",)), runner=fake)
     t = fake.tables["ipv4"]
     assert t["PREROUTING"] == []
     assert t["FORWARD"] == t["INPUT"] == ["-m comment --comment imqd -j IMQD_INGRESS"]
     assert t["POSTROUTING"] == ["-m comment --comment imqd -j IMQD_EGRESS"]
     assert t["IMQD_INGRESS"] == ["-i wan -j NFQUEUE --queue-balance 0:3 --queue-bypass"]
+    assert rules.installed_ingress_hook(runner=fake) == "after-nat"
+    rules.apply(RuleOptions(queues=(0, 3), ingress_hook="prerouting"), runner=fake)
+    assert t is not fake.tables["ipv4"] and fake.tables["ipv4"]["FORWARD"] == fake.tables["ipv4"]["INPUT"] == []
+    assert fake.tables["ipv4"]["PREROUTING"] == ["-m comment --comment imqd -j IMQD_INGRESS"]
+    rules.remove(runner=fake)
+    assert rules.installed_ingress_hook(runner=fake) is None
 
 
 def test_apply_is_one_restore_per_family() -> None:
@@ -371,7 +416,7 @@ def test_remove_leaves_other_rules_exactly() -> None:
     fake = FakeIptables()
     other_rules(fake)
     before = {f: fake.save(f) for f in ("ipv4", "ipv6")}
-    rules.apply(RuleOptions(queues=(0, 1), nat=True), runner=fake)
+    rules.apply(RuleOptions(queues=(0, 1)), runner=fake)
     fake.tables["ipv4"]["MINE"].append("-j IMQD_EGRESS")  # someone else's jump into imqd's chain goes too
     assert fake.save("ipv4") != before["ipv4"]
     rules.remove(runner=fake)
@@ -381,10 +426,10 @@ def test_remove_leaves_other_rules_exactly() -> None:
 def test_apply_keeps_foreign_jumps_into_imqd_chains() -> None:
     fake = FakeIptables()
     other_rules(fake)
-    rules.apply(RuleOptions(queues=(0, 1)), runner=fake)
+    rules.apply(RuleOptions(queues=(0, 1), ingress_hook="prerouting"), runner=fake)
     fake.tables["ipv4"]["MINE"].append("-p udp -j IMQD_EGRESS")
     fake.tables["ipv4"]["FORWARD"].append("-i ppp0 -j IMQD_INGRESS")
-    rules.apply(RuleOptions(queues=(0, 1), nat=True), runner=fake)
+    rules.apply(RuleOptions(queues=(0, 1)), runner=fake)
     t = fake.tables["ipv4"]
     assert "-p udp -j IMQD_EGRESS" in t["MINE"] and "-i ppp0 -j IMQD_INGRESS" in t["FORWARD"]
     assert t["PREROUTING"] == ["-p tcp -j MARK --set-xmark 0x1/0xffffffff"]
@@ -421,7 +466,7 @@ def test_show_lists_only_imqd_lines_with_counters() -> None:
     assert rules.show(runner=fake).count("(no imqd rules)") == 2
     rules.apply(RuleOptions(queues=(0, 1)), runner=fake)
     text = rules.show(runner=fake)
-    assert "[3:180] -A PREROUTING -m comment --comment imqd -j IMQD_INGRESS" in text
+    assert "[3:180] -A FORWARD -m comment --comment imqd -j IMQD_INGRESS" in text
     assert "[3:180] -A IMQD_EGRESS ! -o lo -j NFQUEUE --queue-balance 0:1 --queue-bypass" in text
     assert ":IMQD_INGRESS - [0:0]" in text
     assert "MARK" not in text and "MINE" not in text
@@ -463,3 +508,52 @@ def test_permission_error_from_exec_is_a_rules_error() -> None:
 
     with pytest.raises(RulesError, match="CAP_NET_ADMIN"):
         rules.remove(runner=run)
+
+
+# ---------------------------------------------------------------- read_nat: the nat table, read-only
+DUMP = """# Generated by iptables-save v1.8.9 (nf_tables)
+*filter
+:INPUT ACCEPT [0:0]
+-A INPUT -j ACCEPT
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A POSTROUTING -o wan0 -j MASQUERADE
+COMMIT
+*mangle
+:PREROUTING ACCEPT [0:0]
+COMMIT
+"""
+
+
+def test_read_nat_returns_the_nat_section_of_a_plain_save_and_changes_nothing() -> None:
+    calls: list[list[str]] = []
+
+    def run(argv: list[str], **kw: object) -> subprocess.CompletedProcess:
+        calls.append(argv)
+        out = DUMP if argv[0] == "iptables-save" else "*filter\nCOMMIT\n"
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+    nat = rules.read_nat(runner=run)
+    assert nat["ipv4"] == "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n" \
+                          "-A POSTROUTING -o wan0 -j MASQUERADE\nCOMMIT\n"
+    assert nat["ipv6"] == "", "no nat table: nothing"
+    # no -t nat: with the legacy backend that would load iptable_nat and create the table just by asking
+    assert calls == [["iptables-save"], ["ip6tables-save"]]
+    assert rules.read_nat(runner=run, ipv6=False) == {"ipv4": nat["ipv4"]}
+
+
+def test_read_nat_tolerates_missing_ip6tables_but_not_iptables() -> None:
+    def run(argv: list[str], **kw: object) -> subprocess.CompletedProcess:
+        if argv[0] == "ip6tables-save":
+            raise FileNotFoundError(2, "No such file or directory", argv[0])
+        return subprocess.CompletedProcess(argv, 0, DUMP, "")
+
+    assert rules.read_nat(runner=run)["ipv6"] == ""
+
+    def denied(argv: list[str], **kw: object) -> subprocess.CompletedProcess:
+        return subprocess.CompletedProcess(argv, 1, "", "iptables-save: Permission denied (you must be root)\n")
+
+    with pytest.raises(RulesError, match="CAP_NET_ADMIN"):
+        rules.read_nat(runner=denied)
