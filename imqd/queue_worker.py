@@ -62,6 +62,11 @@ class WorkerOptions:
     # While traffic flows, an idle worker wakes at least this often (s; 0 = only for the scheduler's events).
     # A CPU left idle for milliseconds makes the next packet's wake-up and Python code cold: see sleep_time.
     idle_tick: float = IDLE_TICK_S
+    # The per-class counter segment (imqd.shared_counters) and which of its blocks is this worker's
+    counters_shm_name: str | None = None
+    counters_workers: int = 1
+    counters_slots: int = 0
+    counters_block: int = 0
 
 
 @dataclass(slots=True)
@@ -140,6 +145,7 @@ class QueueWorker:
         self._drain_start = 0  # counters.packets when the current drain of the socket began
         self._first_held: int | None = None
         self._batch = VerdictBatch(opts.queue)
+        self.counter_block: Any = None  # this worker's rows of the shared per-class counters
         # writes one netlink message to the queue's socket; None = no batching (individual verdicts)
         self.write_verdicts: Callable[[bytes], object] | None = None
 
@@ -367,12 +373,45 @@ class QueueWorker:
             "held": self.shaper.held,
             "version": self.shaper.version,
             "enabled": self.shaper.enabled,
-            "classes": self.shaper.class_stats(now),
+            # per-class counters are in shared memory (imqd.shared_counters); only the few non-FIFO leaves'
+            # own details (top hosts, flows, CoDel) travel
+            "leaves": leaf_details(self.shaper),
             "time": now,
         }
 
     def send_stats(self) -> None:
+        if self.counter_block is not None:
+            publish_counters_standin(self.shaper, self.counter_block, self._clock())
         self._send(("stats", self.stats()))
+
+
+def publish_counters_standin(shaper: Shaper, block: Any, now: float) -> None:
+    """STAND-IN until HTB writes its counters into ``block`` itself (the lead's change): copy them there.
+
+    Costs what the old per-class stats message cost the worker; goes once HTB takes ``counters=``."""
+    from array import array
+
+    from imqd.shared_counters import FIELDS_PER_COUNTER_SLOT as F
+
+    vals = block.values
+    for st in shaper.class_stats(now).values():
+        inner = st["leaf"] is None  # an inner class's backlog is its subtree's: a reader sums the leaves
+        row = array("q", [st["bytes"], st["packets"], st["drops"], st["borrows"], st["lends"],
+                          0 if inner else st["backlog_packets"], 0 if inner else st["backlog_bytes"]])
+        vals[st["slot"] * F:(st["slot"] + 1) * F] = row
+
+
+def leaf_details(shaper: Shaper) -> dict[str, dict[str, Any]]:
+    """``stats()`` of every leaf that has more to say than its counters: fq_codel, sfq, per_host, delay."""
+    out: dict[str, dict[str, Any]] = {}
+    for tree in shaper.trees.values():
+        if tree is None:
+            continue
+        for name in tree.needs_info:  # exactly the leaves that are not a plain FIFO
+            stats = getattr(tree.htb.leaf(name), "stats", None)
+            if stats is not None:
+                out[name] = stats()
+    return out
 
 
 class WorkerError(Exception):
@@ -418,6 +457,7 @@ def pin_to_cpu(cpu: int | None) -> None:
 
 def worker_main(opts: WorkerOptions, control: Any, lock: Any) -> None:
     """Entry point of a worker process (spawned by the supervisor)."""
+    from imqd.shared_counters import SharedCounters
     from imqd.shared_hosts import SharedHostTable
     from imqd.shared_tokens import SharedTokenStore
 
@@ -425,10 +465,13 @@ def worker_main(opts: WorkerOptions, control: Any, lock: Any) -> None:
     pin_to_cpu(opts.cpu)
     store = SharedTokenStore.attach(opts.shm_name, lock) if opts.shm_name else None
     hosts = SharedHostTable.attach(opts.hosts_shm_name, lock) if opts.hosts_shm_name else None
+    counters = (SharedCounters.attach(opts.counters_shm_name, opts.counters_workers, opts.counters_slots)
+                if opts.counters_shm_name else None)
     try:  # however this ends (a fatal bind exits here): unmap the segments before the interpreter tears down
         shaper = Shaper(tokens=store) if store is not None else Shaper()
         shaper.host_buckets = hosts.table if hosts is not None else None
         worker = QueueWorker(opts, shaper, control)
+        worker.counter_block = counters.block(opts.counters_block) if counters is not None else None
         signal.signal(signal.SIGTERM, lambda *_: worker.stop())
         # Take the first configuration before binding, so no packet is ever seen unconfigured.
         msg = control.recv()
@@ -446,3 +489,5 @@ def worker_main(opts: WorkerOptions, control: Any, lock: Any) -> None:
             store.close()
         if hosts is not None:
             hosts.close()
+        if counters is not None:
+            counters.close()
