@@ -24,6 +24,7 @@ import json
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import Body, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -33,7 +34,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imqd.config import ClassSpec, ConfigError
-from imqd.metrics import metrics_registry
+from imqd.metrics import ClassSeries, metrics_registry
 from imqd.stats_view import MAX_TOP, StatsQuery
 
 __all__ = ["create_app", "APPLY_HEADER", "DEFAULT_MAX_BODY", "STATUS_BY_CODE"]
@@ -203,6 +204,17 @@ class JSON(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+class FastJSON(JSON):
+    """Large bodies (``/stats`` of 10,000 classes: ~45 ms with json, ~4 ms with orjson); a string orjson
+    refuses (a lone surrogate) falls back to ``JSON``."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return orjson.dumps(content)
+        except orjson.JSONEncodeError:
+            return super().render(content)
 
 
 # -- errors -----------------------------------------------------------------------
@@ -441,7 +453,7 @@ def create_app(controller: Any, *, token: str | None, open_reads: bool, max_body
     ) -> Response:
         # The stats are plain JSON types already; FastAPI's jsonable_encoder took half of a request's
         # time with 1,000 classes (~20 ms) to copy them unchanged.
-        return JSON(controller.stats(StatsQuery(tuple(class_ or ()), parent, direction, top)))
+        return FastJSON(controller.stats(StatsQuery(tuple(class_ or ()), parent, direction, top)))
 
     @app.get("/enabled", response_model=EnabledOut, dependencies=read_deps, responses=read_401, tags=["state"],
              summary="Whether shaping is on")
@@ -464,12 +476,14 @@ def create_app(controller: Any, *, token: str | None, open_reads: bool, max_body
         return JSON({"healthy": ok}, status_code=200 if ok else 503)
 
     registry = metrics_registry(controller)
+    class_series = ClassSeries()
 
     @app.get("/metrics", dependencies=read_deps, tags=["state"], summary="Prometheus text format",
              responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}},
                         **read_401})
     def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        text = class_series.text(controller.config, controller.workers.counter_snapshot())
+        return Response(generate_latest(registry) + text.encode(), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(BodyLimit, max_body=max_body)
     return app

@@ -413,7 +413,7 @@ def test_metrics(env: Any) -> None:
     workers.counters["web"]["bytes"] = 12000
     workers.enabled = False
     text = client.get("/metrics").text
-    assert 'imqd_class_bytes_total{class="web",direction="egress"} 12000.0' in text
+    assert 'imqd_class_bytes_total{class="web",direction="egress"} 12000\n' in text
     assert "imqd_enabled 0.0" in text
     # its own registry: nothing leaks into the process-global one
     assert REGISTRY.get_sample_value("imqd_enabled") is None

@@ -99,3 +99,23 @@ def test_metrics_pass_promtool(api: Any) -> None:
     assert "imqd_class_bytes_total" in text and "imqd_class_max_sojourn_seconds" in text
     res = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, f"promtool check metrics:\n{res.stdout}{res.stderr}"
+
+
+def test_fast_json_falls_back_for_a_lone_surrogate() -> None:
+    from imqd.api import FastJSON
+
+    assert FastJSON({"a": [1, 2.5]}).body == b'{"a":[1,2.5]}'
+    assert FastJSON({"bad\udc80": 1}).body == b'{"bad\\udc80":1}', "what orjson refuses, json escapes"
+
+
+def test_metrics_series_per_class(api: Any) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client, _ = api
+    fams = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    per_class = [f for f in fams.values() if f.name.startswith("imqd_class_") and f.samples]
+    assert {len(f.samples) for f in per_class} == {len(CLASSES)}
+    assert len(per_class) == 9, "5 counters, 2 backlogs, configured rate and ceil"
+    assert fams["imqd_class_bytes"].type == "counter"
+    web = {s.labels["class"]: s.value for s in fams["imqd_class_bytes"].samples}
+    assert web["web"] == 10 and web["root"] == 0
