@@ -34,6 +34,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imqd.config import ClassSpec, ConfigError
+from imqd.dashboard import ChangeLog, ChangeRecorder, mount_dashboard
 from imqd.metrics import ClassSeries, metrics_registry
 from imqd.stats_view import MAX_TOP, StatsQuery
 
@@ -485,5 +486,8 @@ def create_app(controller: Any, *, token: str | None, open_reads: bool, max_body
         text = class_series.text(controller.config, controller.workers.counter_snapshot())
         return Response(generate_latest(registry) + text.encode(), media_type=CONTENT_TYPE_LATEST)
 
+    changes = ChangeLog()
+    mount_dashboard(app, controller, read_deps, read_401, changes)
+    app.add_middleware(ChangeRecorder, apply_header=APPLY_HEADER, log=changes)
     app.add_middleware(BodyLimit, max_body=max_body)
     return app
