@@ -156,8 +156,8 @@ function rowHtml(c, i) {
 function sparkSvg(points, ceil) {
   if (!points || points.length < 2) return "";
   const max = Math.max(ceil || 0, ...points, 1);
-  const step = 130 / (HISTORY_POINTS - 1), off = 130 - (points.length - 1) * step;
-  const pts = points.map((v, i) => `${(off + i * step).toFixed(1)},${(21 - (v / max) * 20).toFixed(1)}`).join(" ");
+  const step = 130 / (points.length - 1);  // what the page has seen, up to the last minute, across the cell
+  const pts = points.map((v, i) => `${(i * step).toFixed(1)},${(21 - (v / max) * 20).toFixed(1)}`).join(" ");
   return `<svg class="spark" viewBox="0 0 130 22" preserveAspectRatio="none"><polyline points="${pts}"/></svg>`;
 }
 
