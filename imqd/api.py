@@ -234,6 +234,13 @@ def error_response(status: int, errors: Iterable[dict[str, Any]], headers: dict[
     return JSON({"detail": detail}, status_code=status, headers=headers)
 
 
+def refuse_unknown_query(request: Request, known: set[str]) -> None:
+    """A misspelt filter (``?tpo=5``) must not quietly answer with everything."""
+    for key in request.query_params:
+        if key not in known:
+            raise ConfigError.one(("query", key), f"unknown query parameter {key!r}; known: {', '.join(sorted(known))}")
+
+
 class AuthError(Exception):
     def __init__(self, msg: str) -> None:
         super().__init__(msg)
@@ -445,6 +452,7 @@ def create_app(controller: Any, *, token: str | None, open_reads: bool, max_body
                                                                  "exist"}, **_errors(422)},
              tags=["state"], summary="Per-class counters (all, or the ones asked for), link totals, workers")
     def stats(
+        request: Request,
         class_: Annotated[list[str] | None, Query(alias="class", description="only these classes (repeatable)")
                           ] = None,
         parent: Annotated[str | None, Query(description="only the children of this class")] = None,
@@ -454,6 +462,7 @@ def create_app(controller: Any, *, token: str | None, open_reads: bool, max_body
     ) -> Response:
         # The stats are plain JSON types already; FastAPI's jsonable_encoder took half of a request's
         # time with 1,000 classes (~20 ms) to copy them unchanged.
+        refuse_unknown_query(request, {"class", "parent", "direction", "top"})
         return FastJSON(controller.stats(StatsQuery(tuple(class_ or ()), parent, direction, top)))
 
     @app.get("/enabled", response_model=EnabledOut, dependencies=read_deps, responses=read_401, tags=["state"],
@@ -487,7 +496,7 @@ def create_app(controller: Any, *, token: str | None, open_reads: bool, max_body
         return Response(generate_latest(registry) + text.encode(), media_type=CONTENT_TYPE_LATEST)
 
     changes = ChangeLog()
-    mount_dashboard(app, controller, read_deps, read_401, changes)
+    mount_dashboard(app, controller, read_deps, {**read_401, **_errors(422)}, changes)
     app.add_middleware(ChangeRecorder, apply_header=APPLY_HEADER, log=changes)
     app.add_middleware(BodyLimit, max_body=max_body)
     return app

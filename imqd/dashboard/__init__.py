@@ -32,6 +32,13 @@ MAX_WATCH = 500
 STREAM_POLL_S = 0.1  # how often the stream looks for a new sample
 KEEPALIVE_S = 15.0
 
+#: one event of the stream, as OpenAPI describes a text/event-stream item (its data: one JSON object)
+SSE_EVENT = {"type": "object", "properties": {
+    "data": {"type": "string", "contentMediaType": "application/json",
+             "description": "time, enabled, directions, top {ingress, egress}, watch, workers, last_change, "
+                            "changes; history (the last 60 s of link rates) in the first event"},
+    "event": {"type": "string"}, "id": {"type": "string"}, "retry": {"type": "integer"}}}
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
@@ -98,9 +105,10 @@ def stream_event(controller: Any, top: int, watch: tuple[str, ...], changes: Cha
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
-def mount_dashboard(app: FastAPI, controller: Any, read_deps: list[Any], read_401: dict[Any, Any],
+def mount_dashboard(app: FastAPI, controller: Any, read_deps: list[Any], errors: dict[Any, Any],
                     changes: ChangeLog) -> None:
-    """The page at ``/``, its assets at ``/dashboard/``, and ``GET /stats/stream``."""
+    """The page at ``/``, its assets at ``/dashboard/``, and ``GET /stats/stream`` (``read_deps``: the API's
+    read auth; ``errors``: the OpenAPI entries of its error responses)."""
     app.mount("/dashboard", StaticFiles(directory=str(STATIC)), name="dashboard")
 
     @app.get("/", include_in_schema=False)
@@ -109,7 +117,7 @@ def mount_dashboard(app: FastAPI, controller: Any, read_deps: list[Any], read_40
 
     @app.get("/stats/stream", dependencies=read_deps, tags=["state"],
              summary="Server-sent events: link totals, top classes, watched classes, workers; every sample",
-             responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}, **read_401})
+             responses={200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}}, **errors})
     async def stream(
         request: Request,
         top: Annotated[int, Query(ge=1, le=MAX_STREAM_TOP, description="classes per direction, by rate")] = 50,

@@ -119,3 +119,9 @@ def test_metrics_series_per_class(api: Any) -> None:
     assert fams["imqd_class_bytes"].type == "counter"
     web = {s.labels["class"]: s.value for s in fams["imqd_class_bytes"].samples}
     assert web["web"] == 10 and web["root"] == 0
+
+
+def test_a_misspelt_filter_is_refused(api: Any) -> None:
+    r = api[0].get("/stats?tpo=5")
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["query", "tpo"] and "top" in r.json()["detail"][0]["msg"]
