@@ -52,7 +52,7 @@ def main(url: str, name: str, rate: float, new_rate: str, shot: str) -> dict[str
         out["converged_after"] = converged
         page.click(row)  # the detail panel and the editor, in the picture too
         page.wait_for_timeout(600)
-        page.screenshot(path=shot)
+        page.screenshot(path=shot, full_page=True)
         page.fill('#class-form [name="rate"]', new_rate)
         page.click("#save")
         page.wait_for_function("document.querySelector('#editor-title').textContent.startsWith('saved')")
