@@ -196,3 +196,22 @@ def test_page_stays_responsive_with_10000_classes(tmp_path: Path) -> None:
                                    return r && !r.querySelector('[data-k=now]').textContent.startsWith('–'); }""",
                                timeout=10_000)
         assert problems == []
+
+
+@needs_browser
+def test_class_column_sorts_as_the_tree(tmp_path: Path) -> None:
+    classes = [{"name": "b-top", "rate": "50mbit"}, {"name": "a-top", "rate": "40mbit"},
+               {"name": "z-child", "parent": "a-top", "rate": "10mbit"},
+               {"name": "b-child", "parent": "b-top", "rate": "10mbit"},
+               {"name": "grandchild", "parent": "z-child", "rate": "1mbit"}]
+    controller, _ = make(tmp_path, classes)
+    with serve(create_app(controller, token=None, open_reads=True)) as url, browser() as b:
+        page = b.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url + "/")
+        page.wait_for_selector("#rows .row")
+        page.click('.thead span[data-sort="name"]')
+        page.wait_for_selector('.thead span[data-sort="name"].sorted')
+        order = page.eval_on_selector_all("#rows .row", "r => r.map(x => x.dataset.name)")
+        assert order == ["b-top", "b-child", "a-top", "z-child", "grandchild"], "parents before children"
+        pad = page.eval_on_selector('#rows .row[data-name="grandchild"] span', "s => s.style.paddingLeft")
+        assert pad == "28px", "indented by depth"

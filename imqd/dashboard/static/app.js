@@ -79,6 +79,7 @@ async function loadClasses() {
   if (r.status !== 200) return;
   state.classes = r.body;
   state.byName = new Map(r.body.map((c) => [c.name, c]));
+  treeOrder(r.body);
   $("#class-names").innerHTML = r.body.map((c) => `<option value="${esc(c.name)}">`).join("");
   for (const name of state.live.keys()) if (!state.byName.has(name)) { state.live.delete(name); state.spark.delete(name); }
   refreshView();
@@ -86,10 +87,27 @@ async function loadClasses() {
 
 // Live columns sort only the classes of the stream's top list (the busiest, by rate): a class seen only because
 // it is on screen keeps its place, or scrolling would pull rows up under the reader and the list would churn.
+// Depth-first order of the tree (parents before their children, config order among siblings) and each
+// class's depth: sorting by the class column shows the tree, indented.
+function treeOrder(classes) {
+  const children = new Map();
+  for (const c of classes) {
+    const p = c.parent && state.byName.has(c.parent) ? c.parent : "";
+    if (!children.has(p)) children.set(p, []);
+    children.get(p).push(c);
+  }
+  let i = 0;
+  const walk = (parent, depth) => {
+    for (const c of children.get(parent) || []) { c._order = i++; c._depth = depth; walk(c.name, depth + 1); }
+  };
+  walk("", 0);
+}
+
 function sortValue(c, key) {
   const s = state.top.has(c.name) ? state.live.get(c.name) : undefined;
   switch (key) {
-    case "name": case "parent": return c[key] || "";
+    case "name": return c._order;
+    case "parent": return c.parent || "";
     case "rate": return c.rate;
     case "ceil": return c.ceil || c.rate;
     case "use": return s ? s.rate_bps / (c.ceil || c.rate || 1) : -1;
@@ -145,7 +163,7 @@ function rowHtml(c, i) {
   const cls = now == null ? "" : now >= 0.98 * ceil ? "ceil" : now > c.rate ? "borrow" : "";
   const mark = ceil ? Math.min(100, (c.rate / ceil) * 100) : 0;
   return `<div class="row${state.selected === c.name ? " selected" : ""}" data-name="${esc(c.name)}" style="top:${i * ROW_HEIGHT}px">`
-    + `<span title="${esc(c.name)}">${esc(c.name)}</span><span class="muted">${esc(c.parent || "–")}</span>`
+    + `<span title="${esc(c.name)}" style="padding-left:${state.sort === "name" ? c._depth * 14 : 0}px">${esc(c.name)}</span><span class="muted">${esc(c.parent || "–")}</span>`
     + `<span class="bar" title="now ${rate(now)} of ceil ${rate(ceil)}, rate ${rate(c.rate)}"><i class="${cls}" style="width:${(use * 100).toFixed(1)}%"></i><b style="left:${mark.toFixed(1)}%"></b></span>`
     + `<span class="num" data-k="now">${rate(now)}</span><span class="num">${rate(c.rate)}</span><span class="num">${rate(ceil)}</span>`
     + `<span class="num">${s ? count(s.borrowed) : "–"}</span><span class="num">${s ? count(s.backlog.packets) + "p" : "–"}</span>`
