@@ -22,6 +22,7 @@ from imqd.classifier import Classifier
 from imqd.config import ClassSpec, Config
 from imqd.packet import parse_headers
 from imqd.qdisc.base import QueuedPacket
+from imqd.qdisc.counters import CounterStore, LocalCounters
 from imqd.qdisc.host_buckets import HostBucketTable, class_tag
 from imqd.qdisc.htb import HTB, HTBClassParams
 from imqd.qdisc.leaves import LeafSpec
@@ -140,6 +141,9 @@ class Shaper:
     """Both directions' trees, the on/off switch, and counters."""
 
     tokens: TokenStore = field(default_factory=LocalTokenStore)
+    #: per-class counters (imqd.qdisc.counters), at the same slots as the tokens; a worker's block of the
+    #: shared counters segment, so statistics are read without asking the worker
+    counters: CounterStore = field(default_factory=LocalCounters)
     trees: dict[str, DirectionTree | None] = field(default_factory=lambda: {d: None for d in DIRECTIONS})
     enabled: bool = True
     version: int = 0
@@ -176,7 +180,7 @@ class Shaper:
                     released.extend(old.htb.drain())
                 continue
             if old is None:
-                htb = HTB(params, now, tokens=self.tokens)
+                htb = HTB(params, now, tokens=self.tokens, counters=self.counters)
             else:
                 htb = old.htb
                 pending.append((htb, params, default.name if default else None))

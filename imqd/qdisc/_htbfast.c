@@ -12,90 +12,46 @@
  * Anything unusual is left to Python: send() returns -1 (and changes nothing) when a class on the path has
  * a fresh token slot or the shared store's lock is busy.  Pure: no I/O, no clock; `now` is an argument.
  *
- * The token values are read through the buffer protocol on each call (an array('d') or a memoryview of
- * shared memory): the lane never keeps an export, so the store may still grow or be closed.
+ * The token values and the class counters (imqd/qdisc/counters.py: int64 rows) are read through the buffer
+ * protocol on each call (an array or a memoryview of shared memory): the lane never keeps an export, so a
+ * store may still grow or be closed.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <structmember.h>
+#include <stdint.h>
+#include <string.h>
 
 #define MAX_CHAIN 8    /* TC_HTB_MAXDEPTH */
 #define MBUFFER 60.0   /* htb.MBUFFER */
 
+/* Where a class's counters are in its row of the counters buffer (imqd/qdisc/counters.py). */
+enum { C_BYTES, C_PACKETS, C_DROPS, C_BORROWS, C_LENDS };
+
 typedef struct {
     Py_ssize_t base;   /* index of the class's tokens in the store; ctokens, t_c follow */
+    Py_ssize_t cbase;  /* index of the class's counter row in the counters buffer */
     long level;
     double buffer, cbuffer, spb, cspb;
-    PyObject *cls;     /* the Python _Class: its counters (bytes, packets, lends, borrows) */
 } ChainEntry;
 
-/* Where _Class keeps a counter: the byte offset of its __slots__ entry, read from the slot's member
- * descriptor once (what the descriptor itself does on every access), so the per-packet update is a pointer
- * access instead of two attribute lookups. */
-enum { C_BYTES, C_PACKETS, C_LENDS, C_BORROWS, N_COUNTERS };
-
 typedef struct {
-    PyObject_HEAD
+    PyObject_VAR_HEAD
     PyObject *values;     /* the token store's values (buffer of doubles) */
+    PyObject *counters;   /* the class counters (buffer of int64) */
     PyObject *deficit;    /* the leaf's deficit list (one int per level) */
     PyObject *ptr;        /* HTB's DRR pointer list (one int per level*8+prio) */
     PyObject *acquire;    /* the shared store's lock's bound acquire and release (looked up once), or NULL */
     PyObject *release;
-    PyObject *active;     /* HTB's list of backlogged leaves: the fast path is only for an empty tree */
-    Py_ssize_t offsets[N_COUNTERS];
+    PyObject *busy;       /* non-empty while HTB has a backlogged leaf: the fast path is only for an empty tree */
     long prio, quantum, idx, passthrough;
-    Py_ssize_t min_len;   /* bytes the store must have for every slot on the path (checked on each call) */
+    Py_ssize_t min_len;   /* bytes the token store must have for every slot on the path (checked on each call) */
+    Py_ssize_t min_clen;  /* the same for the counters buffer */
     int n;
-    ChainEntry chain[MAX_CHAIN];
+    ChainEntry chain[1];  /* n entries, leaf first (allocated with the object: a lane costs what its path needs) */
 } Lane;
 
 static PyObject *s_acquire, *s_release;
-static const char *counter_names[N_COUNTERS] = {"bytes", "packets", "lends", "borrows"};
-static double token_floor;  /* htb._TOKEN_FLOOR, computed as Python does: 1e-9 - MBUFFER */
-
-/* The counter's slot offset in instances of `type` (a __slots__ member holding an object). */
-static Py_ssize_t
-counter_offset(PyTypeObject *type, const char *name)
-{
-    PyObject *descr = PyObject_GetAttrString((PyObject *)type, name);
-    Py_ssize_t off = -1;
-    if (descr == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
-            return -1;
-        PyErr_Clear();
-    }
-    else if (Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
-        PyMemberDef *m = ((PyMemberDescrObject *)descr)->d_member;
-        if (m->type == T_OBJECT_EX && !(m->flags & READONLY))
-            off = m->offset;
-    }
-    Py_XDECREF(descr);
-    if (off < 0)
-        PyErr_Format(PyExc_TypeError, "Lane: %s.%s must be a writable __slots__ member", type->tp_name, name);
-    return off;
-}
-
-/* obj.<counter at offset> += delta, for an int counter (what `c.bytes += size` does). */
-static int
-add_counter(PyObject *obj, Py_ssize_t offset, long delta)
-{
-    PyObject **slot = (PyObject **)((char *)obj + offset);
-    PyObject *old = *slot;
-    if (old == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "Lane: a class counter is unset");
-        return -1;
-    }
-    PyObject *inc = PyLong_FromLong(delta);
-    if (inc == NULL)
-        return -1;
-    PyObject *sum = PyNumber_Add(old, inc);
-    Py_DECREF(inc);
-    if (sum == NULL)
-        return -1;
-    *slot = sum;
-    Py_DECREF(old);
-    return 0;
-}
+static double token_floor;  /* htb.TOKEN_FLOOR, computed as Python does: 1e-9 - MBUFFER */
 
 static int
 set_list_long(PyObject *list, Py_ssize_t i, long v)
@@ -110,13 +66,12 @@ static int
 Lane_traverse(Lane *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->values);
+    Py_VISIT(self->counters);
     Py_VISIT(self->deficit);
     Py_VISIT(self->ptr);
     Py_VISIT(self->acquire);
     Py_VISIT(self->release);
-    Py_VISIT(self->active);
-    for (int i = 0; i < self->n; i++)
-        Py_VISIT(self->chain[i].cls);
+    Py_VISIT(self->busy);
     return 0;
 }
 
@@ -124,13 +79,12 @@ static int
 Lane_clear(Lane *self)
 {
     Py_CLEAR(self->values);
+    Py_CLEAR(self->counters);
     Py_CLEAR(self->deficit);
     Py_CLEAR(self->ptr);
     Py_CLEAR(self->acquire);
     Py_CLEAR(self->release);
-    Py_CLEAR(self->active);
-    for (int i = 0; i < self->n; i++)
-        Py_CLEAR(self->chain[i].cls);
+    Py_CLEAR(self->busy);
     self->n = 0;
     return 0;
 }
@@ -143,8 +97,40 @@ Lane_dealloc(Lane *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* Lane(values, chain, classes, prio, quantum, idx, passthrough, deficit, ptr, lock, active)
- *   chain: tuple of (base, level, buffer, cbuffer, spb, cspb), leaf first; classes: the matching _Class objects */
+/* The object is as long as its chain: the chain tuple is the third argument. */
+static PyObject *
+Lane_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    (void)kwds;
+    Py_ssize_t n = 1;
+    if (PyTuple_Check(args) && PyTuple_GET_SIZE(args) >= 3 && PyTuple_Check(PyTuple_GET_ITEM(args, 2)))
+        n = PyTuple_GET_SIZE(PyTuple_GET_ITEM(args, 2));
+    if (n < 1 || n > MAX_CHAIN) {
+        PyErr_Format(PyExc_ValueError, "Lane: chain must hold 1..%d classes", MAX_CHAIN);
+        return NULL;
+    }
+    return type->tp_alloc(type, n);
+}
+
+/* Whether `obj` exports a writable C-contiguous buffer of 8-byte items in one of `formats`; its length in items. */
+static int
+check_buffer(PyObject *obj, const char *formats, const char *what, Py_ssize_t *nitems)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_FORMAT | PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    int ok = view.itemsize == 8 && view.format != NULL && strlen(view.format) == 1 && strchr(formats, view.format[0]);
+    *nitems = view.len / 8;
+    PyBuffer_Release(&view);
+    if (!ok) {
+        PyErr_Format(PyExc_TypeError, "Lane: %s must be a writable buffer of 8-byte '%s' items", what, formats);
+        return -1;
+    }
+    return 0;
+}
+
+/* Lane(values, counters, chain, prio, quantum, idx, passthrough, deficit, ptr, lock, busy)
+ *   chain: tuple of (base, level, buffer, cbuffer, spb, cspb, cbase), leaf first */
 static int
 Lane_init(Lane *self, PyObject *args, PyObject *kwds)
 {
@@ -153,64 +139,48 @@ Lane_init(Lane *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_TypeError, "Lane: already initialised");
         return -1;
     }
-    PyObject *values, *chain, *classes, *deficit, *ptr, *lock, *active;
+    PyObject *values, *counters, *chain, *deficit, *ptr, *lock, *busy;
     long prio, quantum, idx, passthrough;
-    if (!PyArg_ParseTuple(args, "OO!O!llllO!O!OO!:Lane", &values, &PyTuple_Type, &chain, &PyTuple_Type, &classes,
-                          &prio, &quantum, &idx, &passthrough, &PyList_Type, &deficit, &PyList_Type, &ptr, &lock,
-                          &PyList_Type, &active))
+    if (!PyArg_ParseTuple(args, "OOO!llllO!O!OO!:Lane", &values, &counters, &PyTuple_Type, &chain, &prio, &quantum,
+                          &idx, &passthrough, &PyList_Type, &deficit, &PyList_Type, &ptr, &lock, &PyList_Type, &busy))
         return -1;
     Py_ssize_t n = PyTuple_GET_SIZE(chain);
-    if (n < 1 || n > MAX_CHAIN || PyTuple_GET_SIZE(classes) != n) {
-        PyErr_Format(PyExc_ValueError, "Lane: chain must hold 1..%d classes, with one class object each", MAX_CHAIN);
+    if (n < 1 || n > Py_SIZE(self)) {
+        PyErr_Format(PyExc_ValueError, "Lane: chain must hold 1..%d classes", (int)Py_SIZE(self));
         return -1;
     }
     if (prio < 0 || prio > 7 || idx < 0 || quantum < 1) {
         PyErr_SetString(PyExc_ValueError, "Lane: prio must be 0..7, idx >= 0 and quantum >= 1");
         return -1;
     }
-    Py_buffer view;
-    if (PyObject_GetBuffer(values, &view, PyBUF_FORMAT | PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+    Py_ssize_t nvals, ncounters;
+    if (check_buffer(values, "d", "values", &nvals) < 0 || check_buffer(counters, "ql", "counters", &ncounters) < 0)
         return -1;
-    int ok = view.itemsize == sizeof(double) && view.format != NULL && strcmp(view.format, "d") == 0;
-    Py_ssize_t nvals = view.len / (Py_ssize_t)sizeof(double);
-    PyBuffer_Release(&view);
-    if (!ok) {
-        PyErr_SetString(PyExc_TypeError, "Lane: values must be a writable buffer of doubles ('d')");
-        return -1;
-    }
-    Py_ssize_t offsets[N_COUNTERS];
-    for (Py_ssize_t i = 0; i < n; i++) {  /* every class of the path must be of the same (slotted) type */
-        PyTypeObject *t = Py_TYPE(PyTuple_GET_ITEM(classes, i));
-        if (t != Py_TYPE(PyTuple_GET_ITEM(classes, 0))) {
-            PyErr_SetString(PyExc_TypeError, "Lane: the class objects of a path must all be of one type");
-            return -1;
-        }
-    }
-    for (int k = 0; k < N_COUNTERS; k++)
-        if ((offsets[k] = counter_offset(Py_TYPE(PyTuple_GET_ITEM(classes, 0)), counter_names[k])) < 0)
-            return -1;
     Lane_clear(self);
-    self->min_len = 0;
-    memcpy(self->offsets, offsets, sizeof offsets);
+    self->min_len = self->min_clen = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         ChainEntry *e = &self->chain[i];
-        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(chain, i), "nldddd:Lane chain entry", &e->base, &e->level,
-                              &e->buffer, &e->cbuffer, &e->spb, &e->cspb))
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(chain, i), "nlddddn:Lane chain entry", &e->base, &e->level,
+                              &e->buffer, &e->cbuffer, &e->spb, &e->cspb, &e->cbase))
             return -1;
-        if (e->base < 0 || e->base > nvals - 3 || e->level < 0 || e->level >= MAX_CHAIN) {
-            PyErr_SetString(PyExc_ValueError, "Lane: a chain entry's slot is outside the store, or its level is not 0..7");
+        if (e->base < 0 || e->base > nvals - 3 || e->level < 0 || e->level >= MAX_CHAIN || e->cbase < 0
+            || e->cbase > ncounters - (C_LENDS + 1)) {
+            PyErr_SetString(PyExc_ValueError,
+                            "Lane: a chain entry's slot or counter row is outside its buffer, or its level is not 0..7");
             return -1;
         }
-        e->cls = Py_NewRef(PyTuple_GET_ITEM(classes, i));
         self->n = (int)i + 1;
         if ((e->base + 3) * (Py_ssize_t)sizeof(double) > self->min_len)
             self->min_len = (e->base + 3) * (Py_ssize_t)sizeof(double);
+        if ((e->cbase + C_LENDS + 1) * 8 > self->min_clen)
+            self->min_clen = (e->cbase + C_LENDS + 1) * 8;
     }
     if (PyList_GET_SIZE(deficit) < MAX_CHAIN || PyList_GET_SIZE(ptr) < MAX_CHAIN * 8) {
         PyErr_SetString(PyExc_ValueError, "Lane: deficit needs 8 entries and ptr 64");
         return -1;
     }
     self->values = Py_NewRef(values);
+    self->counters = Py_NewRef(counters);
     self->deficit = Py_NewRef(deficit);
     self->ptr = Py_NewRef(ptr);
     if (lock != Py_None) {
@@ -224,7 +194,7 @@ Lane_init(Lane *self, PyObject *args, PyObject *kwds)
         self->acquire = acquire;
         self->release = release;
     }
-    self->active = Py_NewRef(active);
+    self->busy = Py_NewRef(busy);
     self->prio = prio;
     self->quantum = quantum;
     self->idx = idx;
@@ -234,7 +204,7 @@ Lane_init(Lane *self, PyObject *args, PyObject *kwds)
 
 /* The DRR step and htb_charge_class, as HTB._charge (the caller holds the lock if there is one). */
 static int
-charge(Lane *self, double *vals, long key, long size, double now)
+charge(Lane *self, double *vals, int64_t *counts, long key, long size, double now)
 {
     long level = key >> 3;
     if (level >= PyList_GET_SIZE(self->deficit) || key >= PyList_GET_SIZE(self->ptr)) {
@@ -278,15 +248,16 @@ charge(Lane *self, double *vals, long key, long size, double now)
         toks = v[0] + diff;
         if (toks > c->buffer)
             toks = c->buffer;
+        int64_t *cnt = counts + c->cbase;
         if (c->level >= level) {
-            if (c->level == level && add_counter(c->cls, self->offsets[C_LENDS], 1) < 0)
-                return -1;
+            if (c->level == level)
+                cnt[C_LENDS] += 1;
             toks -= fsize * c->spb;
             if (toks < token_floor)
                 toks = token_floor;
         }
-        else if (add_counter(c->cls, self->offsets[C_BORROWS], 1) < 0)
-            return -1;
+        else
+            cnt[C_BORROWS] += 1;
         v[0] = toks;
         toks = v[1] + diff;
         if (toks > c->cbuffer)
@@ -296,8 +267,8 @@ charge(Lane *self, double *vals, long key, long size, double now)
             toks = token_floor;
         v[1] = toks;
         v[2] = new_tc;
-        if (add_counter(c->cls, self->offsets[C_BYTES], size) < 0 || add_counter(c->cls, self->offsets[C_PACKETS], 1) < 0)
-            return -1;
+        cnt[C_BYTES] += size;
+        cnt[C_PACKETS] += 1;
     }
     return 0;
 }
@@ -324,14 +295,24 @@ Lane_send(Lane *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_RuntimeError, "Lane: not initialised");
         return NULL;
     }
-    if (size > self->passthrough || PyList_GET_SIZE(self->active) > 0)
+    if (size > self->passthrough || PyList_GET_SIZE(self->busy) > 0)
         return PyLong_FromLong(0);
-    Py_buffer view;
+    Py_buffer view, cview;
     if (PyObject_GetBuffer(self->values, &view, PyBUF_WRITABLE) < 0)
         return NULL;
     if (view.len < self->min_len) {
         PyBuffer_Release(&view);
         PyErr_SetString(PyExc_RuntimeError, "Lane: the token store is smaller than the slots on this path");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(self->counters, &cview, PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    if (cview.len < self->min_clen) {
+        PyBuffer_Release(&cview);
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_RuntimeError, "Lane: the counters buffer is smaller than the rows on this path");
         return NULL;
     }
     double *vals = (double *)view.buf;
@@ -356,19 +337,21 @@ Lane_send(Lane *self, PyObject *const *args, Py_ssize_t nargs)
     if (self->acquire != NULL) {
         PyObject *got = PyObject_CallOneArg(self->acquire, Py_False);
         if (got == NULL) {
+            PyBuffer_Release(&cview);
             PyBuffer_Release(&view);
             return NULL;
         }
         int held = PyObject_IsTrue(got);
         Py_DECREF(got);
         if (held <= 0) {  /* busy (Python waits for it, with a timeout) or an error */
+            PyBuffer_Release(&cview);
             PyBuffer_Release(&view);
             if (held < 0)
                 return NULL;
             return PyLong_FromLong(-1);
         }
     }
-    int rc = charge(self, vals, key, size, now);
+    int rc = charge(self, vals, (int64_t *)cview.buf, key, size, now);
     if (self->release != NULL) {
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);  /* keep charge()'s error, if any, across the release */
@@ -381,11 +364,13 @@ Lane_send(Lane *self, PyObject *const *args, Py_ssize_t nargs)
         else if (r == NULL)
             rc = -1;
     }
+    PyBuffer_Release(&cview);
     PyBuffer_Release(&view);
     if (rc < 0)
         return NULL;
     return PyLong_FromLong(1);
 done:
+    PyBuffer_Release(&cview);
     PyBuffer_Release(&view);
     return PyLong_FromLong(result);
 }
@@ -401,10 +386,10 @@ static PyTypeObject LaneType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "imqd.qdisc._htbfast.Lane",
     .tp_doc = PyDoc_STR("HTB.send_now for one leaf, in C (see imqd/qdisc/_htbfast.c)."),
-    .tp_basicsize = sizeof(Lane),
-    .tp_itemsize = 0,
+    .tp_basicsize = sizeof(Lane) - sizeof(ChainEntry),
+    .tp_itemsize = sizeof(ChainEntry),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_new = PyType_GenericNew,
+    .tp_new = Lane_new,
     .tp_init = (initproc)Lane_init,
     .tp_dealloc = (destructor)Lane_dealloc,
     .tp_traverse = (traverseproc)Lane_traverse,

@@ -43,7 +43,12 @@ class Fifo:
         """Largest packet that, offered to this FIFO while empty, the next dequeue hands straight back.
 
         A parent that sees it is idle may then skip the queue altogether (HTB's :meth:`send_now`)."""
-        return self.limit_bytes if self.limit_bytes is not None else 1 << 62
+        return self.passthrough_for(self.limit_bytes)
+
+    @staticmethod
+    def passthrough_for(limit_bytes: int | None) -> int:
+        """``passthrough_max`` of a FIFO with these limits, without building one (HTB's lazy leaves)."""
+        return limit_bytes if limit_bytes is not None else 1 << 62
 
     def enqueue(self, pkt: QueuedPacket, now: float) -> list[QueuedPacket]:
         q = self._q

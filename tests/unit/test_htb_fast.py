@@ -19,6 +19,7 @@ from test_htb_properties import MTU, trees
 
 from imqd.qdisc import htb as htb_mod
 from imqd.qdisc.base import QueuedPacket
+from imqd.qdisc.counters import FIELDS_PER_COUNTER_SLOT, LocalCounters
 from imqd.qdisc.htb import HTB, HTBClassParams
 from imqd.qdisc.leaves import LeafSpec
 from imqd.qdisc.tokens import FIELDS_PER_SLOT, LocalTokenStore
@@ -35,9 +36,9 @@ def test_the_c_fast_path_is_compiled() -> None:
 
 
 def state(h: HTB, now: float) -> tuple[Any, ...]:
-    classes = tuple((cl.name, tuple(cl.deficit), cl.bytes, cl.packets, cl.borrows, cl.lends) for cl in h._order)
+    classes = tuple((cl.name, tuple(cl.deficit)) for cl in h._order)
     tokens = tuple(struct_bits(v) for v in h.tokens.values)
-    return tokens, tuple(h._ptr), classes, h.backlog_packets, h.class_stats(now)
+    return tokens, tuple(h._ptr), classes, tuple(h.counters.values), h.backlog_packets, h.class_stats(now)
 
 
 def struct_bits(v: float) -> Any:
@@ -111,6 +112,22 @@ def make_store(kind: str) -> LocalTokenStore:
     return {"local": LocalTokenStore, "locked": LockedStore, "memoryview": MemoryviewStore}[kind]()
 
 
+class MemoryviewCounters:
+    """Counters whose values are a memoryview of int64, as a worker's block of the shared segment is."""
+
+    def __init__(self, slots: int = MemoryviewStore.SLOTS) -> None:
+        self.values = memoryview(bytearray(8 * FIELDS_PER_COUNTER_SLOT * slots)).cast("q")
+        self.slots = slots
+
+    def ensure(self, slots: int) -> None:
+        if slots > self.slots:
+            raise ValueError("counters full")
+
+
+def make_counters(kind: str) -> Any:
+    return MemoryviewCounters() if kind == "memoryview" else LocalCounters()
+
+
 @needs_c
 @SETTINGS
 @given(classes=trees(), other=trees(), steps=ops, store=st.sampled_from(["local", "locked", "memoryview"]))
@@ -119,8 +136,8 @@ def test_c_lanes_do_exactly_what_the_python_reference_does(classes: list[HTBClas
                                                              store: str) -> None:
     """The per-packet caller's way (DirectionTree.admit): the lane first, the reference only for its -1."""
     fast_store, ref_store = make_store(store), make_store(store)
-    fast = HTB(classes, 0.0, tokens=fast_store)
-    ref = HTB(classes, 0.0, tokens=ref_store, accelerate=False)
+    fast = HTB(classes, 0.0, tokens=fast_store, counters=make_counters(store))
+    ref = HTB(classes, 0.0, tokens=ref_store, accelerate=False, counters=make_counters(store))
     assert fast.accelerated and not ref.accelerated  # (a tree of TBF leaves only has no lanes)
     now = 0.0
     unit = 10 * MTU * 8 / classes[0].rate
@@ -179,8 +196,8 @@ def test_lanes_decide_steady_traffic_themselves(store: str) -> None:
     classes = [HTBClassParams("p", None, 8e6, 8e6, 3000, 3000),
                HTBClassParams("a", "p", 4e6, 8e6, 3000, 6000),
                HTBClassParams("b", "p", 4e6, 8e6, 3000, 6000)]
-    fast = HTB(classes, 0.0, tokens=make_store(store))
-    ref = HTB(classes, 0.0, tokens=make_store(store), accelerate=False)
+    fast = HTB(classes, 0.0, tokens=make_store(store), counters=make_counters(store))
+    ref = HTB(classes, 0.0, tokens=make_store(store), accelerate=False, counters=make_counters(store))
     decided = sent_total = 0
     now = 0.0
     for i in range(4000):
@@ -240,25 +257,33 @@ def test_a_lane_refuses_what_it_cannot_use() -> None:
     lane_type = htb_mod.Lane
     h = HTB([HTBClassParams("a", None, 8e6, 8e6, 1500, 1500)], 0.0)
     cl = h._leaf_map["a"]
-    spec = ((0, 0, 1.0, 1.0, 1e-6, 1e-6),)
-    good = (spec, (cl,), 0, 1514, 0, 1500, cl.deficit, h._ptr, None, h._active)
-    lane_type(array("d", [0.0] * 3), *good)
-    with pytest.raises(TypeError, match="doubles"):
-        lane_type(array("f", [0.0] * 3), *good)
-    with pytest.raises(ValueError, match="outside the store"):
-        lane_type(array("d", [0.0] * 2), *good)
+    spec = ((0, 0, 1.0, 1.0, 1e-6, 1e-6, 0),)
+    counts = array("q", [0] * 7)
+    good = (0, 1514, 0, 1500, cl.deficit, h._ptr, None, h._busy)
+    lane_type(array("d", [0.0] * 3), counts, spec, *good)
+    with pytest.raises(TypeError, match="values must be a writable buffer"):
+        lane_type(array("f", [0.0] * 3), counts, spec, *good)
+    with pytest.raises(TypeError, match="counters must be a writable buffer"):
+        lane_type(array("d", [0.0] * 3), array("d", [0.0] * 7), spec, *good)
+    with pytest.raises(ValueError, match="outside its buffer"):
+        lane_type(array("d", [0.0] * 2), counts, spec, *good)
+    with pytest.raises(ValueError, match="outside its buffer"):
+        lane_type(array("d", [0.0] * 3), array("q", [0] * 4), spec, *good)
     with pytest.raises(ValueError, match="1..8"):
-        lane_type(array("d", [0.0] * 3), spec * 9, (cl,) * 9, *good[2:])
-    with pytest.raises(TypeError, match="__slots__"):
-        lane_type(array("d", [0.0] * 3), spec, (object(),), *good[2:])
+        lane_type(array("d", [0.0] * 3), counts, spec * 9, *good)
     with pytest.raises(TypeError, match="already initialised"):
-        h.lanes["a"].__init__(array("d", [0.0] * 3), *good)
+        h.lanes["a"].__init__(array("d", [0.0] * 3), counts, spec, *good)
     with pytest.raises(RuntimeError, match="not initialised"):
-        lane_type.__new__(lane_type).send(100, 0.0)
+        lane_type.__new__(lane_type, array("d"), counts, spec).send(100, 0.0)
     store = array("d", [0.0, 0.0, 0.0])
-    lane = lane_type(store, *good)
+    lane = lane_type(store, counts, spec, *good)
     del store[:]  # the lane keeps no buffer export, so the store can change under it: it must notice
     with pytest.raises(RuntimeError, match="smaller"):
+        lane.send(100, 0.0)
+    shrinking = array("q", [0] * 7)
+    lane = lane_type(array("d", [0.0] * 3), shrinking, spec, *good)
+    del shrinking[:]
+    with pytest.raises(RuntimeError, match="counters buffer is smaller"):
         lane.send(100, 0.0)
 
 

@@ -1,0 +1,387 @@
+"""Changing a few classes of a large HTB tree in O(k x log n) instead of rebuilding it (the kernel's
+``htb_change_class`` and ``htb_delete``, one class at a time, rather than ``tc qdisc replace``).
+
+An ISP changes subscribers all day: a plan upgrade re-rates one leaf, a new customer is one leaf more under
+an existing parent, a cancellation removes one.  :meth:`Incremental.update` does exactly those in place --
+the other 9,999 classes keep their queues, tokens, DRR state, scheduler placement and C lanes untouched --
+and hands anything that changes the tree's shape otherwise (a class moved to another parent, a child added
+under a leaf, an inner class removed, a new root) to the full :meth:`HTB.change`, which it is held to
+(tests/unit/test_htb_update.py: the same classes, the same token state, the same DRR order).
+
+A new leaf takes a DRR position between its parent's last leaf and the next one (positions are
+``IDX_GAP`` apart, see ``ClassState``); only when a gap is used up is the tree renumbered, in O(n).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from heapq import heappop, heappush
+from typing import TYPE_CHECKING
+
+from imqd.qdisc.base import QueuedPacket
+from imqd.qdisc.counters import C_DROPS, FIELDS_PER_COUNTER_SLOT, zero_row
+from imqd.qdisc.htb_class import IDX_GAP, ClassState, HTBClassParams
+from imqd.qdisc.htb_plan import NewLeaf, build_leaf, check_slot, tree_positions
+from imqd.qdisc.leaves import change_leaf
+
+if TYPE_CHECKING:
+    from imqd.qdisc.htb import HTB
+
+
+@dataclass
+class UpdatePlan:
+    removed: list[str] = field(default_factory=list)
+    changed: list[HTBClassParams] = field(default_factory=list)
+    added: list[HTBClassParams] = field(default_factory=list)
+    slot_of: dict[str, int] = field(default_factory=dict)  # new or moved slots
+    new_leaves: dict[str, NewLeaf] = field(default_factory=dict)
+
+
+class Incremental:
+    """``HTB.update``: a delta of a few classes, applied in place (mixed into :class:`~imqd.qdisc.htb.HTB`)."""
+
+    def update(self: HTB, upserts: Sequence[HTBClassParams] = (), removals: Iterable[str] = (), *, now: float,
+               fallback: str | None = None) -> list[QueuedPacket]:
+        """Add or change the classes ``upserts`` and remove the classes ``removals``; all-or-nothing.
+
+        Same contract as :meth:`HTB.change` with the resulting class set (definition order: survivors as they
+        were, new classes at the end, in ``upserts`` order): packets of removed classes go to the leaf
+        ``fallback`` or are returned; ValueError changes nothing."""
+        removals = list(removals)
+        plan = self._plan_update(list(upserts), removals, fallback)
+        if plan is None:  # the tree's shape changes beyond what is done in place
+            return self.change(merged_params(self, upserts, removals), now, fallback)
+        return self._apply_update(plan, now, fallback)
+
+    # -- checking ----------------------------------------------------------------------
+    def _plan_update(self: HTB, upserts: list[HTBClassParams], removals: list[str], fallback: str | None
+                     ) -> UpdatePlan | None:
+        """Validate the delta; None when it is one for ``change`` (which then validates it in full)."""
+        classes = self._classes
+        plan = UpdatePlan()
+        removed = set()
+        for name in removals:
+            if name not in classes:
+                raise ValueError(f"class {name!r}: cannot remove: not a class of this tree")
+            if name in removed:
+                raise ValueError(f"class {name!r}: removed twice")
+            removed.add(name)
+        seen: set[str] = set()
+        for p in upserts:  # (checked before anything may send the delta to change(), which would hide these)
+            if not isinstance(p, HTBClassParams):
+                raise ValueError(f"classes: expected HTBClassParams, got {p!r}")
+            if p.name in seen:
+                raise ValueError(f"class {p.name!r}: name: duplicate class name")
+            if p.name in removed:
+                raise ValueError(f"class {p.name!r}: both removed and changed")
+            seen.add(p.name)
+        added_under: dict[str, int] = {}
+        for p in upserts:
+            old = classes.get(p.name)
+            if old is None:
+                par = classes.get(p.parent) if p.parent is not None else None
+                if par is None or par.spec is not None or p.parent in removed:
+                    return None  # a new root, a child under a leaf or under a new/removed class
+                added_under[p.parent] = added_under.get(p.parent, 0) + 1  # type: ignore[index]
+                plan.added.append(p)
+            else:
+                if p.parent != old.parent_name:
+                    return None  # moved
+                plan.changed.append(p)
+        removed_under: dict[str | None, int] = {}
+        for name in removals:
+            cl = classes[name]
+            if cl.spec is None:
+                return None  # an inner class (with its children): the shape changes
+            removed_under[cl.parent_name] = removed_under.get(cl.parent_name, 0) + 1
+        for parent, n in removed_under.items():
+            if parent is not None and classes[parent].nchildren - n + added_under.get(parent, 0) < 1:
+                return None  # the parent would become a leaf
+        if fallback is not None and not (
+            (fallback in self._leaf_map and fallback not in removed) or any(p.name == fallback for p in plan.added)
+        ):
+            raise ValueError(f"fallback: {fallback!r} is not a leaf class of the new tree")
+
+        for p in upserts:  # (before the stores grow below, so a bad leaf changes nothing at all)
+            old = classes.get(p.name)
+            is_leaf = old is None or old.spec is not None
+            if is_leaf and (old is None or old.spec != p.leaf):
+                plan.new_leaves[p.name] = build_leaf(p)
+
+        # Slots: explicit ones must be free (or freed by this delta); new classes without one get a free one.
+        owner = self._slot_owner
+        taken: dict[int, str] = {}
+        for p in upserts:
+            if p.slot >= 0:
+                holder = owner.get(p.slot)
+                if holder is not None and holder != p.name and holder not in removed:
+                    check_slot(p.slot, p.name, {p.slot: holder})
+                check_slot(p.slot, p.name, taken)
+                taken[p.slot] = p.name
+        freed = {classes[name].slot for name in removals}
+        free = sorted(s for s in set(self._slot_free) | freed
+                      if s not in taken and (owner.get(s) is None or owner[s] in removed))
+        top = self._slot_top
+        for p in upserts:
+            old = classes.get(p.name)
+            if p.slot >= 0:
+                if old is None or old.slot != p.slot:
+                    plan.slot_of[p.name] = p.slot
+            elif old is None:
+                if free:
+                    plan.slot_of[p.name] = free.pop(0)
+                else:
+                    while top in taken or top in owner:
+                        top += 1
+                    plan.slot_of[p.name] = top
+                    top += 1
+        if plan.slot_of:
+            need = max(plan.slot_of.values()) + 1
+            self.tokens.ensure(need)  # raises ValueError for a fixed-size store that is too small
+            self.counters.ensure(need)
+
+        plan.removed = removals
+        return plan
+
+    # -- applying ----------------------------------------------------------------------
+    def _apply_update(self: HTB, plan: UpdatePlan, now: float, fallback: str | None) -> list[QueuedPacket]:
+        classes = self._classes
+        sched = self._sched
+        cvals = self._cvals
+        dropped = self._dq_dropped
+        orphans: list[QueuedPacket] = []
+        lanes_for: set[str] = set()
+        gone = [classes[name] for name in plan.removed]
+        for cl in gone:  # first their packets and their place in the scheduler ...
+            if cl.q is not None:
+                orphans.extend(cl.q.drain())
+                self._collect_dropped(cl, dropped)
+            if cl.active:
+                self._deactivate(cl)
+            cl.q = None
+            self._set_backlog(cl)
+            self._lanes.pop(cl.name, None)
+
+        for p in plan.changed:
+            cl = classes[p.name]
+            was_active = cl.active
+            if was_active and cl.spec is not None:
+                sched.deactivate(cl)  # re-placed below with its new prio, queue and mode
+            slot = plan.slot_of.get(p.name, cl.slot)
+            if slot != cl.slot:
+                self._free_slot(cl.slot, cl.name)
+                self._take_slot(slot, cl.name)
+                zero_row(cvals, slot)
+            cl.set_params(p, cl.level, slot, FIELDS_PER_COUNTER_SLOT)
+            if p.name in plan.new_leaves:
+                self._replace_leaf(cl, p, plan.new_leaves[p.name], now)
+            self._fill_slot(cl, now)
+            self._set_backlog(cl)
+            if cl.spec is not None:
+                lanes_for.add(cl.name)
+                active = cl.q is not None and cl.q.backlog_packets > 0
+                if was_active and not active:
+                    cl.active = False  # its new limits dropped everything it held
+                    self._nactive -= 1
+                    if not self._nactive:
+                        self._busy.clear()
+                    if cl.lazy:
+                        cl.q = None
+                elif was_active:
+                    sched.activate(cl, now)
+            else:
+                lanes_for.update(self._leaves_under(cl))
+                sched.refresh(cl, now)
+
+        renumber = False
+        for p in plan.added:
+            par = classes[p.parent]  # type: ignore[index]
+            cl = ClassState(p.name)
+            slot = plan.slot_of[p.name]
+            self._take_slot(slot, p.name)
+            cl.set_params(p, 0, slot, FIELDS_PER_COUNTER_SLOT)
+            new = plan.new_leaves[p.name]
+            cl.set_leaf(None if new.lazy else new.q, p.leaf, new.lazy, new.passthrough)
+            cl.parent = par
+            cl.chain = (cl, *par.chain)
+            par.nchildren += 1
+            classes[p.name] = cl
+            self._leaf_map[p.name] = cl
+            zero_row(cvals, slot)
+            if p.slot < 0:  # a slot HTB picked: whatever a removed class left there is not this one's (a slot
+                with self._locked():  # the caller gives was made fresh by the caller, and may already be
+                    self.tokens.reset(slot)  # in use by another worker that applied this change first)
+            self._fill_slot(cl, now)
+            self._set_backlog(cl)
+            if not self._place_new_leaf(cl, par):
+                renumber = True
+            lanes_for.add(p.name)
+        for cl in gone:  # ... their positions and slots once the new leaves have theirs (a parent whose only
+            self._drop_position(cl)  # leaf is replaced keeps a span throughout)
+            if cl.parent is not None:
+                cl.parent.nchildren -= 1
+            del classes[cl.name]
+            del self._leaf_map[cl.name]
+            self._free_slot(cl.slot, cl.name)
+        if renumber:
+            self._renumber()
+        elif self._accelerate:
+            for name in lanes_for:
+                if name not in classes:
+                    continue  # removed by this update
+                lane = self._build_lane(classes[name])
+                if lane is None:
+                    self._lanes.pop(name, None)
+                else:
+                    self._lanes[name] = lane
+        self._last_now = now
+
+        if orphans:
+            orphans.sort(key=lambda pk: pk.enqueued_at)  # stable: keeps each queue's order
+            if fallback is None:
+                return orphans
+            for pkt in orphans:
+                dropped.extend(self.enqueue(pkt, fallback, now))
+        return []
+
+    def _replace_leaf(self: HTB, cl: ClassState, p: HTBClassParams, new: NewLeaf, now: float) -> None:
+        """New leaf parameters for ``cl``: change its queue in place, or move its packets to the new one."""
+        old_q = cl.q
+        dropped = self._dq_dropped
+        if old_q is None:
+            cl.set_leaf(None if new.lazy else new.q, p.leaf, new.lazy, new.passthrough)
+            return
+        res = None
+        if cl.spec is not None and cl.spec.kind == p.leaf.kind:
+            try:
+                res = change_leaf(old_q, p.leaf)
+            except (ValueError, TypeError):
+                res = None  # validated by build_leaf already: rebuild rather than fail half-way
+        if res is None:
+            self._collect_dropped(cl, dropped)
+            for pkt in old_q.drain():
+                d = new.q.enqueue(pkt, now)
+                if d:
+                    self._cvals[cl.cbase + C_DROPS] += len(d)
+                    dropped.extend(d)
+            cl.set_leaf(new.q, p.leaf, new.lazy, new.passthrough)
+        else:
+            self._cvals[cl.cbase + C_DROPS] += len(res)
+            dropped.extend(res)
+            self._collect_dropped(cl, dropped)
+            cl.set_leaf(old_q, p.leaf, new.lazy, new.passthrough)
+        if new.lazy and not cl.q.backlog_packets:
+            cl.q = None
+
+    def _fill_slot(self: HTB, cl: ClassState, now: float) -> None:
+        """A fresh slot starts with full buckets; a smaller burst takes effect at once."""
+        vals = self._vals
+        b = cl.base
+        with self._locked():
+            if vals[b + 2] != vals[b + 2]:
+                vals[b] = cl.buffer
+                vals[b + 1] = cl.cbuffer
+                vals[b + 2] = now
+            else:
+                if vals[b] > cl.buffer:
+                    vals[b] = cl.buffer
+                if vals[b + 1] > cl.cbuffer:
+                    vals[b + 1] = cl.cbuffer
+
+    # -- slots -------------------------------------------------------------------------
+    def _index_slots(self: HTB) -> None:
+        """Rebuild the slot bookkeeping from the classes (after a full change)."""
+        self._slot_owner = {cl.slot: cl.name for cl in self._classes.values()}
+        self._slot_top = max(self._slot_owner, default=-1) + 1
+        self._slot_free = [s for s in range(self._slot_top) if s not in self._slot_owner]
+
+    def _take_slot(self: HTB, slot: int, name: str) -> None:
+        self._slot_owner[slot] = name
+        if slot >= self._slot_top:
+            self._slot_top = slot + 1  # (slots skipped on the way are not offered again: harmless)
+
+    def _free_slot(self: HTB, slot: int, name: str) -> None:
+        if self._slot_owner.get(slot) == name:  # (a class added by the same update may have it already)
+            del self._slot_owner[slot]
+            heappush(self._slot_free, slot)
+            while self._slot_free and self._slot_free[0] in self._slot_owner:
+                heappop(self._slot_free)  # taken again since it was freed
+
+    # -- DRR positions -----------------------------------------------------------------
+    def _index_positions(self: HTB) -> None:
+        """Rebuild the sorted leaf positions (after a full change or a renumbering)."""
+        self._at = {cl.idx: cl for cl in self._classes.values() if cl.spec is not None}
+        self._pos = sorted(self._at)
+
+    def _place_new_leaf(self: HTB, cl: ClassState, par: ClassState) -> bool:
+        """Give new leaf ``cl`` the position after its parent's last leaf; False if no gap is left there."""
+        pos = self._pos
+        hi = par.hi
+        i = bisect_right(pos, hi)
+        nxt = pos[i] if i < len(pos) else hi + 2 * IDX_GAP
+        if nxt - hi < 2:
+            cl.idx = cl.lo = cl.hi = -1  # placeholder: _renumber gives everything its position
+            return False
+        new = hi + min(IDX_GAP, (nxt - hi) // 2)
+        cl.idx = cl.lo = cl.hi = new
+        for a in par.chain:
+            if a.hi != hi:
+                break
+            a.hi = new
+        insort(pos, new)
+        self._at[new] = cl
+        return True
+
+    def _drop_position(self: HTB, cl: ClassState) -> None:
+        """Forget removed leaf ``cl``'s position; its ancestors' spans shrink to their remaining leaves."""
+        pos = self._pos
+        i = bisect_left(pos, cl.idx)
+        del pos[i]
+        del self._at[cl.idx]
+        after = pos[i] if i < len(pos) else None
+        before = pos[i - 1] if i > 0 else None
+        par = cl.parent
+        for a in par.chain if par is not None else ():
+            if a.lo == cl.idx:
+                a.lo = after  # type: ignore[assignment]  # (it keeps a leaf, so one follows inside its span)
+            if a.hi == cl.idx:
+                a.hi = before  # type: ignore[assignment]
+
+    def _renumber(self: HTB) -> None:
+        """New positions for the whole tree (a gap was used up), keeping every relative order and pointer."""
+        kids: dict[str | None, list[str]] = {None: []}
+        for cl in self._classes.values():
+            kids.setdefault(cl.parent_name, []).append(cl.name)
+        old = sorted((cl.idx, cl) for cl in self._classes.values() if cl.spec is not None and cl.idx >= 0)
+        positions = tree_positions(kids)
+        for cl in self._classes.values():
+            cl.lo, cl.hi = positions[cl.name]
+            cl.idx = cl.lo
+        self._index_positions()
+        old_pos = [p for p, _ in old]
+        end = self._pos[-1] + 1 if self._pos else 0
+        for key, p in enumerate(self._ptr):
+            if p:
+                i = bisect_left(old_pos, p)
+                self._ptr[key] = old[i][1].idx if i < len(old) else end
+        self._lanes.clear()
+        if self._accelerate:
+            self._lanes.update(self._build_lanes())
+
+    def _leaves_under(self: HTB, cl: ClassState) -> list[str]:
+        pos = self._pos
+        return [self._at[p].name for p in pos[bisect_left(pos, cl.lo):bisect_right(pos, cl.hi)]]
+
+
+def merged_params(htb: HTB, upserts: Sequence[HTBClassParams], removals: Iterable[str]) -> list[HTBClassParams]:
+    """The full class list an update amounts to: survivors in definition order (changed ones in place), then
+    the new classes in ``upserts`` order -- what :meth:`HTB.change` gets when the update is not done in place."""
+    gone = set(removals)
+    by_name = {p.name: p for p in upserts}
+    out = [by_name.pop(cl.name, cl.params) for cl in htb._classes.values() if cl.name not in gone]
+    return out + [p for p in upserts if p.name in by_name]
+
+
+__all__ = ["Incremental", "UpdatePlan", "merged_params"]
