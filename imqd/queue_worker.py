@@ -145,7 +145,6 @@ class QueueWorker:
         self._drain_start = 0  # counters.packets when the current drain of the socket began
         self._first_held: int | None = None
         self._batch = VerdictBatch(opts.queue)
-        self.counter_block: Any = None  # this worker's rows of the shared per-class counters
         # writes one netlink message to the queue's socket; None = no batching (individual verdicts)
         self.write_verdicts: Callable[[bytes], object] | None = None
 
@@ -380,25 +379,7 @@ class QueueWorker:
         }
 
     def send_stats(self) -> None:
-        if self.counter_block is not None:
-            publish_counters_standin(self.shaper, self.counter_block, self._clock())
         self._send(("stats", self.stats()))
-
-
-def publish_counters_standin(shaper: Shaper, block: Any, now: float) -> None:
-    """STAND-IN until HTB writes its counters into ``block`` itself (the lead's change): copy them there.
-
-    Costs what the old per-class stats message cost the worker; goes once HTB takes ``counters=``."""
-    from array import array
-
-    from imqd.shared_counters import FIELDS_PER_COUNTER_SLOT as F
-
-    vals = block.values
-    for st in shaper.class_stats(now).values():
-        inner = st["leaf"] is None  # an inner class's backlog is its subtree's: a reader sums the leaves
-        row = array("q", [st["bytes"], st["packets"], st["drops"], st["borrows"], st["lends"],
-                          0 if inner else st["backlog_packets"], 0 if inner else st["backlog_bytes"]])
-        vals[st["slot"] * F:(st["slot"] + 1) * F] = row
 
 
 def leaf_details(shaper: Shaper) -> dict[str, dict[str, Any]]:
@@ -468,10 +449,14 @@ def worker_main(opts: WorkerOptions, control: Any, lock: Any) -> None:
     counters = (SharedCounters.attach(opts.counters_shm_name, opts.counters_workers, opts.counters_slots)
                 if opts.counters_shm_name else None)
     try:  # however this ends (a fatal bind exits here): unmap the segments before the interpreter tears down
-        shaper = Shaper(tokens=store) if store is not None else Shaper()
+        shared: dict[str, Any] = {}
+        if store is not None:
+            shared["tokens"] = store
+        if counters is not None:  # HTB writes its per-class counters straight into this worker's block
+            shared["counters"] = counters.block(opts.counters_block)
+        shaper = Shaper(**shared)
         shaper.host_buckets = hosts.table if hosts is not None else None
         worker = QueueWorker(opts, shaper, control)
-        worker.counter_block = counters.block(opts.counters_block) if counters is not None else None
         signal.signal(signal.SIGTERM, lambda *_: worker.stop())
         # Take the first configuration before binding, so no packet is ever seen unconfigured.
         msg = control.recv()

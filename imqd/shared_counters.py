@@ -17,12 +17,7 @@ and not yet its packet.  That is fine for statistics.
 from __future__ import annotations
 
 from multiprocessing import shared_memory
-try:  # the lead's HTB counters (the same constants); until that lands on this branch, the agreed values
-    from imqd.qdisc.counters import COUNTER_FIELDS, FIELDS_PER_COUNTER_SLOT
-except ImportError:  # pragma: no cover - removed once imqd/qdisc/counters.py is merged
-    COUNTER_FIELDS = ("bytes", "packets", "drops", "borrows", "lends", "backlog_packets", "backlog_bytes")
-    FIELDS_PER_COUNTER_SLOT = 7
-
+from imqd.qdisc.counters import COUNTER_FIELDS, FIELDS_PER_COUNTER_SLOT
 from imqd.shared_tokens import close_segment
 
 __all__ = ["COUNTER_FIELDS", "FIELDS_PER_COUNTER_SLOT", "FIELD", "CounterBlock", "SharedCounters"]
@@ -33,7 +28,8 @@ _ITEM = 8  # int64
 
 
 class CounterBlock:
-    """One worker's rows: what HTB writes to (``values``: a writable int64 view, ``slot * 7 + field``)."""
+    """One worker's rows, a :class:`~imqd.qdisc.counters.CounterStore` that HTB writes to (``values``: a
+    writable int64 view, ``slot * 7 + field``)."""
 
     def __init__(self, values: memoryview, slots: int) -> None:
         self.values = values
