@@ -44,9 +44,18 @@ RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.tom
  && /opt/imqd/bin/pip install -r /tmp/requirements.txt
 
 COPY . ./
+# The dashboard's chart library (uPlot, pinned in imqd/dashboard/package-lock.json) from npm: package data
+# for the pip install below. A build context that has it already (scripts/bootstrap.sh ran) skips npm.
+RUN if ! scripts/fetch-dashboard-assets.sh 2>/dev/null; then \
+        apt-get update && apt-get install -y --no-install-recommends npm \
+        && scripts/fetch-dashboard-assets.sh && rm -rf /var/lib/apt/lists/*; \
+    fi \
+ && test -s imqd/dashboard/static/vendor/uPlot.iife.min.js
 RUN /opt/imqd/bin/pip install --no-deps . \
  # from / : in /src, `import imqd` would find the source tree instead of what was installed
  && cd / && /opt/imqd/bin/python -c 'import imqd.cli, imqd.qdisc._htbfast, netfilterqueue' \
+ # the dashboard's page and chart library were installed as package data
+ && /opt/imqd/bin/python -c 'import imqd.dashboard as d, pathlib; p = pathlib.Path(d.__file__).parent / "static"; assert (p / "index.html").is_file() and (p / "vendor" / "uPlot.iife.min.js").is_file(), p' \
  # pip/setuptools are not needed at run time: ~15 MB.
  && /opt/imqd/bin/pip uninstall -y -q pip setuptools
 

@@ -144,11 +144,26 @@ def build_parser() -> argparse.ArgumentParser:
         add_client_options(cp)
     st = sub.add_parser("stats", help="per-class and per-worker statistics from the API")
     st.add_argument("--json", action="store_true", help="print the raw JSON")
+    st.add_argument("--top", type=positive_int, metavar="N", help="only the N classes with the highest rate now")
+    st.add_argument("--parent", metavar="NAME", help="only the children of class NAME")
+    st.add_argument("--class", dest="classes", action="append", metavar="NAME",
+                    help="only class NAME (repeatable)")
     add_client_options(st)
     en = sub.add_parser("enable", help="switch shaping on (on) or off (off)")
     en.add_argument("state", choices=("on", "off"))
     add_client_options(en)
     return parser
+
+
+def positive_int(text: str) -> int:
+    """argparse type for ``--top``: a whole number of at least 1, or a message naming what is wrong."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def add_client_options(p: argparse.ArgumentParser) -> None:

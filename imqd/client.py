@@ -383,8 +383,18 @@ def cmd_class(api: Api, args: argparse.Namespace, out: TextIO) -> None:
         raise ClientError(f"class: unknown action {action!r}", EXIT_USAGE)
 
 
+def stats_path(args: argparse.Namespace) -> str:
+    """``/stats`` with the filters the command line asked for (``--top``, ``--parent``, ``--class``)."""
+    query: list[tuple[str, str]] = [("class", n) for n in getattr(args, "classes", None) or ()]
+    if getattr(args, "parent", None):
+        query.append(("parent", args.parent))
+    if getattr(args, "top", None):
+        query.append(("top", str(args.top)))
+    return "/stats" + ("?" + urllib.parse.urlencode(query) if query else "")
+
+
 def cmd_stats(api: Api, args: argparse.Namespace, out: TextIO) -> None:
-    _, _, stats = api.request("GET", "/stats")
+    _, _, stats = api.request("GET", stats_path(args))
     if getattr(args, "json", False):
         print(json.dumps(stats, indent=2), file=out)
     else:

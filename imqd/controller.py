@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from imqd.config import Config, ConfigError, save_config_atomic
+from imqd.stats_sampler import CounterSnapshot, LinkHistory
+from imqd.stats_view import SnapshotCounters, StatsQuery, class_entries, select
 
 # Every class needs a token slot in the workers' shared store (imqd.shared_tokens.DEFAULT_SLOTS
 # is larger); refusing bigger trees here keeps a change from failing after it was saved.
@@ -36,14 +38,18 @@ class Workers(Protocol):
 
     def worker_stats(self) -> list[dict[str, Any]]: ...
 
-    def class_stats(self) -> dict[str, dict[str, Any]]: ...
+    def counter_snapshot(self) -> CounterSnapshot: ...
+
+    link_history: LinkHistory
 
 
 class Controller:
     """Serialises changes: validate -> persist -> apply to all workers."""
 
     #: set by ``imqd run``: adds each class's ``matched`` and the ``warnings`` list to the stats (imqd.hook_checks)
-    stats_hook: Callable[[Config, dict[str, Any]], dict[str, Any]] | None = None
+    #: adds to each stats answer (``imqd run``: the no-match and placement warnings); given the answer and every
+    #: class's counters (a mapping name -> counters), whatever classes the query selected
+    stats_hook: Callable[[Config, dict[str, Any], Mapping[str, Any]], dict[str, Any]] | None = None
 
     def __init__(self, config: Config, path: Path | None, workers: Workers,
                  on_change: Callable[[Config], None] | None = None) -> None:
@@ -101,23 +107,14 @@ class Controller:
     def list_classes(self) -> list[dict[str, Any]]:
         return [c.model_dump(mode="json") for c in self.config.classes]
 
-    def stats(self) -> dict[str, Any]:
-        per_class = self.workers.class_stats()
-        classes = {}
-        for cls in self.config.classes:
-            st = per_class.get(cls.name, {})
-            classes[cls.name] = {
-                "direction": cls.direction,
-                "bytes": st.get("bytes", 0),
-                "packets": st.get("packets", 0),
-                "drops": st.get("drops", 0),
-                "backlog": {"packets": st.get("backlog_packets", 0), "bytes": st.get("backlog_bytes", 0)},
-                "rate_bps": round(st.get("rate_bps", 0.0)),
-                "borrowed": st.get("borrows", 0),
-                "lends": st.get("lends", 0),
-            }
-            if "qdisc" in st:
-                classes[cls.name]["qdisc"] = st["qdisc"]
-        out = {"enabled": self.workers.enabled, "classes": classes, "workers": self.workers.worker_stats(),
+    def stats(self, query: StatsQuery = StatsQuery()) -> dict[str, Any]:
+        """Counters of the classes ``query`` selects (ConfigError naming a bad parameter), link totals
+        per direction and the workers, all from the supervisor's latest sample."""
+        snap = self.workers.counter_snapshot()
+        classes = select(self.config, snap, query)
+        out = {"enabled": self.workers.enabled, "time": round(snap.wall, 3), "directions": snap.directions,
+               "classes": class_entries(classes, snap), "workers": self.workers.worker_stats(),
                "last_apply_seconds": self.last_apply_s}
-        return self.stats_hook(self.config, out) if self.stats_hook is not None else out
+        if self.stats_hook is not None:  # (it watches every class, whatever the query shows)
+            out = self.stats_hook(self.config, out, SnapshotCounters(snap))
+        return out

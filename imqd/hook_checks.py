@@ -313,12 +313,15 @@ class MatchWatch:
                 self._traffic[name] += value - old if value >= old else value  # fell: a new worker counts anew
             self._worker_seen[key] = now
 
-    def observe(self, now: float, config: Config, stats: dict[str, Any]) -> list[str]:
-        """Record ``stats`` (adds ``matched`` to each of its classes) and return the no-match warnings."""
+    def observe(self, now: float, config: Config, stats: dict[str, Any],
+                counters: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
+        """Record ``stats`` (adds ``matched`` to each of its classes) and return the no-match warnings.
+
+        ``counters``: every class's counters when ``stats`` holds only some (a filtered ``GET /stats``)."""
         self._count_traffic(stats.get("workers") or [])
         classes = stats.get("classes") or {}
         tree = self.tree(config)
-        matched = matched_counts(tree, classes)
+        matched = matched_counts(tree, classes if counters is None else counters)
         for name, st in classes.items():
             st["matched"] = matched.get(name, 0)
         first, self._observed = not self._observed, True

@@ -63,6 +63,11 @@ class WorkerOptions:
     # While traffic flows, an idle worker wakes at least this often (s; 0 = only for the scheduler's events).
     # A CPU left idle for milliseconds makes the next packet's wake-up and Python code cold: see sleep_time.
     idle_tick: float = IDLE_TICK_S
+    # The per-class counter segment (imqd.shared_counters) and which of its blocks is this worker's
+    counters_shm_name: str | None = None
+    counters_workers: int = 1
+    counters_slots: int = 0
+    counters_block: int = 0
 
 
 @dataclass(slots=True)
@@ -374,12 +379,27 @@ class QueueWorker:
             "held": self.shaper.held,
             "version": self.shaper.version,
             "enabled": self.shaper.enabled,
-            "classes": self.shaper.class_stats(now),
+            # per-class counters are in shared memory (imqd.shared_counters); only the few non-FIFO leaves'
+            # own details (top hosts, flows, CoDel) travel
+            "leaves": leaf_details(self.shaper),
             "time": now,
         }
 
     def send_stats(self) -> None:
         self._send(("stats", self.stats()))
+
+
+def leaf_details(shaper: Shaper) -> dict[str, dict[str, Any]]:
+    """``stats()`` of every leaf that has more to say than its counters: fq_codel, sfq, per_host, delay."""
+    out: dict[str, dict[str, Any]] = {}
+    for tree in shaper.trees.values():
+        if tree is None:
+            continue
+        for name in tree.needs_info:  # exactly the leaves that are not a plain FIFO
+            stats = getattr(tree.htb.leaf(name), "stats", None)
+            if stats is not None:
+                out[name] = stats()
+    return out
 
 
 class WorkerError(Exception):
@@ -425,6 +445,7 @@ def pin_to_cpu(cpu: int | None) -> None:
 
 def worker_main(opts: WorkerOptions, control: Any, lock: Any) -> None:
     """Entry point of a worker process (spawned by the supervisor)."""
+    from imqd.shared_counters import SharedCounters
     from imqd.shared_hosts import SharedHostTable
     from imqd.shared_tokens import SharedTokenStore
 
@@ -432,8 +453,15 @@ def worker_main(opts: WorkerOptions, control: Any, lock: Any) -> None:
     pin_to_cpu(opts.cpu)
     store = SharedTokenStore.attach(opts.shm_name, lock) if opts.shm_name else None
     hosts = SharedHostTable.attach(opts.hosts_shm_name, lock) if opts.hosts_shm_name else None
+    counters = (SharedCounters.attach(opts.counters_shm_name, opts.counters_workers, opts.counters_slots)
+                if opts.counters_shm_name else None)
     try:  # however this ends (a fatal bind exits here): unmap the segments before the interpreter tears down
-        shaper = Shaper(tokens=store) if store is not None else Shaper()
+        shared: dict[str, Any] = {}
+        if store is not None:
+            shared["tokens"] = store
+        if counters is not None:  # HTB writes its per-class counters straight into this worker's block
+            shared["counters"] = counters.block(opts.counters_block)
+        shaper = Shaper(**shared)
         shaper.host_buckets = hosts.table if hosts is not None else None
         worker = QueueWorker(opts, shaper, control)
         signal.signal(signal.SIGTERM, lambda *_: worker.stop())
@@ -453,3 +481,5 @@ def worker_main(opts: WorkerOptions, control: Any, lock: Any) -> None:
             store.close()
         if hosts is not None:
             hosts.close()
+        if counters is not None:
+            counters.close()

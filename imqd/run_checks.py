@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from imqd import rules
@@ -84,7 +84,10 @@ class RunChecks:
                 lines.append(memo[key])
         return capped(lines, PLACEMENT_MORE)
 
-    def __call__(self, config: Config, stats: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, config: Config, stats: dict[str, Any], counters: Mapping[str, Any] | None = None
+                 ) -> dict[str, Any]:
+        """Add ``matched`` to ``stats``'s classes and the warnings; ``counters``: every class's counters (the
+        answer may hold only the classes a query selected), default ``stats["classes"]``."""
         now = self.clock()
-        stats["warnings"] = [*self.placement(config, now), *self.watch.observe(now, config, stats)]
+        stats["warnings"] = [*self.placement(config, now), *self.watch.observe(now, config, stats, counters)]
         return stats

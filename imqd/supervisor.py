@@ -20,7 +20,6 @@ import multiprocessing as mp
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -30,8 +29,11 @@ from imqd.config import Config
 from imqd.kernel_queues import PROC_PATH, read_nfqueue_table
 from imqd.qdisc.tokens import SlotMap
 from imqd.queue_worker import EXIT_FATAL, IDLE_TICK_S, WorkerOptions, worker_main
+from imqd.shared_counters import FIELD, FIELDS_PER_COUNTER_SLOT, SharedCounters
 from imqd.shared_hosts import SharedHostTable
 from imqd.shared_tokens import SharedTokenStore, free_if_stuck
+from imqd.stats_sampler import (SAMPLE_INTERVAL_S, CounterSnapshot, LinkHistory, RateMeter, TreeIndex,
+                                build_snapshot, empty_snapshot)
 
 log = logging.getLogger("imqd.supervisor")
 
@@ -40,8 +42,7 @@ APPLY_TIMEOUT_S = 2.0
 CRASH_WINDOW_S = 10.0
 CRASH_LOOP_COUNT = 5
 MAX_BACKOFF_S = 5.0
-RATE_WINDOW_S = 1.0
-SUMMED_CLASS_COUNTERS = ("bytes", "packets", "drops", "backlog_packets", "backlog_bytes", "borrows", "lends")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class SupervisorError(Exception):
@@ -66,28 +67,40 @@ class WorkerSlot:
     stats: dict[str, Any] = field(default_factory=dict)
     fatal: str | None = None
     lost_on_crash: int = 0
-    history: deque[tuple[float, dict[str, int]]] = field(default_factory=deque)  # (worker time, class bytes)
-    rates: dict[str, float] = field(default_factory=dict)  # class -> bit/s over the last second
+    load: WorkerLoad = field(default_factory=lambda: WorkerLoad())
     died_at: float | None = None
     last_restart_s: float | None = None  # from death noticed to the new worker bound
 
 
-def class_rates(history: deque[tuple[float, dict[str, int]]], stats: dict[str, Any],
-                window: float = RATE_WINDOW_S) -> dict[str, float]:
-    """Per-class bit/s over about the last ``window`` seconds, from a worker's successive reports.
+@dataclass
+class WorkerLoad:
+    """Packets/s and CPU use of one worker between two samples: whether the load is spread over the CPUs."""
 
-    Uses the worker's own report times (not when the API was asked), so a report
-    that arrives late does not distort the rate.
-    """
-    now = float(stats.get("time", 0.0))
-    sample = {name: int(st.get("bytes", 0)) for name, st in (stats.get("classes") or {}).items()}
-    history.append((now, sample))
-    while len(history) > 2 and now - history[1][0] >= window:
-        history.popleft()
-    t0, old = history[0]
-    if now <= t0:
-        return {name: 0.0 for name in sample}
-    return {name: max(0.0, (b - old.get(name, b)) * 8 / (now - t0)) for name, b in sample.items()}
+    at: float | None = None
+    packets: int = 0
+    cpu_s: float = 0.0
+    packets_per_second: float = 0.0
+    cpu_percent: float = 0.0
+
+    def update(self, now: float, packets: int, cpu_s: float | None) -> None:
+        if self.at is not None and now > self.at:
+            dt = now - self.at
+            self.packets_per_second = max(0, packets - self.packets) / dt
+            if cpu_s is not None:
+                self.cpu_percent = max(0.0, cpu_s - self.cpu_s) * 100.0 / dt
+        self.at, self.packets, self.cpu_s = now, packets, cpu_s if cpu_s is not None else self.cpu_s
+
+
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of ``pid`` (from /proc), or None when it cannot be read."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: fields 14 and 15 of stat
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def kernel_queue_stats(path: str = PROC_PATH) -> dict[int, dict[str, int]]:
@@ -122,6 +135,15 @@ class Supervisor:
         self.store = SharedTokenStore.create(self.lock)
         self.hosts = SharedHostTable.create(self.lock) if self.worker_lock is not None else None
         self.slot_map = SlotMap(self.store, self.store.slots)
+        # Per-class counters: one block per worker (by queue order), rows numbered like the token store's slots.
+        self.counters = SharedCounters.create(len(queues), self.store.slots)
+        self.block_of = {q: i for i, q in enumerate(queues)}
+        self._meter = RateMeter()
+        self._tree: tuple[Config, dict[str, int], TreeIndex] | None = None
+        self._snapshot: CounterSnapshot | None = None
+        self._sample_lock = threading.Lock()
+        self._counters_closed = False
+        self.link_history = LinkHistory()
         self.config = config
         self.enabled = True
         self.version = 1
@@ -134,6 +156,7 @@ class Supervisor:
         self._stopping = False
         self._started = False  # until start() returns, start() reports a fatal worker, not the monitor
         self._monitor: threading.Thread | None = None
+        self._sampler: threading.Thread | None = None
         self.started_at = time.time()
 
     # -- lifecycle -----------------------------------------------------------
@@ -143,6 +166,8 @@ class Supervisor:
             self._spawn(w)
         self._monitor = threading.Thread(target=self._monitor_loop, name="imqd-monitor", daemon=True)
         self._monitor.start()
+        self._sampler = threading.Thread(target=self._sample_loop, name="imqd-stats", daemon=True)
+        self._sampler.start()
         deadline = time.monotonic() + START_TIMEOUT_S
         with self._cond:
             while True:
@@ -165,7 +190,9 @@ class Supervisor:
         parent, child = self.ctx.Pipe(duplex=True)
         opts = WorkerOptions(queue=w.queue, cpu=w.cpu, max_len=self.max_len, copy_range=self.copy_range,
                              shm_name=self.store.name, idle_tick=self.idle_tick,
-                             hosts_shm_name=self.hosts.name if self.hosts is not None else None)
+                             hosts_shm_name=self.hosts.name if self.hosts is not None else None,
+                             counters_shm_name=self.counters.name, counters_workers=self.counters.workers,
+                             counters_slots=self.counters.slots, counters_block=self.block_of[w.queue])
         proc = self.ctx.Process(target=worker_main, args=(opts, child, self.worker_lock), name=f"imqd-q{w.queue}",
                                 daemon=True)
         proc.start()
@@ -196,8 +223,12 @@ class Supervisor:
                 if w.process.is_alive():
                     w.process.kill()
                     w.process.join(1.0)
-        if self._monitor is not None and self._monitor is not threading.current_thread():
-            self._monitor.join(1.0)
+        for thread in (self._monitor, self._sampler):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(1.0)
+        with self._sample_lock:
+            self._counters_closed = True
+            self.counters.close()
         self.store.close()
         if self.hosts is not None:
             self.hosts.close()
@@ -293,7 +324,6 @@ class Supervisor:
                 w.applied = max(w.applied, msg[1])
             elif kind == "stats":
                 w.stats = msg[1]
-                w.rates = class_rates(w.history, msg[1])
                 w.applied = max(w.applied, msg[1].get("version", -1))
             elif kind == "fatal":
                 w.fatal = msg[1]
@@ -348,8 +378,10 @@ class Supervisor:
         out = []
         for w in self.workers.values():
             s = dict(w.stats)
-            s.pop("classes", None)
+            s.pop("leaves", None)
             s.update(queue=w.queue, cpu=w.cpu, pid=w.pid, alive=self._alive(w), ready=w.ready,
+                     packets_per_second=round(w.load.packets_per_second, 1),
+                     cpu_percent=round(w.load.cpu_percent, 1),
                      restarts=w.restarts, applied_version=w.applied, lost_on_crash=w.lost_on_crash,
                      last_restart_seconds=w.last_restart_s)
             for key in ("packets", "verdicts", "accepted", "drops", "malformed", "errors", "held",
@@ -360,17 +392,41 @@ class Supervisor:
             out.append(s)
         return out
 
-    def class_stats(self) -> dict[str, dict[str, Any]]:
-        """Per-class counters summed over workers (each worker reports its own share)."""
-        out: dict[str, dict[str, Any]] = {}
-        for w in self.workers.values():
-            for name, st in (w.stats.get("classes") or {}).items():
-                agg = out.setdefault(name, dict.fromkeys(SUMMED_CLASS_COUNTERS, 0))
-                for key in SUMMED_CLASS_COUNTERS:
-                    agg[key] += int(st.get(key, 0) or 0)
-                agg["rate_bps"] = agg.get("rate_bps", 0.0) + w.rates.get(name, 0.0)
-                leaf = st.get("leaf") or {}
-                if leaf.get("kind", "fifo") != "fifo":  # fair-queueing / per-host / delay leaves: per worker
-                    agg.setdefault("qdisc", []).append({"queue": w.queue, **leaf})
-                agg["direction"] = st.get("direction")
-        return out
+    # -- per-class counters ---------------------------------------------------
+    def _sample_loop(self) -> None:
+        while not self._stopping:
+            try:
+                self.sample()
+            except Exception:  # noqa: BLE001 - statistics must never stop the supervisor
+                log.exception("sampling the counters failed")
+            time.sleep(SAMPLE_INTERVAL_S)
+
+    def sample(self) -> CounterSnapshot:
+        """Read every worker's counters now: the snapshot that requests read until the next sample."""
+        with self._cond:
+            config, slots = self.config, self.slots
+            tree = self._tree[2] if self._tree and self._tree[0] is config and self._tree[1] is slots else None
+            leaves: dict[str, list[dict[str, Any]]] = {}
+            for w in self.workers.values():
+                for name, leaf in (w.stats.get("leaves") or {}).items():
+                    leaves.setdefault(name, []).append({"queue": w.queue, **leaf})
+            load = [(w, int(w.stats.get("packets", 0) or 0)) for w in self.workers.values()]
+        if tree is None:
+            tree = TreeIndex.of(config, slots)
+            self._tree = (config, slots, tree)
+        with self._sample_lock:
+            if self._counters_closed:  # stop() unmapped the segment
+                return self._snapshot or empty_snapshot(tree)
+            now, wall = time.monotonic(), time.time()
+            totals = self.counters.totals(tree.rows)
+            rates = self._meter.add(now, totals[FIELD["bytes"]::FIELDS_PER_COUNTER_SLOT])
+            snap = build_snapshot(tree, totals, rates, now, wall, leaves)
+            self._snapshot = snap
+            self.link_history.add(snap)
+            for w, packets in load:
+                w.load.update(now, packets, process_cpu_seconds(w.pid if self._alive(w) else None))
+        return snap
+
+    def counter_snapshot(self) -> CounterSnapshot:
+        """The latest sample (taken now if there is none yet); at most SAMPLE_INTERVAL_S old."""
+        return self._snapshot or self.sample()

@@ -25,6 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from imqd.api import APPLY_HEADER, create_app
 from imqd.config import Config, ConfigError, load_config, parse_config
 from imqd.controller import Controller
+from imqd.stats_sampler import CounterSnapshot, LinkHistory
+from stats_fakes import fake_snapshot
 
 TOKEN = "s3cret-token-0123456789"
 
@@ -39,6 +41,8 @@ class FakeWorkers:
         self.is_healthy = True
         self.push_delay = push_delay
         self.counters: dict[str, dict[str, Any]] = {}
+        self.config: Config = parse_config({"classes": []})
+        self.link_history = LinkHistory()
         self.workers: list[dict[str, Any]] = [
             {"queue": 0, "cpu": 0, "pid": 4242, "alive": True, "ready": True, "restarts": 1, "packets": 100,
              "verdicts": 90, "drops": 3, "malformed": 2, "held": 10, "lost_on_crash": 0},
@@ -53,6 +57,7 @@ class FakeWorkers:
             time.sleep(self.push_delay)
         with self._lock:
             self.pushes.append(config)
+            self.config = config
         return time.monotonic() - t0 + 0.0005
 
     def set_enabled(self, enabled: bool) -> float:
@@ -66,8 +71,10 @@ class FakeWorkers:
     def worker_stats(self) -> list[dict[str, Any]]:
         return [dict(w) for w in self.workers]
 
-    def class_stats(self) -> dict[str, dict[str, Any]]:
-        return {k: dict(v) for k, v in self.counters.items()}
+    def counter_snapshot(self) -> CounterSnapshot:
+        """What the supervisor's sampler would make of ``counters`` (per class: the shared-memory fields,
+        ``rate_bps`` and ``qdisc``), for the config last pushed."""
+        return fake_snapshot(self.config, self.counters)
 
 
 def make_controller(tmp_path: Path, classes: list[dict[str, Any]] | None = None, **kw: Any
@@ -75,6 +82,7 @@ def make_controller(tmp_path: Path, classes: list[dict[str, Any]] | None = None,
     path = tmp_path / "imqd.yaml"
     workers = FakeWorkers(**kw)
     config = parse_config({"classes": classes or []})
+    workers.config = config
     return Controller(config, path, workers), workers, path
 
 
@@ -341,7 +349,10 @@ def test_stats(env: Any) -> None:
     assert body["classes"]["root"]["bytes"] == 0
     assert [w["queue"] for w in body["workers"]] == [0, 1]
     assert body["workers"][0]["malformed"] == 2
-    workers.counters["web"]["rate_bps"] = 1_000_000.4  # the supervisor measures it from worker reports
+    assert body["classes"]["root"]["backlog"] == {"packets": 3, "bytes": 4500}, "an inner class: its subtree's"
+    assert body["directions"]["egress"]["backlog"] == {"packets": 3, "bytes": 4500}
+    assert body["directions"]["egress"]["drops"] == 2 and body["directions"]["ingress"]["classes"] == 0
+    workers.counters["web"]["rate_bps"] = 1_000_000.4  # the supervisor measures it from its samples
     assert client.get("/stats").json()["classes"]["web"]["rate_bps"] == 1_000_000
 
 
@@ -391,8 +402,9 @@ def test_metrics(env: Any) -> None:
     assert cls("imqd_class_bytes_total", "web") == 9000
     assert cls("imqd_class_drops_total", "web") == 1
     assert cls("imqd_class_backlog_packets", "web") == 2
-    assert cls("imqd_class_configured_rate_bits_per_second", "web") == 20e6
-    assert cls("imqd_class_configured_ceil_bits_per_second", "root") == 100e6
+    assert cls("imqd_class_configured_rate_bytes_per_second", "web") == 20e6 / 8
+    assert cls("imqd_class_configured_ceil_bytes_per_second", "root") == 100e6 / 8
+    assert not any("bits" in name for name, _ in samples), "base unit bytes: a scraper rates the byte counters"
     assert wrk("imqd_worker_packets_total", "0") == 100 and wrk("imqd_worker_packets_total", "1") == 50
     assert wrk("imqd_worker_restarts_total", "0") == 1
     assert wrk("imqd_worker_held_packets", "0") == 10
@@ -401,7 +413,7 @@ def test_metrics(env: Any) -> None:
     workers.counters["web"]["bytes"] = 12000
     workers.enabled = False
     text = client.get("/metrics").text
-    assert 'imqd_class_bytes_total{class="web",direction="egress"} 12000.0' in text
+    assert 'imqd_class_bytes_total{class="web",direction="egress"} 12000\n' in text
     assert "imqd_enabled 0.0" in text
     # its own registry: nothing leaks into the process-global one
     assert REGISTRY.get_sample_value("imqd_enabled") is None
@@ -610,7 +622,7 @@ def test_leaf_stats_reach_stats_and_metrics(env: Any) -> None:
     families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
     (drops,) = families["imqd_class_codel_drops"].samples
     assert drops.value == 7 and drops.labels == {"class": "web", "direction": "egress"}
-    assert families["imqd_class_max_sojourn"].samples[0].value == 0.009
+    assert families["imqd_class_max_sojourn_seconds"].samples[0].value == 0.009
 
 
 def test_controller_tells_its_follower_about_each_change_and_survives_its_failure(tmp_path: Path) -> None:

@@ -337,3 +337,19 @@ def test_error_line() -> None:
     assert error_line(422, body) == "HTTP 422: classes.x.ceil: ceil 1mbit is below rate 5mbit; rate: multi line"
     assert error_line(500, "Internal Server Error") == "HTTP 500: Internal Server Error"
     assert error_line(502, None) == "HTTP 502"
+
+
+def test_stats_top_parent_and_class(env: Env) -> None:
+    env.workers.counters = {"web": {"rate_bps": 5e6}, "bulk": {"rate_bps": 9e6}}
+    code, out, _ = env.run("stats", "--top", "1", "--json")
+    assert code == 0 and list(json.loads(out)["classes"]) == ["bulk"]
+    code, out, _ = env.run("stats", "--top", "2")
+    rows = [line.split()[0] for line in out.splitlines() if line.startswith(("web ", "bulk ", "root "))]
+    assert code == 0 and rows == ["bulk", "web"], "highest rate first"
+    code, out, _ = env.run("stats", "--parent", "root", "--class", "web", "--json")
+    assert code == 0 and list(json.loads(out)["classes"]) == ["web"]
+    code, _, err = env.run("stats", "--class", "nosuch")
+    assert code != 0 and "nosuch" in err
+    with pytest.raises(SystemExit) as exc:  # argparse refuses it before any request
+        env.run("stats", "--top", "0")
+    assert exc.value.code == 2

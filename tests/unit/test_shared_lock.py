@@ -60,3 +60,4 @@ def test_the_supervisor_frees_the_lock_when_a_worker_dies(caplog: Any) -> None:
     finally:
         sup.store.close()
         sup.hosts.close()
+        sup.counters.close()

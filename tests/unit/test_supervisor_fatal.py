@@ -23,6 +23,7 @@ def supervisor() -> Iterator[Supervisor]:
         yield sup
     finally:
         sup.store.close()
+        sup.counters.close()
 
 
 def exited(sup: Supervisor, code: int, fatal: str | None) -> None:
