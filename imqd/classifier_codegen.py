@@ -6,11 +6,12 @@ the fields some test needs and has three parts:
 
 1. the fields: for IPv4 without options straight from the header bytes, else through ``parse_headers`` (which
    raises ``MalformedPacket``); the packet's mark and interface names only when a test reads them;
-2. one probe per index table present (:mod:`imqd.classifier_index`), keeping the smallest order found in
-   ``o`` and its class in ``n``;
-3. the rules the index does not hold, as ``if`` statements in order.  With an index, each also asks
-   ``o > ORDER`` (an indexed rule found earlier in the order wins) and they form one ``elif`` chain, so the
-   first that holds ends it.  Without one they return directly, as a plain first-match list.
+2. one probe per index table of the packet's family (:mod:`imqd.classifier_index`), keeping in ``e`` the
+   slot of smallest order found; a probe that finds nothing gives ``_MISS``, ``(NO_ORDER, default, None)``.
+   With many tables, an exact-address cache in front (:func:`cached_field`);
+3. the rules the index does not hold, as ``if`` statements in order, each returning its class.  With an
+   index, each also asks ``e[0] > ORDER``: the indexed rule found wins when it comes first.  The answer
+   is ``e[1]`` when none of them holds (or the default, without an index).
 """
 
 from __future__ import annotations
@@ -26,7 +27,12 @@ from imqd.packet import PORT_PROTOS, parse_headers
 if TYPE_CHECKING:
     from imqd.classifier import Match
 
-__all__ = ["Shape", "classify_packet_source", "classify_source", "compile_function"]
+__all__ = ["Shape", "classify_packet_source", "classify_source", "compile_function", "reset_caches"]
+
+#: fewest tables a family must have for its answers to be cached by address (see cached_field)
+CACHE_MIN_TABLES = 3
+#: most addresses a cache holds before it starts again (~1.5 MB)
+CACHE_SIZE = 16_384
 
 _ATTRS = ("family", "src", "dst", "proto", "sport", "dport", "dscp")  # PacketInfo fields rules may read
 
@@ -77,6 +83,8 @@ def compile_function(source: str, name: str, tables: Sequence[dict[int, Any]], d
     ns = {} if namespace is None else namespace
     ns.update(_parse=parse_headers, _PORT_PROTOS=PORT_PROTOS, _u32=struct.Struct("!I").unpack_from,
               _two_u32=struct.Struct("!II").unpack_from, _pick=pick, _MISS=miss)
+    if "_cache4" not in ns:
+        reset_caches(ns)
     for i, table in enumerate(tables):
         ns[f"_g{i}"] = table.get
     exec(compile(source, "<imqd.classifier>", "exec"), ns)  # noqa: S102 -- see module doc
@@ -101,8 +109,31 @@ def _probe(i: int, tk: TableKey, used: Collection[str], checks: bool, var: str) 
     return lines
 
 
+def cached_field(shape: Shape, family: int) -> str | None:
+    """The address field an exact-address cache keys ``family``'s answers by, or None for no cache.
+
+    A cache hit costs one dict lookup, a miss the probes plus a store (~80 ns more), so it pays only when a
+    packet has at least ``CACHE_MIN_TABLES`` tables to probe (measured: with 1 table it only costs, with 4
+    it saves ~150 ns per hit, with 8 ~400 ns).  It needs the answer to depend on that one address: every
+    table of the family on the same field and no rule with a further check."""
+    fields = {tk[0] for tk in shape.tables if tk[1] == family}
+    count = sum(1 for tk in shape.tables if tk[1] == family)
+    if count < CACHE_MIN_TABLES or len(fields) != 1 or shape.check_fields:
+        return None
+    return fields.pop()
+
+
+def reset_caches(namespace: dict[str, Any]) -> None:
+    """Empty the exact-address caches (every change of the rules or the default makes their answers stale)."""
+    for family in (4, 6):
+        cache: dict[int, Any] = {}
+        namespace[f"_cache{family}"] = cache
+        namespace[f"_cached{family}"] = cache.get
+
+
 def _probes(shape: Shape, family: int, used: Collection[str]) -> list[str]:
-    """Probe every table of ``family``, keeping in ``e`` the slot of smallest order found."""
+    """Probe every table of ``family``, keeping in ``e`` the slot of smallest order found (through the
+    exact-address cache when :func:`cached_field` says so)."""
     checks = bool(shape.check_fields)
     lines: list[str] = []
     for i, tk in enumerate(shape.tables):
@@ -112,7 +143,14 @@ def _probes(shape: Shape, family: int, used: Collection[str]) -> list[str]:
             lines = _probe(i, tk, used, checks, "e")
         else:
             lines += [*_probe(i, tk, used, checks, "f"), "if f[0] < e[0]:", "    e = f"]
-    return lines or ["e = _MISS"]
+    if not lines:
+        return ["e = _MISS"]
+    key = cached_field(shape, family)
+    if key is None:
+        return lines
+    cache = f"_cache{family}"
+    return [f"e = _cached{family}({key})", "if e is None:", *_indent(lines, 4),
+            f"    if len({cache}) >= {CACHE_SIZE}:", f"        {cache}.clear()", f"    {cache}[{key}] = e"]
 
 
 def _by_family(shape: Shape, used: Collection[str]) -> list[str]:
