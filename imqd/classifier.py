@@ -254,7 +254,7 @@ class Classifier:
         self._rules: tuple[tuple[str, Match], ...] | None = None
         new: list[NewRule] = []
         for i, rule in enumerate(rules):
-            if not (isinstance(rule, tuple) and len(rule) == 2):
+            if not (isinstance(rule, (tuple, list)) and len(rule) == 2):
                 raise TypeError(f"a rule is (class name, Match), got {rule!r}")
             new.append((rule[0], rule[1], i))
         self.update(add=new, default=default)
@@ -282,16 +282,18 @@ class Classifier:
         keeps, a wrong type, a limit passed) raises ``ValueError``/``TypeError`` naming the class, and
         changes nothing.  Cost: O(1) per rule the index holds; a change to the rules it does not hold (no
         address prefix), to the set of prefix lengths present or to the default regenerates the per-packet
-        code, whose size depends on those rules and lengths only, not on the indexed rules.
+        code, whose size depends on those rules and lengths only, not on the indexed rules.  Call it between
+        packets (the worker is single-threaded): a packet classified during an update may see part of it.
         """
         removing = list(remove)
-        adding = list(add)
+        adding = [tuple(rule) if isinstance(rule, list) else rule for rule in add]
         self._check(removing, adding, default)
         for name in removing:
             self._drop(name)
-        for name, m, order in adding:
+        for name, _, _ in adding:  # every replaced rule first: an added rule may take a replaced one's order
             if name in self._records:
                 self._drop(name)
+        for name, m, order in adding:
             self._put(name, m, order)
         if not isinstance(default, _Keep):
             self._default = default
@@ -312,7 +314,7 @@ class Classifier:
                 raise ValueError(f"class {name!r} is removed twice")
             gone.add(name)
         for rule in adding:
-            if not (isinstance(rule, tuple) and len(rule) == 3):
+            if not (isinstance(rule, (tuple, list)) and len(rule) == 3):
                 raise TypeError(f"a rule to add is (class name, Match, order), got {rule!r}")
             name, m, order = rule
             if not isinstance(name, str) or not isinstance(m, Match):
@@ -379,16 +381,19 @@ class Classifier:
         reset_caches(self._ns)
         if shape == self._shape:
             return
-        dicts = [self._index.tables[tk] for tk in tables]
         self.source = classify_packet_source(shape)
-        fn = compile_function(self.source, "classify_packet", dicts, shape.default, self._ns)
+        fn = self._compile(self.source, "classify_packet", shape)
         if self._shape is None:
             self.classify_packet = fn
         else:
             self.classify_packet.__code__ = fn.__code__  # the same function object: see the class doc
         if self._classify is not None:
-            self._classify.__code__ = compile_function(classify_source(shape), "classify", dicts, shape.default, self._ns).__code__
+            self._classify.__code__ = self._compile(classify_source(shape), "classify", shape).__code__
         self._shape = shape
+
+    def _compile(self, source: str, name: str, shape: Shape) -> Any:
+        tables = [self._index.tables[tk] for tk in shape.tables]
+        return compile_function(source, name, tables, shape.default, self._ns)
 
     # --- queries ---------------------------------------------------------------------------------
 
@@ -397,8 +402,7 @@ class Classifier:
         """``classify(info, mark, iif, oif)`` over a parsed PacketInfo (compiled on first use)."""
         if self._classify is None:
             assert self._shape is not None
-            dicts = [self._index.tables[tk] for tk in self._shape.tables]
-            self._classify = compile_function(classify_source(self._shape), "classify", dicts, self._shape.default, self._ns)
+            self._classify = self._compile(classify_source(self._shape), "classify", self._shape)
         return self._classify
 
     def classify_bytes(self, data: bytes, mark: int, iif: str | None, oif: str | None) -> tuple[int, str | None]:

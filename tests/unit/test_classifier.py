@@ -304,8 +304,9 @@ def cidr_texts(draw: st.DrawFn) -> str:
         addr = ".".join(parts)
     elif kind == "v6":
         a = ipaddress.IPv6Address(draw(st.integers(0, 2**128 - 1)))
-        addr = draw(st.sampled_from([a.compressed, a.exploded, a.compressed.upper(), f"::ffff:{draw(st.integers(0, 255))}.1.2.3",
-                                     a.compressed + "%eth0", a.compressed + ":1"]))
+        mapped = f"::ffff:{draw(st.integers(0, 255))}.1.2.3"
+        addr = draw(st.sampled_from([a.compressed, a.exploded, a.compressed.upper(), mapped, a.compressed + "%eth0",
+                                     a.compressed + ":1"]))  # fmt: skip
     else:
         addr = draw(st.text("0123456789abcdef.:%/ x", max_size=20))
     suffix = draw(st.sampled_from(["", "/", "/0", "/8", "/24", "/32", "/33", "/64", "/128", "/129", "/024", "/-1",

@@ -136,7 +136,7 @@ def test_indexed_equals_first_match_reference(ms: list[Match], packets: list[tup
 def plain_matches(draw: st.DrawFn, fields: tuple[str, ...]) -> Match:
     """A subscriber's rule: one address prefix, nothing else (what the exact-address cache serves)."""
     net = draw(prefixes(draw(st.sampled_from([4, 4, 6]))))
-    return Match(**{draw(st.sampled_from(fields)): net})
+    return Match(src=net) if draw(st.sampled_from(fields)) == "src" else Match(dst=net)
 
 
 @st.composite
@@ -363,6 +363,10 @@ def test_replacing_a_rule_may_reuse_its_order_or_take_a_freed_one() -> None:
     c.update(remove=["a"], add=[("b", Match(dst="198.18.1.0/24"), 0), ("c", Match(dst="198.18.1.2/32"), 1)])
     assert c.rules == (("b", Match(dst="198.18.1.0/24")), ("c", Match(dst="198.18.1.2/32")))
     assert _cls(c, "198.18.1.2") == "b"
+    c.update(add=[("b", Match(dst="198.18.1.0/24"), 1), ("c", Match(dst="198.18.1.2/32"), 0)])  # swap orders
+    assert _cls(c, "198.18.1.2") == "c"
+    c.update(remove=["b", "c"])
+    assert len(c) == 0 and _cls(c, "198.18.1.2") is None
 
 
 def test_too_many_unindexed_rules_are_refused_naming_the_class() -> None:
