@@ -289,3 +289,39 @@ def test_classify_bytes_reads_ports_of_an_ipv4_packet() -> None:
     assert c.classify_bytes(web, 0, None, None) == (40, "web")
     assert c.classify_bytes(dns, 0, None, None) == (29, "dns")
     assert c.classify_bytes(frag, 0, None, None)[1] == "rest"
+
+
+# --- Match reads CIDRs with inet_pton when it can: the same as ipaddress ---------------------------
+
+@st.composite
+def cidr_texts(draw: st.DrawFn) -> str:
+    """CIDR-ish strings: valid and invalid addresses of both families, odd prefix spellings."""
+    kind = draw(st.sampled_from(["v4", "v6", "junk"]))
+    if kind == "v4":
+        parts = [str(draw(st.integers(0, 300))) for _ in range(draw(st.sampled_from([4, 4, 4, 3, 5])))]
+        if draw(st.integers(0, 5)) == 0:
+            parts[0] = "0" + parts[0]
+        addr = ".".join(parts)
+    elif kind == "v6":
+        a = ipaddress.IPv6Address(draw(st.integers(0, 2**128 - 1)))
+        mapped = f"::ffff:{draw(st.integers(0, 255))}.1.2.3"
+        addr = draw(st.sampled_from([a.compressed, a.exploded, a.compressed.upper(), mapped, a.compressed + "%eth0",
+                                     a.compressed + ":1"]))  # fmt: skip
+    else:
+        addr = draw(st.text("0123456789abcdef.:%/ x", max_size=20))
+    suffix = draw(st.sampled_from(["", "/", "/0", "/8", "/24", "/32", "/33", "/64", "/128", "/129", "/024", "/-1",
+                                   "/255.255.255.0", "/0.0.0.255", "/ 8", "/٣"]))
+    return addr + suffix
+
+
+@settings(max_examples=600)
+@given(cidr_texts())
+def test_match_reads_cidrs_as_ipaddress_does(text: str) -> None:
+    try:
+        n = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        with pytest.raises(ValueError):
+            Match(dst=text)
+        return
+    m = Match(dst=text)
+    assert (m.family, m.dst_net, m.dst_mask) == (n.version, int(n.network_address), int(n.netmask))
