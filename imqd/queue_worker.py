@@ -21,6 +21,7 @@ and accepted; any unexpected error in the callback accepts the packet.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import select
@@ -32,7 +33,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from imqd.kernel_queues import PROC_PATH, read_nfqueue_table
-from imqd.nfnetlink import VerdictBatch
+from imqd.links import REFRESH_S, LinkCosts
+from imqd.nfnetlink import NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_GSO, VerdictBatch, find_ack, queue_flags_message
 from imqd.packet import MalformedPacket
 from imqd.qdisc.base import QueuedPacket
 from imqd.shaper import Shaper
@@ -46,6 +48,8 @@ IDLE_TICK_S = 0.001  # default WorkerOptions.idle_tick
 KEEP_WARM_S = 1.0  # the idle tick runs while a packet came within this long (not on a router with no traffic)
 
 EXIT_FATAL = 3  # the supervisor must not restart: bad queue number, queue busy, no permission
+ACK_READ_LIMIT = 4096  # datagrams read at most while looking for the kernel's answer to a flags request
+CONFIG_SEQ = 0x494D5100  # netlink sequence numbers of imqd's flags requests ("IMQ" + the flag bit)
 
 
 @dataclass
@@ -62,6 +66,8 @@ class WorkerOptions:
     # While traffic flows, an idle worker wakes at least this often (s; 0 = only for the scheduler's events).
     # A CPU left idle for milliseconds makes the next packet's wake-up and Python code cold: see sleep_time.
     idle_tick: float = IDLE_TICK_S
+    gso: bool = True  # ask the kernel for whole GSO/GRO super-packets (NFQA_CFG_F_GSO); False: --no-gso
+    fail_open: bool = False  # a full queue or socket passes packets unshaped (NFQA_CFG_F_FAIL_OPEN), else drops
 
 
 @dataclass(slots=True)
@@ -72,6 +78,75 @@ class WorkerCounters:
     malformed: int = 0
     errors: int = 0
     batches: int = 0  # batch verdict messages sent
+
+
+@dataclass
+class QueueFlags:
+    """What the kernel answered when the worker asked for its queue flags (shown in /stats)."""
+
+    gso: bool | None = False  # whole super-packets arrive; None: the kernel's answer was not seen
+    gso_status: str = "off: --no-gso"
+    fail_open: bool | None = False  # a full queue or socket passes packets unshaped
+    overflow_status: str = "drop"
+
+    def refused(self) -> list[str]:
+        """One line per flag asked for and not taken, for the operator's log."""
+        return [s for s in (self.gso_status, self.overflow_status) if "refused" in s]
+
+
+def describe_answer(flag: str, error: int | None) -> str:
+    """The kernel's answer to a flags request, for /stats and the log (``error`` as :func:`find_ack`)."""
+    if error == 0:
+        return "on"
+    if error is None:
+        return f"unknown: the kernel's answer to {flag} was not seen (socket overflow?)"
+    code = -error
+    return f"off: the kernel refused {flag} ({errno.errorcode.get(code, code)}: {os.strerror(code)})"
+
+
+def await_ack(recv: Callable[[], bytes | None], seq: int, limit: int = ACK_READ_LIMIT
+              ) -> tuple[int | None, list[bytes]]:
+    """Read datagrams with ``recv`` (None: nothing more waiting) until the kernel's answer to request ``seq``.
+
+    Returns that answer (0 taken, ``-errno`` refused, None if it never came) and every other datagram, in
+    order: packet messages already waiting on the socket, which the caller must hand to netfilterqueue.
+    """
+    others: list[bytes] = []
+    for _ in range(limit):
+        datagram = recv()
+        if datagram is None:
+            break
+        error = find_ack(datagram, seq)
+        if error is not None:
+            return error, others
+        others.append(datagram)
+    return None, others
+
+
+class Replay:
+    """A socket stand-in for ``NetfilterQueue.run_socket``: hands it datagrams the worker read itself."""
+
+    def __init__(self, datagrams: list[bytes]) -> None:
+        self._left = list(reversed(datagrams))
+
+    def recv(self, _size: int) -> bytes:
+        if not self._left:
+            raise BlockingIOError(errno.EAGAIN, "no more datagrams")  # run_socket stops at EAGAIN
+        return self._left.pop()
+
+
+def lost_messages(last_id: int, seen: int, waiting: int, held: int) -> int:
+    """Packets the kernel queued (gave an id) but could not deliver: the socket buffer was full.
+
+    ``last_id`` is the queue's last packet id (ids count from 1 at bind), ``seen`` the packets the worker
+    received since, ``waiting`` the kernel's packets without a verdict and ``held`` those of them the worker
+    has (the rest are still unread in the socket).  The kernel counts these as ``user_dropped`` -- unless
+    the queue fails open, when it accepts them unshaped and counts nothing.  Ids wrap at 2**32; a result
+    that would be negative (the kernel flushed packets of a device that went down) is 0.
+    """
+    unread = max(waiting - held, 0)
+    lost = (last_id - seen - unread) & 0xFFFFFFFF
+    return lost if lost < 0x80000000 else 0
 
 
 class IfaceNames(dict[int, "str | None"]):
@@ -127,12 +202,16 @@ class QueueWorker:
     released, ``_ok`` is flushed, so verdicts follow arrival order within a flow.
     """
 
-    def __init__(self, opts: WorkerOptions, shaper: Shaper, control: Any | None = None) -> None:
+    def __init__(self, opts: WorkerOptions, shaper: Shaper, control: Any | None = None,
+                 links: LinkCosts | None = None) -> None:
         self.opts = opts
         self.shaper = shaper
         self.control = control  # multiprocessing Connection to the supervisor, or None
         self.counters = WorkerCounters()
         self.ifaces = IfaceNames()
+        self.links = links if links is not None else LinkCosts()  # MTUs: what a GSO super-packet costs
+        self.flags = QueueFlags()
+        self.queue_full_samples = 0  # stats samples that found the kernel queue at its max length
         self._nfq: Any = None
         self._stop = False
         self._clock = time.monotonic
@@ -152,7 +231,7 @@ class QueueWorker:
             if tree is not None:
                 now = self._clock()
                 try:
-                    dropped = tree.admit(pkt, pkt.get_payload(), self.ifaces, now)
+                    dropped = tree.admit(pkt, pkt.get_payload(), self.ifaces, now, self.links)
                 except MalformedPacket:
                     c.malformed += 1
                     dropped = None
@@ -263,6 +342,54 @@ class QueueWorker:
             raise WorkerError(describe_bind_error(self.opts.queue, exc)) from None
         self._nfq = nfq
         self.write_verdicts = functools.partial(os.write, nfq.get_fd())
+        self.set_queue_flags()
+
+    def set_queue_flags(self) -> None:
+        """Ask the kernel for the queue flags the options want (a fresh queue has none) and record its answers.
+
+        A kernel that refuses GSO (``EOPNOTSUPP``: older than 3.10) segments super-packets before queueing,
+        as without the flag: the worker runs as before and says so in ``flags``.
+        """
+        opts = self.opts
+        flags = self.flags
+        if opts.gso:
+            error = self._set_flag(NFQA_CFG_F_GSO)
+            flags.gso = None if error is None else error == 0
+            flags.gso_status = describe_answer("NFQA_CFG_F_GSO", error)
+        if opts.fail_open:
+            error = self._set_flag(NFQA_CFG_F_FAIL_OPEN)
+            flags.fail_open = None if error is None else error == 0
+            answer = describe_answer("NFQA_CFG_F_FAIL_OPEN", error)
+            flags.overflow_status = "accept" if error == 0 else f"{'drop' if error else 'accept'} ({answer})"
+
+    def _set_flag(self, bit: int) -> int | None:
+        """Set one flag bit on the bound queue; the kernel's answer (0, -errno, or None if unseen).
+
+        The answer is already on the socket when the write returns (the kernel handles the request in the
+        write), possibly behind packet messages: those go to netfilterqueue after it, in order."""
+        fd = self._nfq.get_fd()
+        seq = CONFIG_SEQ + bit
+        try:
+            os.write(fd, queue_flags_message(self.opts.queue, bit, bit, seq))
+        except OSError as exc:
+            return -(exc.errno or errno.EIO)
+        with socket.socket(fileno=os.dup(fd)) as sock:
+
+            def recv() -> bytes | None:
+                while True:
+                    try:
+                        return sock.recv(65536, socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        return None
+                    except OSError as exc:
+                        if exc.errno != errno.ENOBUFS:  # ENOBUFS: the kernel dropped some; read on
+                            return None
+
+            error, others = await_ack(recv, seq)
+        if others:
+            self._nfq.run_socket(Replay(others))
+            self.flush()
+        return error
 
     def stop(self) -> None:
         self._stop = True
@@ -277,6 +404,7 @@ class QueueWorker:
         shaper = self.shaper
         tick = self.opts.idle_tick
         next_stats = 0.0
+        next_refresh = clock() + REFRESH_S
         warm_until = 0.0
         try:
             while not self._stop:
@@ -298,6 +426,9 @@ class QueueWorker:
                 if now >= next_stats and ctrl is not None:
                     self.send_stats()
                     next_stats = now + STATS_INTERVAL_S
+                if now >= next_refresh:
+                    self.links.refresh()  # MTUs may have changed, devices come and gone
+                    next_refresh = now + REFRESH_S
         finally:
             self.flush()
             self._accept_all(shaper.drain())
@@ -362,6 +493,9 @@ class QueueWorker:
             "malformed": c.malformed,
             "errors": c.errors,
             "batch_verdicts": c.batches,
+            **self.flag_stats(),
+            **self.links.counters(),
+            **self.overflow_stats(),
             # per_host caps that found the shared table's set full and fell back to this worker's own bucket
             "host_bucket_overflows": hosts.overflows if (hosts := self.shaper.host_buckets) is not None else 0,
             "held": self.shaper.held,
@@ -370,6 +504,29 @@ class QueueWorker:
             "classes": self.shaper.class_stats(now),
             "time": now,
         }
+
+    def flag_stats(self) -> dict[str, Any]:
+        f = self.flags
+        return {"gso": f.gso, "gso_status": f.gso_status, "on_overflow": "accept" if f.fail_open else "drop",
+                "overflow_status": f.overflow_status}
+
+    def overflow_stats(self) -> dict[str, int]:
+        """What the kernel could not queue for this worker (see :func:`lost_messages` and docs).
+
+        ``socket_overflows``: packets whose message found the socket buffer full (exact); with
+        ``--on-overflow accept`` they passed unshaped (``unshaped_overflow``), else the kernel dropped them
+        (its ``user_dropped``).  A packet that finds the *queue* full gets no id: the kernel counts it in
+        ``queue_dropped`` when it drops it and nowhere when it accepts it, so ``queue_full_samples`` counts
+        the stats samples (every STATS_INTERVAL_S) that found the queue full."""
+        row = read_nfqueue_table().get(self.opts.queue)
+        if row is None or self._nfq is None:
+            return {"socket_overflows": 0, "unshaped_overflow": 0, "queue_full_samples": self.queue_full_samples}
+        held = self.shaper.held + len(self._ok)
+        lost = lost_messages(row["last_id"], self.counters.packets, row["waiting"], held)
+        if row["waiting"] >= self.opts.max_len:
+            self.queue_full_samples += 1
+        return {"socket_overflows": lost, "unshaped_overflow": lost if self.flags.fail_open else 0,
+                "queue_full_samples": self.queue_full_samples}
 
     def send_stats(self) -> None:
         self._send(("stats", self.stats()))
@@ -425,6 +582,7 @@ def worker_main(opts: WorkerOptions, control: Any, lock: Any) -> None:
     pin_to_cpu(opts.cpu)
     store = SharedTokenStore.attach(opts.shm_name, lock) if opts.shm_name else None
     hosts = SharedHostTable.attach(opts.hosts_shm_name, lock) if opts.hosts_shm_name else None
+    worker: QueueWorker | None = None
     try:  # however this ends (a fatal bind exits here): unmap the segments before the interpreter tears down
         shaper = Shaper(tokens=store) if store is not None else Shaper()
         shaper.host_buckets = hosts.table if hosts is not None else None
@@ -438,10 +596,12 @@ def worker_main(opts: WorkerOptions, control: Any, lock: Any) -> None:
         except WorkerError as exc:
             worker._send(("fatal", str(exc)))
             sys.exit(EXIT_FATAL)
-        worker._send(("ready", opts.queue, os.getpid()))
+        worker._send(("ready", opts.queue, os.getpid(), worker.flags.refused()))
         worker.run()
         worker.send_stats()
     finally:
+        if worker is not None:
+            worker.links.close()
         if store is not None:
             store.close()
         if hosts is not None:
