@@ -101,7 +101,8 @@ def describe_answer(flag: str, error: int | None) -> str:
     if error is None:
         return f"unknown: the kernel's answer to {flag} was not seen (socket overflow?)"
     code = -error
-    return f"off: the kernel refused {flag} ({errno.errorcode.get(code, code)}: {os.strerror(code)})"
+    name = "EOPNOTSUPP" if code == errno.EOPNOTSUPP else errno.errorcode.get(code, str(code))  # the kernel's word
+    return f"off: the kernel refused {flag} ({name}: {os.strerror(code)})"
 
 
 def await_ack(recv: Callable[[], bytes | None], seq: int, limit: int = ACK_READ_LIMIT

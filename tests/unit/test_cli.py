@@ -73,3 +73,37 @@ def test_token_file_is_created_0600_and_open_ones_are_refused(tmp_path: Path,
     os.chmod(path, 0o644)
     with pytest.raises(CliError, match="chmod 600"):
         read_token(path)
+
+
+@pytest.mark.parametrize(("flags", "gso", "fail_open"), [((), True, False), (("--no-gso",), False, False),
+                                                          (("--on-overflow", "accept"), True, True),
+                                                          (("--on-overflow", "drop", "--no-gso"), False, False)])
+def test_gso_and_overflow_flags_reach_the_workers(flags: tuple[str, ...], gso: bool, fail_open: bool,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import imqd.queue_worker
+    import imqd.supervisor
+
+    seen: dict[str, object] = {}
+
+    class Recorder:
+        def __init__(self, queues: list[int], config: object, **kw: object) -> None:
+            seen.update(kw)
+
+        def start(self) -> None:
+            raise imqd.supervisor.SupervisorError("stop here")
+
+        def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(imqd.supervisor, "Supervisor", Recorder)
+    monkeypatch.setattr(imqd.queue_worker, "has_net_admin", lambda: True)
+    assert main(["run", "--queues", "0", "--api", "none", *flags]) == 1
+    assert "stop here" in capsys.readouterr().err
+    assert (seen["gso"], seen["fail_open"]) == (gso, fail_open)
+
+
+def test_a_bad_overflow_choice_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--queues", "0", "--on-overflow", "bypass"])
+    assert "--on-overflow: invalid choice: 'bypass'" in capsys.readouterr().err
