@@ -204,9 +204,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError("imqd run needs CAP_NET_ADMIN (NFQUEUE and iptables): run as root or grant the capability")
     with hold_cpu_latency(cpu_latency):  # released however this ends
         first, last = args.queues
-        sup = Supervisor(list(range(first, last + 1)), config, max_len=kernel_queue_len(config, args.max_len),
-                         copy_range=args.copy_range, idle_tick=args.idle_tick / 1e6, gso=not args.no_gso,
-                         fail_open=args.on_overflow == "accept")
+        fail_open = args.on_overflow == "accept"
+        sup = Supervisor(list(range(first, last + 1)), config,
+                         max_len=kernel_queue_len(config, args.max_len, fail_open), copy_range=args.copy_range,
+                         idle_tick=args.idle_tick / 1e6, gso=not args.no_gso, fail_open=fail_open)
         stop = threading.Event()
         try:
             sup.start()
@@ -286,10 +287,18 @@ def hold_cpu_latency(us: int | None) -> contextlib.AbstractContextManager[Any]:
     return request
 
 
-def kernel_queue_len(config: Config, requested: int) -> int:
-    """The kernel queue must hold every packet a worker may hold: all leaf limits plus some slack."""
+def kernel_queue_len(config: Config, requested: int, fail_open: bool = False) -> int:
+    """The kernel queue must hold every packet a worker may hold: all leaf limits plus some slack.
+
+    With ``--on-overflow accept`` it also holds everything the worker's socket buffer can: then the socket
+    always overflows before the queue does, and the kernel gives every packet it passes unshaped an id the
+    worker can count (``unshaped_overflow``); a packet that finds the queue full is passed uncounted.  It
+    costs no memory the socket would not let the kernel pin anyway (queued = unread, at most the socket's
+    worth, + held)."""
+    from imqd.queue_worker import SOCKET_MESSAGES_MAX
+
     held = sum(c.limit for c in config.classes if config.is_leaf(c.name))
-    return max(requested, held + 1024)
+    return max(requested, held + 1024 + (SOCKET_MESSAGES_MAX if fail_open else 0))
 
 
 def serve_api(controller: Any, api: tuple[str, int], *, token: str | None, open_stats: bool) -> None:

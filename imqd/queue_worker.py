@@ -48,6 +48,11 @@ IDLE_TICK_S = 0.001  # default WorkerOptions.idle_tick
 KEEP_WARM_S = 1.0  # the idle tick runs while a packet came within this long (not on a router with no traffic)
 
 EXIT_FATAL = 3  # the supervisor must not restart: bad queue number, queue busy, no permission
+SOCK_LEN = 8 * 1024 * 1024  # the netlink socket's receive buffer (the kernel doubles it: 16 MiB)
+# The most packet messages that buffer can hold: each costs at least ~512 bytes of skb (830 measured with a
+# 128-byte copy: 20,164 messages).  A kernel queue longer than this plus what the worker holds never fills
+# before the socket does.
+SOCKET_MESSAGES_MAX = 2 * SOCK_LEN // 512
 ACK_READ_LIMIT = 4096  # datagrams read at most while looking for the kernel's answer to a flags request
 CONFIG_SEQ = 0x494D5100  # netlink sequence numbers of imqd's flags requests ("IMQ" + the flag bit)
 
@@ -60,7 +65,7 @@ class WorkerOptions:
     cpu: int | None
     max_len: int = 20000
     copy_range: int = 128
-    sock_len: int = 8 * 1024 * 1024
+    sock_len: int = SOCK_LEN
     shm_name: str | None = None
     hosts_shm_name: str | None = None  # the per-host bucket table (imqd.shared_hosts); None: one worker
     # While traffic flows, an idle worker wakes at least this often (s; 0 = only for the scheduler's events).

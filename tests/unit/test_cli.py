@@ -9,6 +9,7 @@ import pytest
 
 from imqd.cli import host_port_arg, kernel_queue_len, main
 from imqd.config import parse_config
+from imqd.queue_worker import SOCKET_MESSAGES_MAX
 
 
 def test_api_address_parsing() -> None:
@@ -26,6 +27,8 @@ def test_kernel_queue_holds_every_leaf_limit() -> None:
                                     {"name": "b", "parent": "p", "rate": "5mbit", "limit": 5000}]})
     assert kernel_queue_len(cfg, 100) == 35000 + 1024, "inner classes hold nothing"
     assert kernel_queue_len(parse_config({"classes": []}), 20000) == 20000
+    # failing open, the socket must overflow first (the kernel only counts what overflows the socket)
+    assert kernel_queue_len(cfg, 100, fail_open=True) == 35000 + 1024 + SOCKET_MESSAGES_MAX
 
 
 def test_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
