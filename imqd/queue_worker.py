@@ -21,7 +21,6 @@ and accepted; any unexpected error in the callback accepts the packet.
 
 from __future__ import annotations
 
-import errno
 import functools
 import os
 import select
@@ -34,9 +33,10 @@ from typing import Any, Callable
 
 from imqd.kernel_queues import PROC_PATH, read_nfqueue_table
 from imqd.links import REFRESH_S, LinkCosts
-from imqd.nfnetlink import NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_GSO, VerdictBatch, find_ack, queue_flags_message
+from imqd.nfnetlink import NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_GSO, VerdictBatch
 from imqd.packet import MalformedPacket
 from imqd.qdisc.base import QueuedPacket
+from imqd.queue_flags import QueueFlags, Replay, describe_answer, lost_messages, request_flag
 from imqd.shaper import Shaper
 
 BATCH_MAX = 64  # packets whose accept may wait for one batch verdict (bounds the added delay)
@@ -53,8 +53,6 @@ SOCK_LEN = 8 * 1024 * 1024  # the netlink socket's receive buffer (the kernel do
 # 128-byte copy: 20,164 messages).  A kernel queue longer than this plus what the worker holds never fills
 # before the socket does.
 SOCKET_MESSAGES_MAX = 2 * SOCK_LEN // 512
-ACK_READ_LIMIT = 4096  # datagrams read at most while looking for the kernel's answer to a flags request
-CONFIG_SEQ = 0x494D5100  # netlink sequence numbers of imqd's flags requests ("IMQ" + the flag bit)
 
 
 @dataclass
@@ -83,76 +81,6 @@ class WorkerCounters:
     malformed: int = 0
     errors: int = 0
     batches: int = 0  # batch verdict messages sent
-
-
-@dataclass
-class QueueFlags:
-    """What the kernel answered when the worker asked for its queue flags (shown in /stats)."""
-
-    gso: bool | None = False  # whole super-packets arrive; None: the kernel's answer was not seen
-    gso_status: str = "off: --no-gso"
-    fail_open: bool | None = False  # a full queue or socket passes packets unshaped
-    overflow_status: str = "drop"
-
-    def refused(self) -> list[str]:
-        """One line per flag asked for and not taken, for the operator's log."""
-        return [s for s in (self.gso_status, self.overflow_status) if "refused" in s]
-
-
-def describe_answer(flag: str, error: int | None) -> str:
-    """The kernel's answer to a flags request, for /stats and the log (``error`` as :func:`find_ack`)."""
-    if error == 0:
-        return "on"
-    if error is None:
-        return f"unknown: the kernel's answer to {flag} was not seen (socket overflow?)"
-    code = -error
-    name = "EOPNOTSUPP" if code == errno.EOPNOTSUPP else errno.errorcode.get(code, str(code))  # the kernel's word
-    return f"off: the kernel refused {flag} ({name}: {os.strerror(code)})"
-
-
-def await_ack(recv: Callable[[], bytes | None], seq: int, limit: int = ACK_READ_LIMIT
-              ) -> tuple[int | None, list[bytes]]:
-    """Read datagrams with ``recv`` (None: nothing more waiting) until the kernel's answer to request ``seq``.
-
-    Returns that answer (0 taken, ``-errno`` refused, None if it never came) and every other datagram, in
-    order: packet messages already waiting on the socket, which the caller must hand to netfilterqueue.
-    """
-    others: list[bytes] = []
-    for _ in range(limit):
-        datagram = recv()
-        if datagram is None:
-            break
-        error = find_ack(datagram, seq)
-        if error is not None:
-            return error, others
-        others.append(datagram)
-    return None, others
-
-
-class Replay:
-    """A socket stand-in for ``NetfilterQueue.run_socket``: hands it datagrams the worker read itself."""
-
-    def __init__(self, datagrams: list[bytes]) -> None:
-        self._left = list(reversed(datagrams))
-
-    def recv(self, _size: int) -> bytes:
-        if not self._left:
-            raise BlockingIOError(errno.EAGAIN, "no more datagrams")  # run_socket stops at EAGAIN
-        return self._left.pop()
-
-
-def lost_messages(last_id: int, seen: int, waiting: int, held: int) -> int:
-    """Packets the kernel queued (gave an id) but could not deliver: the socket buffer was full.
-
-    ``last_id`` is the queue's last packet id (ids count from 1 at bind), ``seen`` the packets the worker
-    received since, ``waiting`` the kernel's packets without a verdict and ``held`` those of them the worker
-    has (the rest are still unread in the socket).  The kernel counts these as ``user_dropped`` -- unless
-    the queue fails open, when it accepts them unshaped and counts nothing.  Ids wrap at 2**32; a result
-    that would be negative (the kernel flushed packets of a device that went down) is 0.
-    """
-    unread = max(waiting - held, 0)
-    lost = (last_id - seen - unread) & 0xFFFFFFFF
-    return lost if lost < 0x80000000 else 0
 
 
 class IfaceNames(dict[int, "str | None"]):
@@ -371,27 +299,8 @@ class QueueWorker:
     def _set_flag(self, bit: int) -> int | None:
         """Set one flag bit on the bound queue; the kernel's answer (0, -errno, or None if unseen).
 
-        The answer is already on the socket when the write returns (the kernel handles the request in the
-        write), possibly behind packet messages: those go to netfilterqueue after it, in order."""
-        fd = self._nfq.get_fd()
-        seq = CONFIG_SEQ + bit
-        try:
-            os.write(fd, queue_flags_message(self.opts.queue, bit, bit, seq))
-        except OSError as exc:
-            return -(exc.errno or errno.EIO)
-        with socket.socket(fileno=os.dup(fd)) as sock:
-
-            def recv() -> bytes | None:
-                while True:
-                    try:
-                        return sock.recv(65536, socket.MSG_DONTWAIT)
-                    except BlockingIOError:
-                        return None
-                    except OSError as exc:
-                        if exc.errno != errno.ENOBUFS:  # ENOBUFS: the kernel dropped some; read on
-                            return None
-
-            error, others = await_ack(recv, seq)
+        Packet messages read while waiting for the answer go to netfilterqueue after it, in order."""
+        error, others = request_flag(self._nfq.get_fd(), self.opts.queue, bit)
         if others:
             self._nfq.run_socket(Replay(others))
             self.flush()

@@ -12,8 +12,8 @@ import pytest
 
 from imqd.links import LinkCosts
 from imqd.nfnetlink import NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_GSO, queue_flags_message
-from imqd.queue_worker import (CONFIG_SEQ, QueueWorker, Replay, WorkerOptions, await_ack, describe_answer,
-                               lost_messages)
+from imqd.queue_flags import CONFIG_SEQ, Replay, await_ack, describe_answer, lost_messages
+from imqd.queue_worker import QueueWorker, WorkerOptions
 from imqd.shaper import Shaper
 
 
