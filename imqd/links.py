@@ -12,8 +12,8 @@ packet was merged from frames of that link).  MTUs are read with ``SIOCGIFMTU`` 
 worker's own network namespace (``/sys`` may belong to another) on the first packet of a device, and
 forgotten every ``REFRESH_S`` so a changed MTU is seen; ``floor`` is the smallest MTU of any device
 (recomputed then too).  A device that appears with an MTU below ``floor`` is only looked up once one
-of its packets is longer than ``floor``; until the next refresh, its packets between its MTU and
-``floor`` are charged as one segment (at most one segment's headers short per packet).
+of its packets is longer than ``floor``; until the next refresh (at most ``REFRESH_S``), its packets
+between its MTU and ``floor`` are charged as one segment, short of the headers of the others.
 
 The largest GSO/GRO size of a device (``gso_max_size``, ``gro_max_size`` and their IPv4 versions: BIG
 TCP) is asked of rtnetlink only when a packet without a length in its header (BIG TCP) turns up.
@@ -91,17 +91,19 @@ def read_all_mtus(sock: socket.socket) -> list[int]:
     return [m for _, name in socket.if_nameindex() if (m := read_mtu(sock, name)) is not None]
 
 
-class LinkCosts(dict[int, int]):
-    """ifindex -> MTU (a dict: a miss reads the device), ``floor``, and the GSO counters of one worker.
+class LinkCosts:
+    """The MTU of each device (cached; a miss reads it), ``floor``, and the GSO counters of one worker.
 
-    The readers are the kernel's by default; tests give their own: ``mtu_of(ifindex)`` (None: no such
-    device), ``all_mtus()`` and ``gso_max_of(ifindex)``.
+    Slotted: ``floor`` is read for every packet.  The readers are the kernel's by default; tests give their
+    own: ``mtu_of(ifindex)`` (None: no such device), ``all_mtus()`` and ``gso_max_of(ifindex)``.
     """
+
+    __slots__ = ("floor", "gso_packets", "gso_segments", "gso_bytes", "unknown_length", "_mtus", "_gso_max",
+                 "_mtu_of", "_all_mtus", "_gso_max_of", "_sock")
 
     def __init__(self, mtu_of: Callable[[int], int | None] | None = None,
                  all_mtus: Callable[[], list[int]] | None = None,
                  gso_max_of: Callable[[int], int] = read_gso_max) -> None:
-        super().__init__()
         self._sock: socket.socket | None = None
         if mtu_of is None or all_mtus is None:
             sock = self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -110,33 +112,42 @@ class LinkCosts(dict[int, int]):
         self._mtu_of = mtu_of
         self._all_mtus = all_mtus
         self._gso_max_of = gso_max_of
+        self._mtus: dict[int, int] = {}
         self._gso_max: dict[int, int] = {}
-        self.floor = FALLBACK_MTU
+        self.floor = FALLBACK_MTU  # the smallest MTU of any device: no longer packet is a super-packet
         self.gso_packets = 0  # packets charged as more than one segment
         self.gso_segments = 0  # the segments they stand for
         self.gso_bytes = 0  # their IP bytes (as the headers give them)
         self.unknown_length = 0  # BIG TCP packets charged at the device's largest GSO/GRO size
         self.refresh()
 
-    def __missing__(self, index: int) -> int:
-        mtu = self._mtu_of(index)
-        if mtu is None or mtu < MIN_MTU:
-            return self.floor  # gone (its queued packets are dropped) or no IP link: do not cache
-        self[index] = mtu
-        if mtu < self.floor:
-            self.floor = mtu
+    def mtu(self, index: int) -> int:
+        """The MTU of device ``index`` (``floor`` for a device that is gone or carries no IP)."""
+        mtu = self._mtus.get(index)
+        if mtu is None:
+            mtu = self._mtu_of(index)
+            if mtu is None or mtu < MIN_MTU:
+                return self.floor  # gone (its queued packets are dropped) or no IP link: do not cache
+            self._mtus[index] = mtu
+            if mtu < self.floor:
+                self.floor = mtu
         return mtu
+
+    @property
+    def cached(self) -> dict[int, int]:
+        """ifindex -> MTU read since the last refresh."""
+        return dict(self._mtus)
 
     def refresh(self) -> None:
         """Forget every cached MTU and recompute ``floor`` over all devices (every REFRESH_S)."""
-        self.clear()
+        self._mtus.clear()
         self._gso_max.clear()
         self.floor = min((m for m in self._all_mtus() if m >= MIN_MTU), default=FALLBACK_MTU)
 
     def charge(self, pkt: Any, data: bytes, overhead: int) -> int:
         """Bytes to charge for ``pkt`` (header bytes ``data``), ``overhead`` per segment (:mod:`imqd.gso`)."""
         index = pkt.outdev or pkt.indev
-        mtu = self[index]
+        mtu = self.mtu(index)
         cost = wire_cost(data, mtu)
         if not cost.exact:
             gso_max = self._gso_max.get(index)

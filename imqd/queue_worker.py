@@ -294,7 +294,7 @@ class QueueWorker:
             error = self._set_flag(NFQA_CFG_F_FAIL_OPEN)
             flags.fail_open = None if error is None else error == 0
             answer = describe_answer("NFQA_CFG_F_FAIL_OPEN", error)
-            flags.overflow_status = "accept" if error == 0 else f"{'drop' if error else 'accept'} ({answer})"
+            flags.overflow_status = "accept" if error == 0 else f"{'accept' if error is None else 'drop'} ({answer})"
 
     def _set_flag(self, bit: int) -> int | None:
         """Set one flag bit on the bound queue; the kernel's answer (0, -errno, or None if unseen).
@@ -422,7 +422,7 @@ class QueueWorker:
 
     def flag_stats(self) -> dict[str, Any]:
         f = self.flags
-        return {"gso": f.gso, "gso_status": f.gso_status, "on_overflow": "accept" if f.fail_open else "drop",
+        return {"gso": f.gso, "gso_status": f.gso_status, "on_overflow": "drop" if f.fail_open is False else "accept",
                 "overflow_status": f.overflow_status}
 
     def overflow_stats(self) -> dict[str, int]:

@@ -184,8 +184,10 @@ def test_floor_is_the_smallest_ip_mtu_and_follows_new_devices() -> None:
     table, _ = links({1: 65536, 2: 1500, 3: 16})  # 3: no IP link (a CAN bus): ignored
     assert table.floor == 1500
     table._mtu_of = {1: 65536, 2: 1500, 4: 1420}.get  # a tunnel comes up
-    assert table[4] == 1420 and table.floor == 1420
-    assert table[9] == 1420 and 9 not in table, "a device that is gone is not cached"
+    assert table.mtu(4) == 1420 and table.floor == 1420
+    assert table.mtu(9) == 1420 and table.cached == {4: 1420}, "a device that is gone is not cached"
+    table.refresh()
+    assert table.cached == {} and table.floor == 1500
 
 
 def test_charge_uses_the_output_device_else_the_input_device_and_counts() -> None:
@@ -213,7 +215,7 @@ def test_big_tcp_asks_the_device_once() -> None:
 def test_the_real_device_table_reads_this_namespace() -> None:
     table = LinkCosts()
     try:
-        assert table[1] >= 68 and table.floor >= 68  # lo exists in every namespace
+        assert table.mtu(1) >= 68 and table.floor >= 68  # lo exists in every namespace
     finally:
         table.close()
 

@@ -143,3 +143,25 @@ def test_worker_stats_carry_the_flag_and_gso_fields() -> None:
                 "gso_unknown_length", "mtu_floor", "socket_overflows", "unshaped_overflow", "queue_full_samples"):
         assert key in stats, key
     assert stats["mtu_floor"] == 1500 and stats["socket_overflows"] == 0
+
+
+def test_a_refused_flag_is_logged_once_however_many_workers_report_it(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from imqd.config import parse_config
+    from imqd.supervisor import Supervisor
+
+    sup = Supervisor([3, 4], parse_config({"classes": []}), cpus=[], gso=True, fail_open=True)
+    try:
+        line = describe_answer("NFQA_CFG_F_GSO", -errno.EOPNOTSUPP)
+        with caplog.at_level(logging.WARNING, logger="imqd"):
+            for q in (3, 4, 3):  # two workers, one of them restarted
+                sup._on_message(sup.workers[q], ("ready", q, 100 + q, [line]))
+            sup._on_message(sup.workers[4], ("ready", 4, 200, []))
+        assert [r.getMessage() for r in caplog.records] == [f"queue 3: {line}; imqd runs without it"]
+        assert all(w.ready for w in sup.workers.values())
+        assert (sup.gso, sup.fail_open) == (True, True)
+    finally:
+        sup.store.close()
+        if sup.hosts is not None:
+            sup.hosts.close()
