@@ -107,7 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--apply-rules", action="store_true",
                      help="install the NFQUEUE rules at start (only for the interfaces the classes name, "
                           "kept current as classes change) and remove them at exit")
-    run.add_argument("--max-len", type=int, default=20000, help="kernel queue length per worker (held packets)")
+    run.add_argument("--max-len", type=int, default=20000,
+                     help="kernel queue length per worker: packets it holds plus those not yet read; each pins "
+                          "its packet's memory, up to ~64 KB for a GSO super-packet (default 20000)")
+    run.add_argument("--on-overflow", choices=("drop", "accept"), default="drop",
+                     help="a packet that finds its worker's kernel queue or socket full: 'drop' it (default), "
+                          "or 'accept' it unshaped (NFQA_CFG_F_FAIL_OPEN)")
+    run.add_argument("--no-gso", action="store_true",
+                     help="let the kernel cut GSO/GRO super-packets into MTU-sized packets before queueing them "
+                          "(one verdict each: much slower; for kernels or NICs where whole super-packets misbehave)")
     run.add_argument("--copy-range", type=int, default=128, help="bytes of each packet copied to the worker")
     run.add_argument("--idle-tick", type=int, default=1000, metavar="USEC",
                      help="while traffic flows, wake an idle worker every USEC microseconds so the next packet "
@@ -249,8 +257,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     checks = start_checks(config, opts, applying=args.apply_rules)  # before the workers: their counters start at 0
     with hold_cpu_latency(cpu_latency):  # released however this ends
         first, last = args.queues
-        sup = Supervisor(list(range(first, last + 1)), config, max_len=kernel_queue_len(config, args.max_len),
-                         copy_range=args.copy_range, idle_tick=args.idle_tick / 1e6)
+        fail_open = args.on_overflow == "accept"
+        sup = Supervisor(list(range(first, last + 1)), config,
+                         max_len=kernel_queue_len(config, args.max_len, fail_open), copy_range=args.copy_range,
+                         idle_tick=args.idle_tick / 1e6, gso=not args.no_gso, fail_open=fail_open)
         stop = threading.Event()
         try:
             sup.start()
@@ -275,8 +285,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             from imqd.qdisc.htb import ACCELERATED
 
             logging.getLogger("imqd").info(
-                "imqd running: queues %d:%d, %d classes; HTB fast path in %s", first, last, len(config.classes),
-                "C" if ACCELERATED else "Python (the C extension imqd.qdisc._htbfast was not built: slower)")
+                "imqd running: queues %d:%d, %d classes; HTB fast path in %s; GSO super-packets %s; on overflow %s",
+                first, last, len(config.classes),
+                "C" if ACCELERATED else "Python (the C extension imqd.qdisc._htbfast was not built: slower)",
+                "off (--no-gso)" if args.no_gso else "asked for", args.on_overflow)
             controller = Controller(config, config_path, sup, on_change=follow_rules)
             controller.stats_hook = checks
             if api is None:
@@ -355,10 +367,18 @@ def hold_cpu_latency(us: int | None) -> contextlib.AbstractContextManager[Any]:
     return request
 
 
-def kernel_queue_len(config: Config, requested: int) -> int:
-    """The kernel queue must hold every packet a worker may hold: all leaf limits plus some slack."""
+def kernel_queue_len(config: Config, requested: int, fail_open: bool = False) -> int:
+    """The kernel queue must hold every packet a worker may hold: all leaf limits plus some slack.
+
+    With ``--on-overflow accept`` it also holds everything the worker's socket buffer can: then the socket
+    always overflows before the queue does, and the kernel gives every packet it passes unshaped an id the
+    worker can count (``unshaped_overflow``); a packet that finds the queue full is passed uncounted.  It
+    costs no memory the socket would not let the kernel pin anyway (queued = unread, at most the socket's
+    worth, + held)."""
+    from imqd.queue_worker import SOCKET_MESSAGES_MAX
+
     held = sum(c.limit for c in config.classes if config.is_leaf(c.name))
-    return max(requested, held + 1024)
+    return max(requested, held + 1024 + (SOCKET_MESSAGES_MAX if fail_open else 0))
 
 
 def serve_api(controller: Any, api: tuple[str, int], *, token: str | None, open_stats: bool) -> None:

@@ -51,6 +51,18 @@ WORKER_COUNTERS = {
     "host_bucket_overflows": "per-host caps this worker kept alone (the shared table had no room)",
     "restarts": "times the worker was restarted",
     "lost_on_crash": "held packets lost when the worker died",
+    "gso_packets": "GSO/GRO super-packets the worker charged as several segments",
+    "gso_segments": "the wire segments those super-packets stand for",
+    "queue_dropped": "packets the kernel dropped because the worker's queue was full",
+    "user_dropped": "packets the kernel dropped because the worker's socket buffer was full",
+    "unshaped_overflow": "packets the kernel passed unshaped because the socket buffer was full "
+                         "(--on-overflow accept)",
+    "queue_full_samples": "stats samples that found the worker's kernel queue full (with --on-overflow accept "
+                          "the kernel passes such packets unshaped without counting them)",
+}
+WORKER_FLAGS = {
+    "gso": "1 when the kernel queues GSO/GRO super-packets whole for the worker",
+    "fail_open": "1 when a full queue or socket passes packets unshaped instead of dropping them",
 }
 
 
@@ -91,15 +103,19 @@ class StatsCollector:
                     for key, doc in WORKER_COUNTERS.items()}
         held = GaugeMetricFamily("imqd_worker_held_packets", "packets the worker holds now", labels=labels)
         up = GaugeMetricFamily("imqd_worker_up", "1 when the worker is alive and bound to its queue", labels=labels)
+        flags = {key: GaugeMetricFamily("imqd_worker_" + key, doc, labels=labels) for key, doc in WORKER_FLAGS.items()}
         for w in workers:
             lv = [str(w.get("queue", "")), "" if w.get("cpu") is None else str(w.get("cpu"))]
             for key, fam in counters.items():
                 fam.add_metric(lv, float(w.get(key) or 0))
             held.add_metric(lv, float(w.get("held") or 0))
             up.add_metric(lv, 1.0 if w.get("alive", True) and w.get("ready", True) else 0.0)
+            flags["gso"].add_metric(lv, 1.0 if w.get("gso") else 0.0)
+            flags["fail_open"].add_metric(lv, 1.0 if w.get("on_overflow") == "accept" else 0.0)
         yield from counters.values()
         yield held
         yield up
+        yield from flags.values()
 
 
 def metrics_registry(controller: Any) -> CollectorRegistry:

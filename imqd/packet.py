@@ -8,11 +8,18 @@ The length that rates are charged for is the IP header's (IPv4 total length,
 IPv6 payload length + 40), never ``len(data)``: NFQUEUE hands us only a copied
 prefix (see shared/NOTES.md).
 
+A header with no length -- IPv4 total length 0, IPv6 payload length 0, with
+bytes after the header -- is a GSO/GRO super-packet above 64 KB (BIG TCP; the
+IPv6 one may carry a hop-by-hop jumbo option) or an IPv6 jumbogram: the kernel
+drops such an IPv4 packet unless it is one, and trims such an IPv6 packet to
+its 40 bytes otherwise.  Its ``length`` is the least it can be (65536 bytes of
+IPv4 packet or of IPv6 payload); :mod:`imqd.gso` decides what to charge.
+
 What counts as malformed (``MalformedPacket``): too short for the fixed IP
-header, a version other than 4/6, IPv4 IHL < 5, IPv4 total length smaller than
-its header, IPv4 options cut off by the capture, and an IPv6 extension-header
-chain that runs past the payload length (which also covers jumbograms, whose
-payload length is 0).  What is *not* malformed, because the packet itself may
+header, a version other than 4/6, IPv4 IHL < 5, an IPv4 total length smaller
+than its header (other than the 0 above), IPv4 options cut off by the capture,
+and an IPv6 extension-header chain that runs past the payload length.  What is
+*not* malformed, because the packet itself may
 be fine and we only failed to see enough of it: an L4 header cut off by the
 packet end or by the capture (ports -1), and an IPv6 extension chain that runs
 past the *captured prefix* but not past the payload length -- then ``proto`` is
@@ -24,6 +31,8 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+
+from imqd.gso import BIG_LENGTH
 
 __all__ = ["PacketInfo", "MalformedPacket", "parse_headers", "PORT_PROTOS"]
 
@@ -91,7 +100,9 @@ def parse_headers(data: bytes) -> PacketInfo:
         if ihl < 20:
             raise MalformedPacket(f"IPv4 IHL {ihl >> 2} < 5")
         if total < ihl:
-            raise MalformedPacket(f"IPv4 total length {total} < header length {ihl}")
+            if total or n <= ihl:
+                raise MalformedPacket(f"IPv4 total length {total} < header length {ihl}")
+            total = BIG_LENGTH  # BIG TCP: see the module doc
         if n < ihl:
             raise MalformedPacket(f"IPv4 options truncated: {n} < {ihl} bytes")
         foff = frag & 0x1FFF
@@ -109,7 +120,7 @@ def parse_headers(data: bytes) -> PacketInfo:
         vtcfl, plen, nh, _hlim, s_hi, s_lo, d_hi, d_lo = _V6.unpack_from(data)
         src = s_hi << 64 | s_lo
         dst = d_hi << 64 | d_lo
-        end = 40 + plen
+        end = 40 + plen if plen or n <= 40 else 40 + BIG_LENGTH  # BIG TCP or a jumbogram: see the module doc
         fragment = False
         off = 40
         ports = True

@@ -32,9 +32,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from imqd.kernel_queues import PROC_PATH, read_nfqueue_table
-from imqd.nfnetlink import VerdictBatch
+from imqd.links import REFRESH_S, LinkCosts
+from imqd.nfnetlink import NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_GSO, VerdictBatch
 from imqd.packet import MalformedPacket
 from imqd.qdisc.base import QueuedPacket
+from imqd.queue_flags import QueueFlags, Replay, describe_answer, lost_messages, request_flag
 from imqd.rules import HOOK_NAMES
 from imqd.shaper import Shaper
 
@@ -47,6 +49,11 @@ IDLE_TICK_S = 0.001  # default WorkerOptions.idle_tick
 KEEP_WARM_S = 1.0  # the idle tick runs while a packet came within this long (not on a router with no traffic)
 
 EXIT_FATAL = 3  # the supervisor must not restart: bad queue number, queue busy, no permission
+SOCK_LEN = 8 * 1024 * 1024  # the netlink socket's receive buffer (the kernel doubles it: 16 MiB)
+# The most packet messages that buffer can hold: each costs at least ~512 bytes of skb (830 measured with a
+# 128-byte copy: 20,164 messages).  A kernel queue longer than this plus what the worker holds never fills
+# before the socket does.
+SOCKET_MESSAGES_MAX = 2 * SOCK_LEN // 512
 
 
 @dataclass
@@ -57,7 +64,7 @@ class WorkerOptions:
     cpu: int | None
     max_len: int = 20000
     copy_range: int = 128
-    sock_len: int = 8 * 1024 * 1024
+    sock_len: int = SOCK_LEN
     shm_name: str | None = None
     hosts_shm_name: str | None = None  # the per-host bucket table (imqd.shared_hosts); None: one worker
     # While traffic flows, an idle worker wakes at least this often (s; 0 = only for the scheduler's events).
@@ -68,6 +75,8 @@ class WorkerOptions:
     counters_workers: int = 1
     counters_slots: int = 0
     counters_block: int = 0
+    gso: bool = True  # ask the kernel for whole GSO/GRO super-packets (NFQA_CFG_F_GSO); False: --no-gso
+    fail_open: bool = False  # a full queue or socket passes packets unshaped (NFQA_CFG_F_FAIL_OPEN), else drops
 
 
 @dataclass(slots=True)
@@ -136,12 +145,16 @@ class QueueWorker:
     released, ``_ok`` is flushed, so verdicts follow arrival order within a flow.
     """
 
-    def __init__(self, opts: WorkerOptions, shaper: Shaper, control: Any | None = None) -> None:
+    def __init__(self, opts: WorkerOptions, shaper: Shaper, control: Any | None = None,
+                 links: LinkCosts | None = None) -> None:
         self.opts = opts
         self.shaper = shaper
         self.control = control  # multiprocessing Connection to the supervisor, or None
         self.counters = WorkerCounters()
         self.ifaces = IfaceNames()
+        self.links = links if links is not None else LinkCosts()  # MTUs: what a GSO super-packet costs
+        self.flags = QueueFlags()
+        self.queue_full_samples = 0  # stats samples that found the kernel queue at its max length
         self._nfq: Any = None
         self._stop = False
         self._clock = time.monotonic
@@ -163,7 +176,7 @@ class QueueWorker:
             if tree is not None:
                 now = self._clock()
                 try:
-                    dropped = tree.admit(pkt, pkt.get_payload(), self.ifaces, now)
+                    dropped = tree.admit(pkt, pkt.get_payload(), self.ifaces, now, self.links)
                 except MalformedPacket:
                     c.malformed += 1
                     dropped = None
@@ -274,6 +287,35 @@ class QueueWorker:
             raise WorkerError(describe_bind_error(self.opts.queue, exc)) from None
         self._nfq = nfq
         self.write_verdicts = functools.partial(os.write, nfq.get_fd())
+        self.set_queue_flags()
+
+    def set_queue_flags(self) -> None:
+        """Ask the kernel for the queue flags the options want (a fresh queue has none) and record its answers.
+
+        A kernel that refuses GSO (``EOPNOTSUPP``: older than 3.10) segments super-packets before queueing,
+        as without the flag: the worker runs as before and says so in ``flags``.
+        """
+        opts = self.opts
+        flags = self.flags
+        if opts.gso:
+            error = self._set_flag(NFQA_CFG_F_GSO)
+            flags.gso = None if error is None else error == 0
+            flags.gso_status = describe_answer("NFQA_CFG_F_GSO", error)
+        if opts.fail_open:
+            error = self._set_flag(NFQA_CFG_F_FAIL_OPEN)
+            flags.fail_open = None if error is None else error == 0
+            answer = describe_answer("NFQA_CFG_F_FAIL_OPEN", error)
+            flags.overflow_status = "accept" if error == 0 else f"{'accept' if error is None else 'drop'} ({answer})"
+
+    def _set_flag(self, bit: int) -> int | None:
+        """Set one flag bit on the bound queue; the kernel's answer (0, -errno, or None if unseen).
+
+        Packet messages read while waiting for the answer go to netfilterqueue after it, in order."""
+        error, others = request_flag(self._nfq.get_fd(), self.opts.queue, bit)
+        if others:
+            self._nfq.run_socket(Replay(others))
+            self.flush()
+        return error
 
     def stop(self) -> None:
         self._stop = True
@@ -288,6 +330,7 @@ class QueueWorker:
         shaper = self.shaper
         tick = self.opts.idle_tick
         next_stats = 0.0
+        next_refresh = clock() + REFRESH_S
         warm_until = 0.0
         try:
             while not self._stop:
@@ -309,6 +352,9 @@ class QueueWorker:
                 if now >= next_stats and ctrl is not None:
                     self.send_stats()
                     next_stats = now + STATS_INTERVAL_S
+                if now >= next_refresh:
+                    self.links.refresh()  # MTUs may have changed, devices come and gone
+                    next_refresh = now + REFRESH_S
         finally:
             self.flush()
             self._accept_all(shaper.drain())
@@ -374,6 +420,9 @@ class QueueWorker:
             "errors": c.errors,
             "batch_verdicts": c.batches,
             "hook_packets": dict(zip(HOOK_NAMES, c.by_hook)),
+            **self.flag_stats(),
+            **self.links.counters(),
+            **self.overflow_stats(),
             # per_host caps that found the shared table's set full and fell back to this worker's own bucket
             "host_bucket_overflows": hosts.overflows if (hosts := self.shaper.host_buckets) is not None else 0,
             "held": self.shaper.held,
@@ -384,6 +433,29 @@ class QueueWorker:
             "leaves": leaf_details(self.shaper),
             "time": now,
         }
+
+    def flag_stats(self) -> dict[str, Any]:
+        f = self.flags
+        return {"gso": f.gso, "gso_status": f.gso_status, "on_overflow": "drop" if f.fail_open is False else "accept",
+                "overflow_status": f.overflow_status}
+
+    def overflow_stats(self) -> dict[str, int]:
+        """What the kernel could not queue for this worker (see :func:`lost_messages` and docs).
+
+        ``socket_overflows``: packets whose message found the socket buffer full (exact); with
+        ``--on-overflow accept`` they passed unshaped (``unshaped_overflow``), else the kernel dropped them
+        (its ``user_dropped``).  A packet that finds the *queue* full gets no id: the kernel counts it in
+        ``queue_dropped`` when it drops it and nowhere when it accepts it, so ``queue_full_samples`` counts
+        the stats samples (every STATS_INTERVAL_S) that found the queue full."""
+        row = read_nfqueue_table().get(self.opts.queue)
+        if row is None or self._nfq is None:
+            return {"socket_overflows": 0, "unshaped_overflow": 0, "queue_full_samples": self.queue_full_samples}
+        held = self.shaper.held + len(self._ok)
+        lost = lost_messages(row["last_id"], self.counters.packets, row["waiting"], held)
+        if row["waiting"] >= self.opts.max_len:
+            self.queue_full_samples += 1
+        return {"socket_overflows": lost, "unshaped_overflow": lost if self.flags.fail_open else 0,
+                "queue_full_samples": self.queue_full_samples}
 
     def send_stats(self) -> None:
         self._send(("stats", self.stats()))
@@ -455,6 +527,7 @@ def worker_main(opts: WorkerOptions, control: Any, lock: Any) -> None:
     hosts = SharedHostTable.attach(opts.hosts_shm_name, lock) if opts.hosts_shm_name else None
     counters = (SharedCounters.attach(opts.counters_shm_name, opts.counters_workers, opts.counters_slots)
                 if opts.counters_shm_name else None)
+    worker: QueueWorker | None = None
     try:  # however this ends (a fatal bind exits here): unmap the segments before the interpreter tears down
         shared: dict[str, Any] = {}
         if store is not None:
@@ -473,10 +546,12 @@ def worker_main(opts: WorkerOptions, control: Any, lock: Any) -> None:
         except WorkerError as exc:
             worker._send(("fatal", str(exc)))
             sys.exit(EXIT_FATAL)
-        worker._send(("ready", opts.queue, os.getpid()))
+        worker._send(("ready", opts.queue, os.getpid(), worker.flags.refused()))
         worker.run()
         worker.send_stats()
     finally:
+        if worker is not None:
+            worker.links.close()
         if store is not None:
             store.close()
         if hosts is not None:

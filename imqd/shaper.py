@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imqd.classifier import Classifier
 from imqd.config import ClassSpec, Config
@@ -29,6 +29,9 @@ from imqd.qdisc.leaves import LeafSpec
 from imqd.qdisc.perhost import PerHost
 from imqd.qdisc.tokens import LocalTokenStore, SlotMap, TokenStore
 from imqd.rules import INGRESS_HOOKS
+
+if TYPE_CHECKING:
+    from imqd.links import LinkCosts  # the worker's devices (I/O): only its floor and charge() are used here
 
 DIRECTIONS = ("ingress", "egress")
 # netfilter hook number (NF_INET_*, 0..4) -> the tree that shapes it, like IMQ's imq0 and imq1 (imqd.rules)
@@ -106,12 +109,14 @@ class DirectionTree:
         self._send_now_reference = htb.send_now_reference  # for leaves without a lane, and a lane's -1
         self._lanes = htb.lanes  # the C fast path of send_now, when compiled (the same dict for the HTB's life)
 
-    def admit(self, pkt: Any, data: bytes, names: Mapping[int, str | None], now: float
+    def admit(self, pkt: Any, data: bytes, names: Mapping[int, str | None], now: float, links: LinkCosts
               ) -> list[QueuedPacket] | None:
         """Classify one packet from its header bytes, then let it through at once or queue it.
 
         ``pkt`` is the netfilterqueue packet (its mark and ``indev``/``outdev`` are read only when a rule
         tests them; ``names`` maps an ifindex to its name) and becomes the queued packet's handle.
+        A packet longer than ``links.floor`` (the smallest MTU) may be a GSO super-packet: ``links``
+        charges it for every segment the wire will carry (:mod:`imqd.gso`).
         Returns ``None`` when the packet may go now -- no class takes it, or HTB lets it straight through
         (:meth:`HTB.send_now`) -- and the caller accepts it.  Otherwise the scheduler holds it and the
         returned list holds what its leaf dropped (maybe the packet itself): the caller drops those.
@@ -121,6 +126,8 @@ class DirectionTree:
         if leaf is None:
             return None
         size = length + self.overhead[leaf]
+        if length > links.floor:
+            size = links.charge(pkt, data, self.overhead[leaf])
         lane = self._lanes.get(leaf)
         sent = lane.send(size, now) if lane is not None else -1  # HTB.lanes: 1 sent, 0 queue it, -1 ask
         if sent == 1 or (sent < 0 and self._send_now_reference(leaf, size, now)):

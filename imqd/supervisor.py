@@ -120,7 +120,8 @@ class Supervisor:
     """One worker per queue, restarted when it dies; configuration pushed to all."""
 
     def __init__(self, queues: list[int], config: Config, *, max_len: int = 20000, copy_range: int = 128,
-                 idle_tick: float = IDLE_TICK_S, cpus: list[int] | None = None) -> None:
+                 idle_tick: float = IDLE_TICK_S, cpus: list[int] | None = None, gso: bool = True,
+                 fail_open: bool = False) -> None:
         if not queues:
             raise SupervisorError("no queues given")
         self.ctx = mp.get_context("forkserver")
@@ -152,6 +153,9 @@ class Supervisor:
         self.max_len = max_len
         self.copy_range = copy_range
         self.idle_tick = idle_tick
+        self.gso = gso  # ask for whole GSO super-packets (False: --no-gso)
+        self.fail_open = fail_open  # --on-overflow accept
+        self._refusals_logged: set[str] = set()  # queue flags the kernel refused, logged once each
         self._cond = threading.Condition()
         self._stopping = False
         self._started = False  # until start() returns, start() reports a fatal worker, not the monitor
@@ -192,7 +196,8 @@ class Supervisor:
                              shm_name=self.store.name, idle_tick=self.idle_tick,
                              hosts_shm_name=self.hosts.name if self.hosts is not None else None,
                              counters_shm_name=self.counters.name, counters_workers=self.counters.workers,
-                             counters_slots=self.counters.slots, counters_block=self.block_of[w.queue])
+                             counters_slots=self.counters.slots, counters_block=self.block_of[w.queue],
+                             gso=self.gso, fail_open=self.fail_open)
         proc = self.ctx.Process(target=worker_main, args=(opts, child, self.worker_lock), name=f"imqd-q{w.queue}",
                                 daemon=True)
         proc.start()
@@ -317,6 +322,10 @@ class Supervisor:
         with self._cond:
             if kind == "ready":
                 w.ready = True
+                for line in msg[3] if len(msg) > 3 else ():  # queue flags the kernel refused: say so once
+                    if line not in self._refusals_logged:
+                        self._refusals_logged.add(line)
+                        log.warning("queue %d: %s; imqd runs without it", w.queue, line)
                 if w.died_at is not None:
                     w.last_restart_s = time.monotonic() - w.died_at
                     w.died_at = None
@@ -385,7 +394,8 @@ class Supervisor:
                      restarts=w.restarts, applied_version=w.applied, lost_on_crash=w.lost_on_crash,
                      last_restart_seconds=w.last_restart_s)
             for key in ("packets", "verdicts", "accepted", "drops", "malformed", "errors", "held",
-                        "batch_verdicts", "host_bucket_overflows"):
+                        "batch_verdicts", "host_bucket_overflows", "gso_packets", "gso_segments", "gso_bytes",
+                        "gso_unknown_length", "socket_overflows", "unshaped_overflow", "queue_full_samples"):
                 s.setdefault(key, 0)
             # Drops the kernel made before the worker saw the packet: queue full / socket buffer full.
             s.update(kernel.get(w.queue, {"kernel_waiting": 0, "queue_dropped": 0, "user_dropped": 0}))

@@ -5,8 +5,15 @@ from __future__ import annotations
 import sys
 import threading
 
+from typing import Any
+
 from imqd.kernel_queues import PROC_PATH, parse_nfqueue_table
 from imqd.netns import Topology
+
+
+def wire_packets(worker: dict[str, Any]) -> int:
+    """The packets a worker's verdicts stand for on the wire: a GSO super-packet counts as its segments."""
+    return int(worker["packets"] - worker.get("gso_packets", 0) + worker.get("gso_segments", 0))
 
 
 def queue_last_ids(topo: Topology) -> dict[int, int]:

@@ -22,7 +22,7 @@ from imqd.hook_checks import WARN_AFTER_S
 from imqd.lab import ImqdInstance
 from imqd.netns import Topology
 
-from .queues import sources_on_two_queues, uploads_at_once
+from .queues import sources_on_two_queues, uploads_at_once, wire_packets
 
 pytestmark = pytest.mark.netns
 
@@ -50,10 +50,12 @@ def reference_htb(topo: Topology, rate: str, *, download: bool) -> float:
         topo.clear_tc(topo.router_ns, iface)
 
 
-@pytest.mark.parametrize("rate", ["5mbit", "50mbit"])
-@pytest.mark.parametrize("direction", ["download", "upload"])
-def test_tcp_goodput_matches_kernel_htb(topology: Topology, rate: str, direction: str) -> None:
-    """Download shaped on ingress (PREROUTING, like imq0), upload on egress (POSTROUTING): within 3% of kernel HTB."""
+@pytest.mark.parametrize(("rate", "direction", "gso"), [
+    ("5mbit", "download", True), ("5mbit", "upload", True), ("50mbit", "download", True), ("50mbit", "upload", True),
+    ("50mbit", "download", False)])
+def test_tcp_goodput_matches_kernel_htb(topology: Topology, rate: str, direction: str, gso: bool) -> None:
+    """Download shaped on ingress (PREROUTING, like imq0), upload on egress (POSTROUTING): within 3% of kernel HTB,
+    with whole GSO super-packets (the default) and with --no-gso."""
     topo = topology
     download = direction == "download"
     if download:
@@ -62,7 +64,8 @@ def test_tcp_goodput_matches_kernel_htb(topology: Topology, rate: str, direction
         cls = {"name": "up", "direction": "egress", "rate": rate, "match": {"oif": topo.wan_iface}}
     with topo.iperf3_server(5201):
         kernel = reference_htb(topo, rate, download=download)
-        with ImqdInstance(topo, {"overhead": 14, "classes": [cls]}, queues="0:1") as imqd:
+        with ImqdInstance(topo, {"overhead": 14, "classes": [cls]}, queues="0:1",
+                          extra_args=() if gso else ["--no-gso"]) as imqd:
             ours = measure(topo, reverse=download)
             stats = imqd.stats()
             log = imqd.log()
@@ -72,6 +75,39 @@ def test_tcp_goodput_matches_kernel_htb(topology: Topology, rate: str, direction
     assert 0.97 <= ratio <= 1.03, (f"{direction} {rate}: imqd {ours/1e6:.3f} vs kernel HTB {kernel/1e6:.3f} Mbit/s; "
                                    f"class {seen}; {os.getloadavg()[0]:.1f} load")
     assert seen["packets"] > 0, "the class never saw the traffic"
+    assert all(w["gso"] is gso for w in stats["workers"]), stats["workers"]
+
+
+def test_super_packets_arrive_whole_and_are_charged_per_segment(topology: Topology) -> None:
+    """With GSO (the default) a TCP download reaches the worker as super-packets: many MTUs per verdict, each
+    charged as the segments the wire carries.  With --no-gso the kernel cuts them up first: one MTU each."""
+    topo = topology
+    cls = {"name": "down", "direction": "ingress", "rate": "5gbit", "match": {"iif": topo.wan_iface}}
+    per_verdict = {}
+    with topo.iperf3_server(5201):
+        for gso in (True, False):
+            with ImqdInstance(topo, {"overhead": 14, "classes": [cls]}, queues="0",
+                              extra_args=() if gso else ["--no-gso"]) as imqd:
+                measure(topo, reverse=True, seconds=3)
+                time.sleep(0.6)  # the workers' next stats report
+                stats = imqd.stats()
+            w = stats["workers"][0]
+            seen = stats["classes"]["down"]
+            per_verdict[gso] = seen["bytes"] / seen["packets"]  # charged bytes per packet the class let through
+            if gso:
+                assert (w["gso"], w["gso_status"]) == (True, "on"), w
+                assert w["gso_packets"] > 0.5 * seen["packets"], f"most verdicts should be super-packets: {w}"
+                segments = w["gso_segments"] / w["gso_packets"]
+                ip_bytes = w["gso_bytes"] / w["gso_packets"]
+                assert segments > 10 and ip_bytes > 10 * 1500, (segments, ip_bytes)
+                assert 1448 < ip_bytes / segments < 1500, "full-size segments: 1,448 bytes of payload each"
+                # each charged as its segments: IP bytes + (segments - 1) x 52 header bytes + 14 per segment,
+                # so the class paid about one full frame (1,514 bytes) per segment on the wire
+                assert 1400 < seen["bytes"] / wire_packets(w) <= 1514, (seen, w)
+            else:
+                assert (w["gso"], w["gso_packets"]) == (False, 0), w
+    assert per_verdict[True] > 10 * 1514, per_verdict
+    assert per_verdict[False] <= 1514, per_verdict
 
 
 def stall_periodically(pids: list[int], stop: threading.Event, stalled: float, period: float) -> int:
@@ -154,7 +190,7 @@ def test_class_rate_is_global_across_two_queues(topology_factory: Any) -> None:
         workers = imqd.stats()["workers"]
     total = sum(results.values())
     assert total == pytest.approx(mbit(20) * GOODPUT_FACTOR, rel=0.05), results
-    busy = [w for w in workers if w["packets"] > 1000]
+    busy = [w for w in workers if wire_packets(w) > 1000]
     assert len(busy) == 2, f"both workers should have carried traffic: {workers}"
     assert all(r > mbit(2) for r in results.values()), f"one flow starved: {results}"
 

@@ -165,3 +165,42 @@ def test_runs_with_only_cap_net_admin(topology: Topology) -> None:
     assert bps == pytest.approx(5e6 * 1448 / 1514, rel=0.08)
     rules = topo.exec(topo.router_ns, ["iptables-save"]).stdout
     assert "NFQUEUE" not in rules
+
+
+@pytest.mark.parametrize("overflow", ["drop", "accept"])
+def test_a_worker_that_stops_reading_drops_or_passes_what_overflows_and_counts_it(topology: Topology,
+                                                                                    overflow: str) -> None:
+    """--on-overflow: SIGSTOP the worker, send 60,000 datagrams through it.  What its kernel queue and socket
+    cannot hold is dropped (counted by the kernel) or passed unshaped at once (counted by the worker from
+    packet ids: the kernel counts nothing then).  Either way every datagram is accounted for."""
+    topo = topology
+    config = {"overhead": 14, "classes": [
+        {"name": "up", "direction": "egress", "rate": "1gbit", "limit": 10, "match": {"proto": "udp"}}]}
+    sent = 60_000
+    with ImqdInstance(topo, config, queues="0", extra_args=["--on-overflow", overflow]) as imqd:
+        before = imqd.stats()["workers"][0]
+        assert before["on_overflow"] == overflow and before["overflow_status"] == overflow
+        sink = topo.popen(topo.server_ns, [sys.executable, "-c", UDP_SINK, "9000", "2"], stdout=subprocess.PIPE,
+                          text=True)
+        assert sink.stdout.readline().strip() == "ready"
+        os.kill(before["pid"], signal.SIGSTOP)
+        try:
+            topo.exec(topo.clients[0].ns, [sys.executable, "-c", UDP_SEND, topo.server_addr4, "9000", str(sent),
+                                           "64"])
+            passed = int(sink.stdout.readline())  # what reached the server while the worker slept
+        finally:
+            os.kill(before["pid"], signal.SIGCONT)
+        time.sleep(1.5)  # the worker reads its backlog, then reports
+        w = imqd.stats()["workers"][0]
+    seen = w["packets"] - before["packets"]
+    overflowed = w["queue_dropped"] + w["user_dropped"] + w["unshaped_overflow"]
+    assert seen + overflowed >= sent and seen < sent, f"seen {seen}, overflowed {overflowed}: {w}"
+    assert w["socket_overflows"] == w["user_dropped"] + w["unshaped_overflow"], w
+    if overflow == "drop":
+        assert passed == 0, "nothing passes a worker that does not read"
+        assert w["unshaped_overflow"] == 0 and w["queue_dropped"] + w["user_dropped"] > 0, w
+    else:
+        # the queue is sized so the socket overflows first: every packet passed unshaped is counted
+        assert w["queue_dropped"] == w["user_dropped"] == 0, w
+        assert w["unshaped_overflow"] > 0.3 * sent and passed <= w["unshaped_overflow"], (passed, w)
+        assert passed >= 0.95 * w["unshaped_overflow"], f"the sink missed some: {passed} of {w['unshaped_overflow']}"

@@ -419,6 +419,24 @@ def test_metrics(env: Any) -> None:
     assert REGISTRY.get_sample_value("imqd_enabled") is None
 
 
+def test_gso_and_overflow_counters_reach_metrics(env: Any) -> None:
+    client, _, workers, _ = env
+    workers.workers[0].update(gso=True, on_overflow="accept", gso_packets=7, gso_segments=300, unshaped_overflow=4,
+                              user_dropped=0, queue_dropped=0, queue_full_samples=2)
+    workers.workers[1].update(gso=False, on_overflow="drop", user_dropped=9, queue_dropped=3)
+    samples = {(s.name, s.labels["queue"]): s.value
+               for fam in text_string_to_metric_families(client.get("/metrics").text) for s in fam.samples
+               if s.name.startswith("imqd_worker_")}
+    assert (samples[("imqd_worker_gso", "0")], samples[("imqd_worker_gso", "1")]) == (1, 0)
+    assert (samples[("imqd_worker_fail_open", "0")], samples[("imqd_worker_fail_open", "1")]) == (1, 0)
+    assert samples[("imqd_worker_gso_segments_total", "0")] == 300
+    assert samples[("imqd_worker_unshaped_overflow_total", "0")] == 4
+    assert samples[("imqd_worker_queue_full_samples_total", "0")] == 2
+    assert (samples[("imqd_worker_user_dropped_total", "1")], samples[("imqd_worker_queue_dropped_total", "1")]) == (9, 3)
+    body = client.get("/stats").json()["workers"][0]
+    assert (body["gso"], body["on_overflow"], body["gso_segments"]) == (True, "accept", 300)
+
+
 def test_two_apps_do_not_share_metrics(tmp_path: Path) -> None:
     c1, _, _ = make_controller(tmp_path / "a", [{"name": "one", "rate": "1mbit"}])
     c2, _, _ = make_controller(tmp_path / "b", [{"name": "two", "rate": "1mbit"}])

@@ -9,6 +9,7 @@ import pytest
 
 from imqd.cli import host_port_arg, kernel_queue_len, main
 from imqd.config import parse_config
+from imqd.queue_worker import SOCKET_MESSAGES_MAX
 
 
 @pytest.fixture(autouse=True)
@@ -38,6 +39,8 @@ def test_kernel_queue_holds_every_leaf_limit() -> None:
                                     {"name": "b", "parent": "p", "rate": "5mbit", "limit": 5000}]})
     assert kernel_queue_len(cfg, 100) == 35000 + 1024, "inner classes hold nothing"
     assert kernel_queue_len(parse_config({"classes": []}), 20000) == 20000
+    # failing open, the socket must overflow first (the kernel only counts what overflows the socket)
+    assert kernel_queue_len(cfg, 100, fail_open=True) == 35000 + 1024 + SOCKET_MESSAGES_MAX
 
 
 def test_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -198,3 +201,37 @@ def test_run_checks_the_placement_it_installs_else_the_one_installed(
     assert start_checks(config, opts, applying=False).ingress_hook == "after-nat", "nothing installed: the flag's"
     installed[0] = imqd.rules.RulesError("iptables-save not found")
     assert start_checks(config, opts, applying=False).ingress_hook == "after-nat"
+
+
+@pytest.mark.parametrize(("flags", "gso", "fail_open"), [((), True, False), (("--no-gso",), False, False),
+                                                          (("--on-overflow", "accept"), True, True),
+                                                          (("--on-overflow", "drop", "--no-gso"), False, False)])
+def test_gso_and_overflow_flags_reach_the_workers(flags: tuple[str, ...], gso: bool, fail_open: bool,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import imqd.queue_worker
+    import imqd.supervisor
+
+    seen: dict[str, object] = {}
+
+    class Recorder:
+        def __init__(self, queues: list[int], config: object, **kw: object) -> None:
+            seen.update(kw)
+
+        def start(self) -> None:
+            raise imqd.supervisor.SupervisorError("stop here")
+
+        def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(imqd.supervisor, "Supervisor", Recorder)
+    monkeypatch.setattr(imqd.queue_worker, "has_net_admin", lambda: True)
+    assert main(["run", "--queues", "0", "--api", "none", *flags]) == 1
+    assert "stop here" in capsys.readouterr().err
+    assert (seen["gso"], seen["fail_open"]) == (gso, fail_open)
+
+
+def test_a_bad_overflow_choice_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--queues", "0", "--on-overflow", "bypass"])
+    assert "--on-overflow: invalid choice: 'bypass'" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from scapy.layers.inet6 import (
     IPv6ExtHdrFragment,
     IPv6ExtHdrHopByHop,
     IPv6ExtHdrRouting,
+    Jumbo,
     PadN,
 )
 from scapy.layers.ipsec import AH
@@ -195,10 +196,26 @@ def test_ipv6_chain_past_the_payload_is_malformed() -> None:
     struct.pack_into("!H", raw, 4, 16)  # payload length shorter than the 24-byte option header
     with pytest.raises(MalformedPacket, match="past the payload"):
         parse_headers(bytes(raw))
-    raw = bytearray(bytes(IPv6(src=A6, dst=B6) / IPv6ExtHdrHopByHop()))
-    struct.pack_into("!H", raw, 4, 0)  # a jumbogram: payload length 0 with hop-by-hop
-    with pytest.raises(MalformedPacket):
-        parse_headers(bytes(raw))
+
+
+def test_a_header_without_length_is_a_big_packet_of_at_least_64k() -> None:
+    """BIG TCP (GSO/GRO above 64 KB) leaves the length out of the header: not malformed, not charged as 0."""
+    v4 = bytearray(bytes(IP(src=A4, dst=B4) / TCP(sport=1, dport=2) / Raw(b"x" * 200)))
+    struct.pack_into("!H", v4, 2, 0)
+    info = parse_headers(bytes(v4[:COPY_RANGE]))
+    assert (info.length, info.sport, info.dport) == (65536, 1, 2)
+    # IPv6 the way kernels up to 6.x build it: payload length 0 and a hop-by-hop jumbo option
+    jumbo = IPv6ExtHdrHopByHop(options=[Jumbo(jumboplen=100000)])
+    v6 = bytearray(bytes(IPv6(src=A6, dst=B6) / jumbo / TCP(sport=3, dport=4) / Raw(b"x" * 200)))
+    struct.pack_into("!H", v6, 4, 0)
+    info = parse_headers(bytes(v6[:COPY_RANGE]))
+    assert (info.length, info.proto, info.sport, info.dport) == (40 + 65536, 6, 3, 4)
+    # an IPv6 packet with payload length 0 and nothing after the header is a 40-byte packet, as before
+    bare = bytes(IPv6(src=A6, dst=B6, nh=59, plen=0))
+    assert parse_headers(bare).length == 40
+    # IPv4 total length 0 with nothing after the header cannot be BIG TCP: still malformed
+    with pytest.raises(MalformedPacket, match="total length 0"):
+        parse_headers(bytes(v4[:20]))
 
 
 def test_ipv6_l4_beyond_payload_length_has_no_ports() -> None:
