@@ -257,7 +257,7 @@ def test_per_internal_host_downloads_through_a_masquerading_router_with_default_
         ratio = ours[i]["bps"] / kernel[i]
         assert 0.97 <= ratio <= 1.03, (f"{name}: imqd {ours[i]['bps'] / 1e6:.3f} vs kernel HTB {kernel[i] / 1e6:.3f} "
                                        f"Mbit/s; {stats['classes'][name]}; {os.getloadavg()[0]:.1f} load")
-        assert stats["classes"][name]["matched"] > 1000
+        assert stats["classes"][name]["matched"] > 100  # (packets as queued: with GSO most are super-packets)
     assert stats["classes"]["ghost"]["matched"] == 0
     assert len(warnings) == 1 and warnings[0].startswith(f"class ghost (ingress, match dst {GHOST}/32) has matched "
                                                          "no packet in "), warnings
