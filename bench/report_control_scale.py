@@ -121,8 +121,12 @@ def _pair(x: dict[str, float] | None, fmt: str) -> str:
     return "n/a" if x is None else f"{fmt.format(x['median'])} / {fmt.format(x['max'])}"
 
 
-def _request_cell(o: dict[str, Any], field: str = "wall_ms") -> str:
-    return _unavailable(o) or _pair(o[field], "{:.1f}")
+def _request_cell(o: dict[str, Any], planned: int, field: str = "wall_ms") -> str:
+    """'median / max' ms, with the number of requests in brackets where the time budget cut them short."""
+    missing = _unavailable(o)
+    if missing or o[field] is None:
+        return missing or "n/a"
+    return _pair(o[field], "{:.1f}") + (f" ({o['n']})" if o["n"] < planned else "")
 
 
 def _bulk_cell(o: dict[str, Any]) -> str:
@@ -139,17 +143,18 @@ def render_control_scale(s: dict[str, Any] | None, params: dict[str, Any] | None
     """The section's markdown lines ('not measured' when the run skipped it)."""
     L = ["## Control plane at scale", ""]
     if not s:
-        return L + ["Not measured in this run (`--sections` left it out).", ""]
+        return L + ["Not measured in this run (see `--sections`).", ""]
     p = params or {}
     workers = s["rows"][0]["workers"]
     L += [f"imqd x{workers} started with N subscriber leaves (one 10gbit parent, leaf i matching "
           "`dst: 198.18.128.i/32` at a 24 kbit/s plan) and the two parents an imported table hangs under; one "
           "keep-alive HTTP client in the router namespace, sequential requests. Cells are *median / max* over "
-          f"{p.get('ops', '?')} requests ({p.get('reads', '?')} for the reads) in ms: the client's wall time, and "
+          f"{p.get('ops', '?')} requests ({p.get('reads', '?')} for the reads; fewer, in brackets, where one kind "
+          f"took more than {p.get('kind_budget_s', '?')} s) in ms: the client's wall time, and "
           "for changes also the `X-Imqd-Apply-Seconds` header (from the change until every worker applied it). "
           "PATCH toggles the last leaf's rate; POST adds a leaf, DELETE removes it again. *Start* is launching "
           "`imqd run` to `GET /healthz` answering 200.", ""]
-    L += table_rows(s)
+    L += table_rows(s, int(p.get("ops", 0)), int(p.get("reads", 0)))
     L += ["", "**Bulk changes:** `PUT /classes` sends the whole class set with 1% of the leaves' rates changed; "
           "`POST /import` a LibreQoS `ShapedDevices.csv` of N circuits (one device, one IPv4 address each: a "
           "download and an upload class per circuit), then the same table with 1% of its rows changed. "
@@ -159,11 +164,12 @@ def render_control_scale(s: dict[str, Any] | None, params: dict[str, Any] | None
     L += ["", f"**A bulk change under load:** {p.get('traffic_classes', '?')} unchanged subscribers are offered "
           f"twice their plan and {p.get('traffic_classes', '?')} others half of it (64-byte frames, counted per "
           "subscriber by the receiver of the Scale section) while 1% of the rows are changed (`PUT /classes`, or "
-          "where it is not available one PATCH per row). *Lost*: datagrams of the under-plan subscribers that "
+          "where it is not available one PATCH per row, as many as fit the time budget). *Lost*: datagrams of the under-plan subscribers that "
           "never arrived (target 0). *Released early*: datagrams the backlogged subscribers received beyond plan x "
           f"time (+{EARLY_SLACK} each for timing) in the window holding the change (target 0; a rebuild that reset their token "
           "buckets releases a burst of ~27 datagrams each), next to the same figure in an equal quiet window "
-          "before it.", ""]
+          "before it. The last column is each backlogged subscriber's received minus plan x time over the window "
+          "with the change: negative where the change held traffic back.", ""]
     L += table(["classes", "change", "took s", "lost / sent (under plan)", "released early", "same, quiet window",
                 "excess per subscriber min … max"],
                ([f"{r['classes']:,}", u["method"] + (f" ({u['failed']} failed)" if u["failed"] else ""),
@@ -174,12 +180,12 @@ def render_control_scale(s: dict[str, Any] | None, params: dict[str, Any] | None
     return L + [""]
 
 
-def table_rows(s: dict[str, Any]) -> list[str]:
+def table_rows(s: dict[str, Any], ops_planned: int, reads_planned: int) -> list[str]:
     """The start / request table."""
     return table(["classes", "start s", "PATCH apply", "PATCH wall", "POST apply", "POST wall", "DELETE apply",
                   "DELETE wall", "GET /stats", "GET /metrics"],
                  ([f"{r['classes']:,}", "n/a" if r["healthz_s"] is None else f"{r['healthz_s']['median']:.2f}",
-                   _request_cell(r["patch"], "apply_ms"), _request_cell(r["patch"]),
-                   _request_cell(r["post"], "apply_ms"), _request_cell(r["post"]),
-                   _request_cell(r["delete"], "apply_ms"), _request_cell(r["delete"]),
-                   _request_cell(r["get_stats"]), _request_cell(r["get_metrics"])] for r in s["rows"]))
+                   *(_request_cell(r[kind], ops_planned, field) for kind in ("patch", "post", "delete")
+                     for field in ("apply_ms", "wall_ms")),
+                   *(_request_cell(r[kind], reads_planned) for kind in ("get_stats", "get_metrics"))]
+                  for r in s["rows"]))

@@ -37,7 +37,7 @@ def summarize_scale(raw: dict[str, Any] | None) -> dict[str, Any] | None:
                                                  if role in r.get("rss_after_kib", {})) for role in ROLES},
                      "stopped": sorted({r.get("stopped", "?") for r in recs})})
     return {"base": base, "pps": rows, "bytes_per_class": _memory_slopes(pps),
-            "backlog": _backlog(raw.get("backlog") or [])}
+            "backlog": _backlog(raw.get("backlog") or []), "unbuilt": _unbuilt(raw.get("backlog") or [])}
 
 
 def _memory_slopes(pps: list[dict[str, Any]]) -> dict[str, dict[str, float] | None]:
@@ -63,7 +63,7 @@ def _backlog(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     traffic to the one-class reference and to kernel HTB."""
     rows = []
     for n in sorted({r["subscribers"] for r in records}):
-        recs = [(r, backlog_figures(r)) for r in records if r["subscribers"] == n]
+        recs = [(r, backlog_figures(r)) for r in records if r["subscribers"] == n and "error" not in r]
         systems = list(dict.fromkeys(r["system"] for r, _ in recs))
         delivered = {sy: {r["rep"]: fig["of_plans"] for r, fig in recs if r["system"] == sy} for sy in systems}
         one = next((r["system"] for r, _ in recs if r.get("shape") == "one class"), None)
@@ -83,6 +83,12 @@ def _backlog(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "build_s": three(r.get("build_s") for r, _ in sel),
             })
     return rows
+
+
+def _unbuilt(records: list[dict[str, Any]]) -> list[str]:
+    """Why a reference could not be built, once per system and subscriber count."""
+    return list(dict.fromkeys(f"{r['system']} with {r['subscribers']:,} classes could not be built: {r['error']}"
+                              for r in records if "error" in r))
 
 
 def _subject_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
@@ -157,7 +163,7 @@ def render_scale(s: dict[str, Any] | None, params: dict[str, Any] | None) -> lis
     """The section's markdown lines ('not measured' when the run skipped it)."""
     L = ["## Scale: thousands of subscriber classes", ""]
     if not s:
-        return L + ["Not measured in this run (`--sections` left it out).", ""]
+        return L + ["Not measured in this run (see `--sections`).", ""]
     p = params or {}
     L += [f"**Packets/s by class count:** imqd x1 with one 10gbit parent and N leaves, leaf i matching "
           "`dst: 198.18.128.i/32` (rate 10gbit/N, ceil 10gbit); 64-byte UDP frames to the address of the *last* "
@@ -190,7 +196,7 @@ def render_scale(s: dict[str, Any] | None, params: dict[str, Any] | None) -> lis
                  cell(r["jain"]) if r["shape"] != "one class" else "(FIFO)",
                  cell(r["of_one_class"]), cell(r["of_kernel"]),
                  "" if r["system"] == KERNEL else cell(r["nfqueue_drops"], "{:,.0f}")] for r in s["backlog"]))
-    L += [""]
+    L += [""] + [f"{why}.\n" for why in s.get("unbuilt", [])]
     for r in (r for r in s["backlog"] if r["build_s"]):
         L += [f"Kernel HTB with {r['subscribers']:,} leaves and their filters was built by one `tc -batch` in "
               f"{cell(r['build_s'], '{:.2f}')} s.", ""]

@@ -38,7 +38,7 @@ from bench.subscribers import (ABOVE_CAPACITY_BPS, EXTRA, SUBSCRIBERS, BacklogPl
                                kernel_htb_batch, one_class_config, subscriber_config)
 from bench.systems import Imqd, System, read_queues
 from bench.udprecv import Receiver, snapshot_data
-from imqd.netns import Topology
+from imqd.netns import Topology, TopologyError
 
 __all__ = ["ScaleParams", "FULL_SCALE", "QUICK_SCALE", "Scale", "KernelHtbMany", "subscriber_routes", "SUB_PORT",
            "SMALL_PAYLOAD"]
@@ -200,8 +200,20 @@ class Scale:
             systems.append(("classes", KernelHtbMany(self.topo, n, plan.rate_bps)))
         out = []
         for shape, system in systems:
-            with system:
+            try:  # not `with`: a start that fails half-way (imqd's rules installed, say) is undone too
+                try:
+                    system.start()
+                except TopologyError as e:
+                    if not isinstance(system, KernelHtbMany):
+                        raise
+                    # the reference is "where it can be built": this kernel or tc could not
+                    self.log(f"  backlog  kernel HTB with {n} classes could not be built: {e}")
+                    out.append({"rep": rep, "system": system.name, "subscribers": n, "shape": shape,
+                                "error": str(e)[-500:]})
+                    continue
                 rec = self.backlog_run(system, plan, rep)
+            finally:
+                system.stop()
             rec["shape"] = shape
             if isinstance(system, KernelHtbMany):
                 rec["build_s"] = system.build_s

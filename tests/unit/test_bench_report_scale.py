@@ -128,12 +128,16 @@ def test_markdown_of_the_scale_sections() -> None:
     s = _summary()
     md = report.render_markdown(s, {"command": "python -m bench --sections scale,control-scale", "params": {},
                                     "sections_run": ["scale", "control-scale"],
-                                    "scale_params": {"payload": 1000, "load_share": 0.5}}, png=None)
+                                    "scale_params": {"payload": 1000, "load_share": 0.5},
+                                    "control_scale_params": {"ops": 2, "reads": 5}}, png=None)
     assert "## Scale: thousands of subscriber classes" in md and "## Control plane at scale" in md
     assert "## Accuracy" not in md, "the core was not run"
     assert "| 1,001 | 55,000 (50,000–60,000) | 0.550 (0.500–0.600) |" in md
     assert "worker 1,024 (1,024–1,024) bytes, API process 3,072 (3,072–3,072) bytes" in md
     assert "| 4 | imqd x2 | 416,000 | 2.0 | 100 | 0.990 (0.990–0.990) | 0.960 (0.960–0.960) |" in md
+    # PATCH: 2 of 2 planned; POST 1 (no apply header: n/a); the reads 3 of 5 (the time budget ended them)
+    assert "| 10,000 | 5.00 | 150.0 / 200.0 | 500.0 / 600.0 | n/a | 5.0 / 5.0 (1) |" in md
+    assert "| 200.0 / 200.0 (3) | 300.0 / 300.0 (3) |" in md
     assert "| 10,000 | not available (HTTP 405) | not available (HTTP 404) | 2.50 s (applied 1.00 s) |" in md
     assert "| 10,000 | PATCH x 100 | 4.00 | 0 / 500 | 25 | 0 | +1.0 … +27.0 |" in md
     assert "| control at 10,000 classes: start to /healthz 200 (s) | <= 3 s | 5.00 | **missed** |" in md
@@ -152,3 +156,16 @@ def test_sections_argument() -> None:
     for bad in ("", "core,speed"):
         with pytest.raises(argparse.ArgumentTypeError, match="expected some of core, scale, control-scale"):
             sections_arg(bad)
+
+
+def test_a_kernel_reference_that_could_not_be_built_is_said_not_counted() -> None:
+    raw = scale_raw()
+    raw["backlog"] = [r for r in raw["backlog"] if r["system"] != "kernel-htb"]
+    raw["backlog"].append({"rep": 0, "system": "kernel-htb", "subscribers": 4, "shape": "classes",
+                           "error": "tc: Unknown filter \"u32\""})
+    meta = {"command": "x", "params": {}, "sections_run": ["scale"]}
+    s = report.summarize({"meta": meta, "scale": raw})
+    assert {r["system"] for r in s["scale"]["backlog"]} == {"imqd x2", "imqd x2 one class"}
+    assert s["scale"]["backlog"][0]["of_kernel"] is None
+    md = report.render_markdown(s, meta, png=None)
+    assert 'kernel-htb with 4 classes could not be built: tc: Unknown filter "u32".' in md
