@@ -167,8 +167,9 @@ def render_scale(s: dict[str, Any] | None, params: dict[str, Any] | None) -> lis
     p = params or {}
     L += [f"**Packets/s by class count:** imqd x1 with one 10gbit parent and N leaves, leaf i matching "
           "`dst: 198.18.128.i/32` (rate 10gbit/N, ceil 10gbit); 64-byte UDP frames to the address of the *last* "
-          "leaf in config order, the same rising-then-bisecting search as the ceiling above (no full-speed step; "
-          "counted by a DROP rule in the server namespace). *Start* is the time from launching `imqd run` to "
+          "leaf in config order, the rising-then-bisecting search of the Ceiling section (no full-speed step; a "
+          "search that loses at its first step runs once more from half the rate it forwarded; counted by a "
+          "DROP rule in the server namespace). *Start* is the time from launching `imqd run` to "
           "`GET /healthz` answering 200 (every worker bound). RSS is the worker's and the API process's (the "
           "supervisor) after the traffic.", ""]
     L += table(["classes", "peak packets/s", f"/ {s['base']:,} class", "start s", "worker RSS MiB", "API RSS MiB"],
@@ -179,15 +180,17 @@ def render_scale(s: dict[str, Any] | None, params: dict[str, Any] | None) -> lis
     L += [f"**All subscribers backlogged:** N leaves under one parent, every leaf `rate = ceil =` the plan, and "
           "every subscriber offered twice its plan at once: one generator sends "
           f"{p.get('payload', '?')}-byte UDP payloads to the N addresses in turn, a C receiver in the server "
-          "namespace counts per address (`bench/udprecv.py`). The plans add up to half of "
+          "namespace counts per address (`bench/udprecv.py`). The offered load is "
           f"{p.get('load_share', '?')} x the 1-class packets/s above (what one class carries on this machine, "
-          "measured in the same repetition), so the offered load is within it. Counted over a window after a "
+          "measured in the same repetition) and the plans add up to half of it. Counted over a window after a "
           "warm-up (every queue filled, every initial burst drained); the window lasts until each plan carries "
           f"{p.get('min_packets', '?')} datagrams, at most {p.get('max_window_s', '?')} s. *one class* is the same "
           "traffic through a single class of the plans' total rate (same workers): the reference for what the "
           "machine carries; *kernel-htb* is kernel HTB with the same leaves (imqd's burst and quantum written out, "
           "`pfifo limit 1000` leaves) and a u32 hash table on the destination's last byte, one `/32` filter per "
-          "leaf. Jain's index is over each subscriber's delivered / plan.", ""]
+          "leaf. Jain's index is over each subscriber's delivered / plan (not given for one class: there the "
+          "subscribers share one FIFO). *Kernel drops before imqd*: packets the kernel dropped because an NFQUEUE "
+          "queue held `--max-len` packets or a worker's socket buffer was full.", ""]
     L += table(["subscribers", "system", "plan bit/s", "window s", "datagrams per plan", "delivered / plans",
                 "worst", "Jain", "/ one class", "/ kernel HTB", "kernel drops before imqd"],
                ([f"{r['subscribers']:,}", r["system"], _median_cell(r["rate_bps"], "{:,.0f}"),

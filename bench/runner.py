@@ -297,6 +297,8 @@ def write_outputs(raw: dict[str, Any], out_dir: Path, log: Callable[[str], None]
             png = paths["png"].name
         except ImportError as e:
             log(f"chart skipped: {e} (pip install matplotlib)")
+    if png is None:
+        del paths["png"]
     paths["md"].write_text(report.render_markdown(summary, raw["meta"], png=png, json_name=paths["json"].name))
     return paths
 
