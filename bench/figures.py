@@ -146,12 +146,13 @@ class Bench:
 
     # -- plumbing ---------------------------------------------------------------------------------------
     def udp(self, seconds: float, *, size: int = 18, pps: float = 0, count: int = 0,
-            sources: Sequence[str] | None = None) -> list[subprocess.Popen[str]]:
-        """Start one generator process per source (real hosts are separate senders); returns them."""
+            sources: Sequence[str] | None = None, dst: str | None = None) -> list[subprocess.Popen[str]]:
+        """Start one generator process per source (real hosts are separate senders) sending to `dst` (default
+        the server); returns them."""
         procs = []
         for src in sources or self.sources:
-            _, argv = udpgen.generator_argv(self.topo.server_addr4, UDP_PORT, size, seconds, pps=pps, count=count,
-                                            sources=[src])
+            _, argv = udpgen.generator_argv(dst or self.topo.server_addr4, UDP_PORT, size, seconds, pps=pps,
+                                            count=count, sources=[src])
             procs.append(self.topo.popen(self.client.ns, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                          text=True))
         return procs
@@ -253,8 +254,8 @@ class Bench:
         return out
 
     # -- ceiling (and CPU cost, measured in the same window) ---------------------------------------------------
-    def udp_step(self, system: System, sink: udpgen.Sink, pps: float, size: int = 18, settle: float = 5.0
-                 ) -> dict[str, Any]:
+    def udp_step(self, system: System, sink: udpgen.Sink, pps: float, size: int = 18, settle: float = 5.0,
+                 dst: str | None = None) -> dict[str, Any]:
         """One offered load (`pps` in total, 0 = full speed) from two senders: steady-state forwarded rate.
 
         The rate is read from the sink's counter over a window that starts after a warm-up, so packets still
@@ -263,7 +264,7 @@ class Bench:
         """
         warm, window = self.p.step_warm, self.p.step_window
         pids = system.pids()
-        procs = self.udp(warm + window + 0.15, size=size, pps=pps / len(self.sources))
+        procs = self.udp(warm + window + 0.15, size=size, pps=pps / len(self.sources), dst=dst)
         try:
             time.sleep(warm)
             c0, t0, cpu0 = *_timed_count(sink), cpu_seconds(pids)

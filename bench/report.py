@@ -8,13 +8,23 @@ moves both sides of a ratio together instead of widening it.
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
 from typing import Any
 
+from bench.report_control_scale import control_scale_targets, render_control_scale, summarize_control_scale
+from bench.report_scale import render_scale, scale_notes, scale_targets, summarize_scale
+from bench.stats import by_rep as _by_rep
+from bench.stats import cell as _f
+from bench.stats import med as _med
+from bench.stats import median, paired, percentile, three
+from bench.stats import table as _table
+
 __all__ = ["three", "median", "percentile", "paired", "top_frames", "summarize", "render_markdown", "limits",
-           "TARGETS", "REFERENCE", "SUBJECT", "NO_TICK", "LOW_LATENCY", "PER_CPU"]
+           "sections_run", "TARGETS", "REFERENCE", "SUBJECT", "NO_TICK", "LOW_LATENCY", "PER_CPU", "CORE",
+           "SECTIONS"]
+
+CORE = "core"  # accuracy, ceiling, scaling, latency, cost, control plane, profile
+SECTIONS = (CORE, "scale", "control-scale")  # what `python -m bench --sections` chooses from
 
 REFERENCE = "kernel-htb"
 # TCP goodput per charged byte: 1448 payload bytes (MSS with timestamps) per 1514-byte frame (IP 1500 + the
@@ -43,53 +53,6 @@ IDLE_PAIRS = (("imqd x1", "plain"), ("bare-loop x1", "plain"), ("imqd x1", "bare
               ("imqd x1" + LOW_LATENCY, "plain" + LOW_LATENCY), ("bare-loop x1" + LOW_LATENCY, "plain" + LOW_LATENCY))
 SENDER_CPUS = ("same", "other")  # where the low-load probes were sent from: the worker's CPU, another
 TRAFFIC = {"udp64": "64-byte UDP frames", "tcp1500": "full-size TCP (2 flows)"}
-
-
-# -- statistics ----------------------------------------------------------------------------------------------
-def median(values: Sequence[float]) -> float:
-    """The median; NaN for no values."""
-    s = sorted(values)
-    if not s:
-        return math.nan
-    mid = len(s) // 2
-    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); NaN for no values."""
-    if not 0 <= q <= 100:
-        raise ValueError(f"q: expected 0..100, got {q!r}")
-    s = sorted(values)
-    if not s:
-        return math.nan
-    rank = max(1, math.ceil(q / 100 * len(s)))
-    return s[rank - 1]
-
-
-def three(values: Iterable[float | None]) -> dict[str, float] | None:
-    """min / median / max / n of the finite values, or None when there are none."""
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not vals:
-        return None
-    return {"min": min(vals), "median": median(vals), "max": max(vals), "n": len(vals)}
-
-
-def paired(num: dict[int, float], den: dict[int, float], op: str = "/") -> list[float]:
-    """Per repetition present on both sides: num / den (or num - den); a zero denominator is skipped."""
-    if op not in ("/", "-"):
-        raise ValueError(f"op: expected '/' or '-', got {op!r}")
-    out = []
-    for rep in sorted(set(num) & set(den)):
-        if op == "-":
-            out.append(num[rep] - den[rep])
-        elif den[rep]:
-            out.append(num[rep] / den[rep])
-    return out
-
-
-def _by_rep(records: Iterable[dict[str, Any]], value: str, **match: Any) -> dict[int, float]:
-    return {r["rep"]: r[value] for r in records
-            if all(r.get(k) == v for k, v in match.items()) and r.get(value) is not None}
 
 
 def top_frames(collapsed: str, n: int = 12) -> dict[str, Any]:
@@ -133,12 +96,20 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         "cost": _cost(raw.get("ceiling") or [], raw.get("memory")),
         "control": _control(raw.get("control") or []),
         "profile": raw.get("profile"),
+        "scale": summarize_scale(raw.get("scale")),
+        "control_scale": summarize_control_scale(raw.get("control_scale")),
     }
     out["scaling"] = {t: {f"{a} / {b}": three(paired(_by_rep(raw.get("ceiling") or [], "pps", system=a, traffic=t),
                                                    _by_rep(raw.get("ceiling") or [], "pps", system=b, traffic=t)))
                           for a, b in SCALING_PAIRS} for t in TRAFFIC}
-    out["targets"] = _targets(out)
+    out["targets"] = ((_targets(out) if CORE in sections_run(raw.get("meta", {})) else [])
+                      + scale_targets(out["scale"]) + control_scale_targets(out["control_scale"]))
     return out
+
+
+def sections_run(meta: dict[str, Any]) -> list[str]:
+    """The sections a run measured (runs from before sections could be chosen measured the core only)."""
+    return list(meta.get("sections_run", [CORE]))
 
 
 def _accuracy(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -261,10 +232,6 @@ def _control(records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _med(x: dict[str, float] | None) -> float | None:
-    return None if x is None else x["median"]
-
-
 def _targets(s: dict[str, Any]) -> list[dict[str, Any]]:
     """One verdict per target: the figure's median(s), met or not, and the rows that miss."""
     out = []
@@ -295,21 +262,6 @@ def _targets(s: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"figure": f"scaling {traffic} imqd x2 / imqd x1", "target": f">= {TARGETS['scaling']:.1f}",
                     "value": v, "met": v is not None and v >= TARGETS["scaling"], "misses": []})
     return out
-
-
-# -- markdown ----------------------------------------------------------------------------------------------------
-def _f(x: dict[str, float] | None, fmt: str = "{:.3f}", scale: float = 1.0) -> str:
-    """'median (min-max)' or 'n/a'."""
-    if x is None:
-        return "n/a"
-    med, lo, hi = (fmt.format(x[k] * scale) for k in ("median", "min", "max"))
-    return med if x["n"] == 1 else f"{med} ({lo}–{hi})"
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
 
 
 def render_markdown(s: dict[str, Any], meta: dict[str, Any], *, png: str | None = "benchmarks.png",
@@ -346,8 +298,8 @@ def render_markdown(s: dict[str, Any], meta: dict[str, Any], *, png: str | None 
 
     L += ["## Targets", ""]
     L += _table(["figure", "target", "median", "verdict"],
-                ([t["figure"], t["target"], "n/a" if t["value"] is None else
-                  (f"{t['value']:.0f} µs" if "latency" in t["figure"] else f"{t['value']:.3f}"),
+                ([t["figure"], t["target"], "n/a" if t["value"] is None else t["fmt"].format(t["value"]) if "fmt" in t
+                  else (f"{t['value']:.0f} µs" if "latency" in t["figure"] else f"{t['value']:.3f}"),
                   ("met" if t["met"] else "**missed**") + ("" if not t["misses"] else ": " + "; ".join(t["misses"]))]
                  for t in s["targets"]))
     L += [""]
@@ -356,6 +308,17 @@ def render_markdown(s: dict[str, Any], meta: dict[str, Any], *, png: str | None 
     if notes:
         L += ["### What limits the figures that miss", ""] + [f"- {n}" for n in notes] + [""]
 
+    if CORE in sections_run(meta):
+        L += _render_core(s, meta)
+    L += render_scale(s.get("scale"), meta.get("scale_params"))
+    L += render_control_scale(s.get("control_scale"), meta.get("control_scale_params"))
+    return "\n".join(L).rstrip() + "\n"
+
+
+def _render_core(s: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    """Accuracy, ceiling, scaling, latency, cost, control plane and profile."""
+    p = meta.get("params", {})
+    L: list[str] = []
     a = s["accuracy"]
     L += ["## Accuracy: TCP goodput, imqd / kernel HTB", "",
           f"iperf3 goodput through a class at the configured rate; {a['subject']} vs kernel HTB ({a['reference']}: "
@@ -513,7 +476,7 @@ def render_markdown(s: dict[str, Any], meta: dict[str, Any], *, png: str | None 
         L += [""]
     else:
         L += [f"not profiled in this run{': ' + prof['error'] if prof and prof.get('error') else ''}.", ""]
-    return "\n".join(L).rstrip() + "\n"
+    return L
 
 
 def limits(s: dict[str, Any], meta: dict[str, Any]) -> list[str]:
@@ -592,7 +555,7 @@ def limits(s: dict[str, Any], meta: dict[str, Any]) -> list[str]:
                        f"{nproc} CPUs shared by the two workers, the senders and the kernel's forwarding work, "
                        "the heavier imqd worker (profile below) gets less of the second core; with other users "
                        f"on the machine ({load}) single runs vary a lot.")
-    return out
+    return out + scale_notes(s.get("scale"))
 
 
 def _accuracy_notes(rows: list[dict[str, Any]], nproc: Any, load: str, burst_us: int) -> list[str]:

@@ -3,6 +3,10 @@
 Order: repetitions are the outer loop and every system is measured once per repetition, so slow drifts in
 the machine's load (other users of these 2 cores) spread over all systems instead of biasing one.  A system is
 started, measured, and stopped before the next one starts; nothing else shapes or queues meanwhile.
+
+Sections (``report.SECTIONS``, all by default): the core (:func:`run_core`), then the Scale section
+(:mod:`bench.scale`, its own repetitions) and the control plane at scale (:mod:`bench.control_scale`, once),
+both with the subscriber prefixes routed to the server namespace.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from bench import report
+from bench.control_scale import FULL_CONTROL_SCALE, QUICK_CONTROL_SCALE, ControlScale, ControlScaleParams
 from bench.figures import Bench, Params
+from bench.scale import FULL_SCALE, QUICK_SCALE, Scale, ScaleParams, subscriber_routes
 from bench.systems import BareLoop, Imqd, KernelHtb, Plain, fq_codel_leaf, imqd_config
 from imqd.config import BURST_TIME_US
 from imqd.cpu_latency import CpuLatencyError, CpuLatencyRequest
@@ -110,14 +116,22 @@ def api_classes(topo: Topology, n: int = API_CLASSES) -> dict[str, Any]:
     return cfg
 
 
-def run(params: Params, *, command: str, quick: bool, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure everything; returns the raw results (``report.summarize`` turns them into figures)."""
+def run(params: Params, *, command: str, quick: bool, log: Callable[[str], None] = print,
+        sections: Sequence[str] = report.SECTIONS, scale: ScaleParams | None = None,
+        control_scale: ControlScaleParams | None = None) -> dict[str, Any]:
+    """Measure the chosen sections (report.SECTIONS); returns the raw results (``report.summarize`` turns them
+    into figures).  `scale` / `control_scale` default to the quick or full variant, as `quick` says."""
+    unknown = set(sections) - set(report.SECTIONS)
+    if unknown or not sections:
+        raise ValueError(f"sections: expected some of {', '.join(report.SECTIONS)}, got {list(sections)}")
+    scale = scale or (QUICK_SCALE if quick else FULL_SCALE)
+    control_scale = control_scale or (QUICK_CONTROL_SCALE if quick else FULL_CONTROL_SCALE)
     raw: dict[str, Any] = {"meta": {"command": command, "quick": quick, "params": params.as_dict(),
+                                    "scale_params": scale.as_dict(), "control_scale_params": control_scale.as_dict(),
+                                    "sections_run": [s for s in report.SECTIONS if s in sections],
                                     "machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z")},
                            "accuracy": [], "ceiling": [], "latency_idle": [], "latency_load": [],
                            "memory": None, "control": [], "profile": None, "sections": {}}
-    leaf = fq_codel_leaf()
-    raw["meta"]["fq_codel_leaf"] = leaf
     raw["meta"]["default_burst_us"] = BURST_TIME_US  # the report explains accuracy misses with it
     t_start = time.monotonic()
     prefix = f"bench{os.getpid() % 100000}"
@@ -125,82 +139,102 @@ def run(params: Params, *, command: str, quick: bool, log: Callable[[str], None]
         b = Bench(topo, params, log)
         raw["meta"]["generator"] = b.generator
         raw["meta"]["topology"] = topo.describe()
-        sections: dict[str, float] = raw["sections"]
+        sections_s: dict[str, float] = raw["sections"]
 
         def timed(name: str, fn: Callable[..., Any], *args: Any) -> Any:
             t = time.monotonic()
             try:
                 return fn(*args)
             finally:
-                sections[name] = round(sections.get(name, 0.0) + time.monotonic() - t, 1)
+                sections_s[name] = round(sections_s.get(name, 0.0) + time.monotonic() - t, 1)
 
-        with topo.iperf3_server(5201), topo.iperf3_server(5202):
-            with BareLoop(topo, (0, 1)):
-                raw["meta"]["sources"] = {str(q): a for q, a in b.pick_sources().items()}
-            log(f"sources by queue: {raw['meta']['sources']}; generator {b.generator}")
-            kernel_fq: bool | None = None
-            for rep in range(params.reps):
-                log(f"repetition {rep + 1}/{params.reps}")
-                # Idle latency first, on a fresh process: after a flood a worker's heap and caches are not
-                # what a lightly loaded router's are, and `imqd x1 idle-tick 0` is measured fresh too.
-                for system in (Plain(topo), BareLoop(topo, (0, 0)), BareLoop(topo, (0, 1))):
-                    with system:
-                        if system.name != "bare-loop x2":
-                            raw["latency_idle"] += timed("latency", b.latency_idle, system, rep)
-                        raw["ceiling"].append(timed("ceiling", b.ceiling_udp, system, rep))
-                        raw["ceiling"].append(timed("ceiling", b.ceiling_tcp, system, rep))
-                with held_cpu_latency(log) as held:  # the same, with idle CPUs polling (see report.LOW_LATENCY)
-                    for system in (Plain(topo), BareLoop(topo, (0, 0))) if held else ():
-                        with system:
-                            raw["latency_idle"] += timed("latency", b.latency_idle, system, rep,
-                                                         system.name + report.LOW_LATENCY)
-                with BareLoop(topo, (0, 0), batch=True) as batched:  # reference only: what batching alone gives
-                    raw["ceiling"].append(timed("ceiling", b.ceiling_udp, batched, rep))
-                    raw["ceiling"].append(timed("ceiling", b.ceiling_tcp, batched, rep))
-                with KernelHtb(topo) as htb:
-                    raw["accuracy"] += timed("accuracy", b.accuracy, htb, rep)
-                    raw["latency_load"].append(timed("latency", b.latency_loaded, htb, rep, "kernel HTB + pfifo"))
-                if kernel_fq is None:
-                    kernel_fq = kernel_has_fq_codel(topo)
-                    raw["meta"]["kernel_fq_codel"] = kernel_fq
-                if kernel_fq:
-                    with KernelHtb(topo, leaf="fq_codel") as htbfq:
-                        raw["latency_load"].append(timed("latency", b.latency_loaded, htbfq, rep,
-                                                         "kernel HTB + fq_codel"))
-                with Imqd(topo, 1) as one:
-                    raw["latency_idle"] += timed("latency", b.latency_idle, one, rep)
-                    udp1 = timed("ceiling", b.ceiling_udp, one, rep)
-                    raw["ceiling"].append(udp1)
-                    raw["ceiling"].append(timed("ceiling", b.ceiling_tcp, one, rep))
-                    raw["latency_load"].append(timed("latency", b.latency_loaded, one, rep, "imqd FIFO"))
-                    if rep == 0:
-                        raw["memory"] = timed("memory", b.held_memory, one)
-                        if params.profile_seconds:
-                            raw["profile"] = timed("profile", b.profile, one, params.profile_seconds,
-                                                   udp1["pps"] * 1.2)
-                with Imqd(topo, 1, extra_args=("--idle-tick", "0")) as untick:  # what the idle tick buys
-                    raw["latency_idle"] += timed("latency", b.latency_idle, untick, rep,
-                                                  report.NO_TICK)
-                if held:  # the request could be held for the references above: imqd can hold it too
-                    with Imqd(topo, 1, extra_args=("--cpu-latency", "0")) as polled:
-                        raw["latency_idle"] += timed("latency", b.latency_idle, polled, rep,
-                                                      "imqd x1" + report.LOW_LATENCY)
-                if len(os.sched_getaffinity(0)) > 1 and not quick:  # packets to the local worker: no cross-CPU wake
-                    with Imqd.per_cpu(topo) as per_cpu:
-                        raw["latency_idle"] += timed("latency", b.latency_idle, per_cpu, rep)
-                if leaf is not None:
-                    with Imqd(topo, 1, imqd_config(topo, leaf=leaf)) as fq:
-                        raw["latency_load"].append(timed("latency", b.latency_loaded, fq, rep, "imqd fq_codel"))
-                with Imqd(topo, 2) as two:
-                    raw["ceiling"].append(timed("ceiling", b.ceiling_udp, two, rep))
-                    raw["ceiling"].append(timed("ceiling", b.ceiling_tcp, two, rep))
-                    raw["accuracy"] += timed("accuracy", b.accuracy, two, rep)
-                    raw["control"].append(timed("control", control_small, b, two, rep))
-                with Imqd(topo, 2, api_classes(topo)) as big:
-                    raw["control"].append(timed("control", control_big, b, big, rep))
+        if report.CORE in sections:
+            run_core(raw, b, quick, timed)
+        if {"scale", "control-scale"} & set(sections):
+            with subscriber_routes(topo):
+                if "scale" in sections:
+                    raw["scale"] = {"pps": [], "backlog": []}
+                    for rep in range(scale.reps):
+                        log(f"scale: repetition {rep + 1}/{scale.reps}")
+                        for key, recs in timed("scale", Scale(b, scale, log).repetition, rep).items():
+                            raw["scale"][key] += recs
+                if "control-scale" in sections:
+                    log("control plane at scale")
+                    raw["control_scale"] = timed("control-scale", ControlScale(b, control_scale, log).repetition, 0)
     raw["meta"]["duration_s"] = round(time.monotonic() - t_start, 1)
     raw["meta"]["loadavg"] = load.samples
     return raw
+
+
+def run_core(raw: dict[str, Any], b: Bench, quick: bool, timed: Callable[..., Any]) -> None:
+    """Accuracy, ceiling, latency, cost, control plane and profile: every system once per repetition."""
+    topo, params, log = b.topo, b.p, b.log
+    leaf = fq_codel_leaf()
+    raw["meta"]["fq_codel_leaf"] = leaf
+    with topo.iperf3_server(5201), topo.iperf3_server(5202):
+        with BareLoop(topo, (0, 1)):
+            raw["meta"]["sources"] = {str(q): a for q, a in b.pick_sources().items()}
+        log(f"sources by queue: {raw['meta']['sources']}; generator {b.generator}")
+        kernel_fq: bool | None = None
+        for rep in range(params.reps):
+            log(f"repetition {rep + 1}/{params.reps}")
+            # Idle latency first, on a fresh process: after a flood a worker's heap and caches are not
+            # what a lightly loaded router's are, and `imqd x1 idle-tick 0` is measured fresh too.
+            for system in (Plain(topo), BareLoop(topo, (0, 0)), BareLoop(topo, (0, 1))):
+                with system:
+                    if system.name != "bare-loop x2":
+                        raw["latency_idle"] += timed("latency", b.latency_idle, system, rep)
+                    raw["ceiling"].append(timed("ceiling", b.ceiling_udp, system, rep))
+                    raw["ceiling"].append(timed("ceiling", b.ceiling_tcp, system, rep))
+            with held_cpu_latency(log) as held:  # the same, with idle CPUs polling (see report.LOW_LATENCY)
+                for system in (Plain(topo), BareLoop(topo, (0, 0))) if held else ():
+                    with system:
+                        raw["latency_idle"] += timed("latency", b.latency_idle, system, rep,
+                                                     system.name + report.LOW_LATENCY)
+            with BareLoop(topo, (0, 0), batch=True) as batched:  # reference only: what batching alone gives
+                raw["ceiling"].append(timed("ceiling", b.ceiling_udp, batched, rep))
+                raw["ceiling"].append(timed("ceiling", b.ceiling_tcp, batched, rep))
+            with KernelHtb(topo) as htb:
+                raw["accuracy"] += timed("accuracy", b.accuracy, htb, rep)
+                raw["latency_load"].append(timed("latency", b.latency_loaded, htb, rep, "kernel HTB + pfifo"))
+            if kernel_fq is None:
+                kernel_fq = kernel_has_fq_codel(topo)
+                raw["meta"]["kernel_fq_codel"] = kernel_fq
+            if kernel_fq:
+                with KernelHtb(topo, leaf="fq_codel") as htbfq:
+                    raw["latency_load"].append(timed("latency", b.latency_loaded, htbfq, rep,
+                                                     "kernel HTB + fq_codel"))
+            with Imqd(topo, 1) as one:
+                raw["latency_idle"] += timed("latency", b.latency_idle, one, rep)
+                udp1 = timed("ceiling", b.ceiling_udp, one, rep)
+                raw["ceiling"].append(udp1)
+                raw["ceiling"].append(timed("ceiling", b.ceiling_tcp, one, rep))
+                raw["latency_load"].append(timed("latency", b.latency_loaded, one, rep, "imqd FIFO"))
+                if rep == 0:
+                    raw["memory"] = timed("memory", b.held_memory, one)
+                    if params.profile_seconds:
+                        raw["profile"] = timed("profile", b.profile, one, params.profile_seconds,
+                                               udp1["pps"] * 1.2)
+            with Imqd(topo, 1, extra_args=("--idle-tick", "0")) as untick:  # what the idle tick buys
+                raw["latency_idle"] += timed("latency", b.latency_idle, untick, rep,
+                                              report.NO_TICK)
+            if held:  # the request could be held for the references above: imqd can hold it too
+                with Imqd(topo, 1, extra_args=("--cpu-latency", "0")) as polled:
+                    raw["latency_idle"] += timed("latency", b.latency_idle, polled, rep,
+                                                  "imqd x1" + report.LOW_LATENCY)
+            if len(os.sched_getaffinity(0)) > 1 and not quick:  # packets to the local worker: no cross-CPU wake
+                with Imqd.per_cpu(topo) as per_cpu:
+                    raw["latency_idle"] += timed("latency", b.latency_idle, per_cpu, rep)
+            if leaf is not None:
+                with Imqd(topo, 1, imqd_config(topo, leaf=leaf)) as fq:
+                    raw["latency_load"].append(timed("latency", b.latency_loaded, fq, rep, "imqd fq_codel"))
+            with Imqd(topo, 2) as two:
+                raw["ceiling"].append(timed("ceiling", b.ceiling_udp, two, rep))
+                raw["ceiling"].append(timed("ceiling", b.ceiling_tcp, two, rep))
+                raw["accuracy"] += timed("accuracy", b.accuracy, two, rep)
+                raw["control"].append(timed("control", control_small, b, two, rep))
+            with Imqd(topo, 2, api_classes(topo)) as big:
+                raw["control"].append(timed("control", control_big, b, big, rep))
 
 
 @contextlib.contextmanager
@@ -254,14 +288,17 @@ def write_outputs(raw: dict[str, Any], out_dir: Path, log: Callable[[str], None]
     summary = report.summarize(raw)
     paths = {"json": out_dir / "benchmarks.json", "md": out_dir / "benchmarks.md", "png": out_dir / "benchmarks.png"}
     paths["json"].write_text(json.dumps({"raw": raw, "summary": summary}, indent=1, default=float) + "\n")
-    try:
-        from bench.chart import draw
+    png: str | None = None
+    if report.CORE in report.sections_run(raw["meta"]):  # the chart shows the core's accuracy and ceiling
+        try:
+            from bench.chart import draw
 
-        draw(summary, paths["png"])
-        png: str | None = paths["png"].name
-    except ImportError as e:
-        log(f"chart skipped: {e} (pip install matplotlib)")
-        png = None
+            draw(summary, paths["png"])
+            png = paths["png"].name
+        except ImportError as e:
+            log(f"chart skipped: {e} (pip install matplotlib)")
+    if png is None:
+        del paths["png"]
     paths["md"].write_text(report.render_markdown(summary, raw["meta"], png=png, json_name=paths["json"].name))
     return paths
 

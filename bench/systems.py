@@ -230,7 +230,7 @@ class Imqd(System):
     shapes = True
 
     def __init__(self, topo: Topology, workers: int = 1, config: dict[str, Any] | None = None,
-                 extra_args: tuple[str, ...] = (), name: str | None = None) -> None:
+                 extra_args: tuple[str, ...] = (), name: str | None = None, start_timeout: float = 20.0) -> None:
         super().__init__(topo)
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers: expected an int >= 1, got {workers!r}")
@@ -238,6 +238,7 @@ class Imqd(System):
         self.name = name or f"imqd x{workers}"
         self.config = config if config is not None else imqd_config(topo)
         self.extra_args = extra_args
+        self.start_timeout = start_timeout  # seconds until /healthz answers 200 (many classes start slower)
         self.inst: ImqdInstance | None = None
 
     @classmethod
@@ -248,7 +249,7 @@ class Imqd(System):
     def start(self) -> None:
         queues = "0" if self.workers == 1 else f"0:{self.workers - 1}"
         self.inst = ImqdInstance(self.topo, self.config, queues=queues, extra_args=list(self.extra_args))
-        self.inst.start()
+        self.inst.start(timeout=self.start_timeout)
         deadline = time.monotonic() + 10
         while len(self.worker_pids()) < self.workers:  # healthz is up; wait until every worker reports a pid
             if time.monotonic() > deadline:
