@@ -286,8 +286,10 @@ class Classifier:
 
     @classmethod
     def from_config(cls, config: Config, direction: Direction) -> Classifier:
-        """Rules from the leaf classes of ``direction`` that have a match, in config order."""
-        rules = [(c.name, Match.from_spec(c.match)) for c in config.matching_leaves(direction)]
+        """Rules from the leaf classes of ``direction`` that have a match, in config order (a match listing
+        several addresses gives one rule per address, ``MatchSpec.alternatives``)."""
+        rules = [(c.name, Match.from_spec(alt)) for c in config.matching_leaves(direction)
+                 for alt in c.match.alternatives()]
         default = config.default_class(direction)
         return cls(rules, default.name if default is not None else None)
 

@@ -129,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     en = sub.add_parser("enable", help="switch shaping on (on) or off (off)")
     en.add_argument("state", choices=("on", "off"))
     add_client_options(en)
+    imp = sub.add_parser("import", help="import subscribers from a LibreQoS ShapedDevices.csv through the API: "
+                                        "one download and one upload class per circuit")
+    imp.add_argument("file", type=Path, help="the CSV table")
+    imp.add_argument("--prefix", default=None, help="name prefix of the imported classes (default sub-); a "
+                                                   "re-import replaces exactly the classes with this prefix")
+    imp.add_argument("--parent", default=None, metavar="NODE",
+                     help="Parent Node for rows that name none (its classes NODE-down and NODE-up must exist)")
+    imp.add_argument("--dry-run", action="store_true", help="check the table and say what would change")
+    add_client_options(imp)
     return parser
 
 
@@ -204,6 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except SupervisorError as exc:
             raise CliError(str(exc)) from None
         applied_rules = False
+        controller = None
         try:
             follow_rules = None
             if args.apply_rules:
@@ -238,6 +248,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 except Exception as exc:  # noqa: BLE001 - report, keep shutting down
                     print(f"imqd: removing rules failed: {exc}", file=sys.stderr)
             sup.stop()
+            if controller is not None:
+                controller.close()  # the journal's changes into the YAML file
         return 0
 
 
@@ -353,8 +365,13 @@ def cmd_rules(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    print(f"{args.config}: OK ({len(config.classes)} classes)")
+    from imqd.journal import ConfigStore
+
+    store = ConfigStore(args.config)
+    config = store.load()
+    pending = (f"; {store.replayed} changes made through the API are in {store.journal_path} and not yet in the "
+               "file (imqd run writes them there)") if store.replayed else ""
+    print(f"{args.config}: OK ({len(config.classes)} classes{pending})")
     return 0
 
 
@@ -371,7 +388,7 @@ def cmd_client(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "rules": cmd_rules, "token": cmd_token, "check-config": cmd_check_config, "lab": cmd_lab,
-            "class": cmd_client, "stats": cmd_client, "enable": cmd_client}
+            "class": cmd_client, "stats": cmd_client, "enable": cmd_client, "import": cmd_client}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -101,12 +102,34 @@ class ConfigStore:
 
     # --- reading -------------------------------------------------------------------------------
 
+    def pending(self) -> int:
+        """Changes in the journal not yet written into the YAML file (read from disk until the journal is open
+        for appends; 0 when it cannot be read)."""
+        if self._fd is not None:
+            return self.records
+        try:
+            journal = self._parse_journal(self.journal_path)
+        except ConfigError:
+            return 0
+        return len(journal.records) if journal is not None else 0
+
+    def exists(self) -> bool:
+        """Whether the YAML file exists (a new configuration's file appears at the first compaction)."""
+        return os.path.exists(self.path)
+
     def load(self, missing_ok: bool = False) -> Config:
         """The configuration: the YAML file with the journal's changes replayed, validated.
 
         Every problem raises ``ConfigError`` naming the file (and the line, for the YAML)."""
-        raw = self._read(self.path)
-        journal = self._recover(raw)
+        for attempt in range(3):
+            raw = self._read(self.path)
+            try:
+                journal = self._recover(raw)
+                break
+            except JournalError:  # maybe a compaction switched the files between our reads: look again
+                if attempt == 2:
+                    raise
+                time.sleep(0.05)
         if raw is None and journal.base is None and not journal.records and not missing_ok:
             raise ConfigError([{"loc": (), "msg": "file not found"}], path=self.display)
         text = ""
@@ -175,19 +198,21 @@ class ConfigStore:
         journal.size = len(raw)
         return journal
 
-    def _recover(self, raw: bytes | None) -> _Journal:
-        """The journal that continues the YAML ``raw``, finishing or discarding an interrupted compaction."""
+    def _recover(self, raw: bytes | None, repair: bool = False) -> _Journal:
+        """The journal that continues the YAML ``raw``, seeing through an unfinished compaction.
+
+        ``repair`` (only the process that writes, when it opens the journal): finish or discard that
+        compaction on disk.  A reader changes nothing: the writer may be in the middle of one."""
         base = _sha256(raw)
         nxt = self._parse_journal(self.next_path)
         if nxt is not None:
             if nxt.base == base and raw is not None:  # compaction got past step 3: finish step 4
-                try:
+                if repair:
                     os.replace(self.next_path, self.journal_path)
                     fsync_dir(os.path.dirname(self.path) or ".")
-                except OSError:
-                    pass  # a reader without write permission: use it as it is
                 return nxt
-            _remove(self.next_path)  # interrupted before the YAML moved: the old journal still holds
+            if repair:
+                _remove(self.next_path)  # interrupted before the YAML moved: the old journal still holds
         journal = self._parse_journal(self.journal_path)
         if journal is None:
             return _Journal(base=base)
@@ -231,7 +256,7 @@ class ConfigStore:
         if self._fd is not None:
             return
         raw = self._read(self.path)
-        journal = self._recover(raw)
+        journal = self._recover(raw, repair=True)
         if not journal.records:
             self._write_journal(self.journal_path, _sha256(raw), [])
             journal = self._parse_journal(self.journal_path) or _Journal(base=_sha256(raw))
@@ -273,6 +298,8 @@ class ConfigStore:
         """Write ``snapshot`` (the configuration after change ``seq``) into the YAML file and keep only the later
         changes in the journal.  The slow part (writing the YAML) runs without ``lock``; the switch-over
         (copying the later records, two renames) holds it, so no change is recorded meanwhile."""
+        if self._fd is None:
+            raise RuntimeError("compact() needs the journal open(): the snapshot's seq must be known")
         hasher = hashlib.sha256()
         tmp = write_temp(self.path, _hashing(dump_chunks(snapshot), hasher))
         try:
