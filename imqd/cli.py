@@ -167,10 +167,14 @@ def rule_options(args: argparse.Namespace) -> Any:
         raise CliError(str(exc)) from None
 
 
-def load_run_config(path: Path | None) -> Config:
+def load_run_store(path: Path | None) -> tuple[Config, Any]:
+    """The configuration ``imqd run`` starts with and the store it was read from (None without a file)."""
     if path is None:
-        return Config()
-    return load_config(path, missing_ok=True)
+        return Config(), None
+    from imqd.journal import ConfigStore
+
+    store = ConfigStore(path)
+    return store.load(missing_ok=True), store
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -186,7 +190,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except argparse.ArgumentTypeError as exc:
         raise CliError(str(exc)) from None
     token_file = args.token_file or (Path(p) if (p := env("IMQD_TOKEN_FILE")) else None)
-    config = load_run_config(config_path)  # validated before any rule or worker starts
+    from imqd.supervisor import start_forkserver
+
+    start_forkserver()  # the workers' modules load in the fork server meanwhile (no worker starts yet)
+    config, store = load_run_store(config_path)  # validated before any rule or worker starts
     if args.max_len < 1:
         raise CliError(f"--max-len {args.max_len}: must be at least 1")
     if not 20 <= args.copy_range <= 65535:
@@ -234,7 +241,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             logging.getLogger("imqd").info(
                 "imqd running: queues %d:%d, %d classes; HTB fast path in %s", first, last, len(config.classes),
                 "C" if ACCELERATED else "Python (the C extension imqd.qdisc._htbfast was not built: slower)")
-            controller = Controller(config, config_path, sup, on_change=follow_rules)
+            controller = Controller(config, config_path, sup, on_change=follow_rules, store=store)
             if api is None:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, lambda *_: stop.set())

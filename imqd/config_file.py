@@ -30,7 +30,8 @@ from imqd.units import format_rate, format_size, parse_time
 if TYPE_CHECKING:
     from imqd.config import ClassSpec, Config, MatchSpec
 
-__all__ = ["load_config", "read_yaml", "yaml_lines", "dump_config", "config_to_data", "class_to_data",
+__all__ = ["load_config", "read_yaml", "yaml_lines", "dump_config", "dump_chunks", "data_chunks", "config_to_data",
+           "class_to_data",
            "save_config_atomic", "write_temp", "install", "fsync_dir", "format_time"]
 
 HEADER = "# imqd configuration (rewritten by imqd: comments are not kept)\n"
@@ -231,13 +232,19 @@ def _dump(data: Any) -> str:
 def dump_chunks(cfg: Config) -> Iterator[str]:
     """The YAML text of ``cfg`` in pieces of DUMP_CHUNK classes: a background writer lets other threads run
     between them (the C emitter keeps the GIL for a whole call)."""
-    yield HEADER + _dump({"overhead": cfg.overhead})
-    if not cfg.classes:
+    return data_chunks(config_to_data(cfg))
+
+
+def data_chunks(data: dict[str, Any]) -> Iterator[str]:
+    """``dump_chunks`` of the data ``config_to_data`` made (``read_yaml`` of the text gives ``data`` back)."""
+    yield HEADER + _dump({"overhead": data["overhead"]})
+    classes = data["classes"]
+    if not classes:
         yield "classes: []\n"
         return
     yield "classes:\n"
-    for i in range(0, len(cfg.classes), DUMP_CHUNK):
-        yield _dump([class_to_data(c) for c in cfg.classes[i: i + DUMP_CHUNK]])
+    for i in range(0, len(classes), DUMP_CHUNK):
+        yield _dump(classes[i: i + DUMP_CHUNK])
 
 
 def dump_config(cfg: Config) -> str:

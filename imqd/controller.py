@@ -55,9 +55,11 @@ class Controller:
     """Serialises changes: validate -> record -> apply to all workers."""
 
     def __init__(self, config: Config, path: Path | None, workers: Workers,
-                 on_change: Callable[[Config], None] | None = None) -> None:
+                 on_change: Callable[[Config], None] | None = None, store: ConfigStore | None = None) -> None:
         self.config = config
         self.path = path
+        if store is not None:  # the store ``config`` was loaded from (it may remember the parsed file)
+            self.store = store
         self.workers = workers
         #: called with each new config once the workers have it (``imqd run --apply-rules``: the rules follow
         #: the interfaces the classes name); a failure there is logged, the change itself stands
@@ -68,8 +70,8 @@ class Controller:
         self._wake = threading.Event()
         self._closing = False
         self._compactor: threading.Thread | None = None
-        if self.store is not None and self.store.pending():  # changes from before a crash: into the file soon
-            self._start_compactor()
+        if self.store is not None and (self.store.pending() or self.store.parsed):
+            self._start_compactor()  # changes from before a crash into the file; the parsed file remembered
 
     @property
     def path(self) -> Path | None:
@@ -182,7 +184,13 @@ class Controller:
         while not self._closing:
             self._wake.wait(IDLE_COMPACT_S)
             self._wake.clear()
-            if self._closing or not self.store.records:
+            if self.store.parsed and not self._closing:
+                try:
+                    self.store.remember_parse(self._lock)
+                except OSError as exc:
+                    log.warning("could not keep the parsed %s in its journal (the next start parses it "
+                                "again): %s", self.path, exc)
+            if self._closing or not self.store.pending():
                 continue
             if not self.store.needs_compaction() and time.monotonic() - self._last_change < IDLE_COMPACT_S:
                 continue

@@ -13,7 +13,8 @@ in git would stop being the configuration.
 
 The journal, JSON lines::
 
-    {"imqd_journal": 1, "base": "<sha256 of the YAML file this journal continues; null: no file>"}
+    {"imqd_journal": 1, "base": "<sha256 of the YAML file this journal continues; null: no file>", "seq": 0,
+     "base_data": <optional: that file's content as parsed, so the next start need not parse it again>}
     {"seq": 1, "removed": [...], "upserted": [<class as in the YAML>], "overhead": null, "order": null}
 
 Crash safety (a crash at any point leaves the old or the new state, never half;
@@ -48,7 +49,8 @@ from imqd.config import Config, ConfigDelta, ConfigError, parse_config
 from imqd.config_file import (
     YamlError,
     class_to_data,
-    dump_chunks,
+    config_to_data,
+    data_chunks,
     fsync_dir,
     install,
     read_bytes,
@@ -73,13 +75,15 @@ class _Journal:
     """A journal file as read: its base hash, its records, and how many bytes of it are sound."""
 
     base: str | None
+    seq: int = 0  # the last change the YAML file already holds: records continue from seq + 1
+    base_data: Any = None  # the YAML file's content as parsed, when imqd wrote or read it (see ConfigStore.load)
     records: list[dict[str, Any]] = field(default_factory=list)
     good_size: int = 0  # bytes up to the end of the last complete line
     size: int = 0
 
     @property
     def last_seq(self) -> int:
-        return self.records[-1]["seq"] if self.records else 0
+        return self.records[-1]["seq"] if self.records else self.seq
 
 
 def _sha256(data: bytes | None) -> str | None:
@@ -95,6 +99,7 @@ class ConfigStore:
         self.journal_path = self.path + ".journal"
         self.next_path = self.journal_path + ".next"
         self._fd: int | None = None
+        self._parsed: tuple[str | None, Any] | None = None  # (hash, data) of a YAML file load() had to parse
         self.seq = 0  # sequence number of the last recorded change
         self.records = 0  # changes in the journal, not yet written into the YAML
         self.size = 0  # bytes of the journal
@@ -134,7 +139,10 @@ class ConfigStore:
             raise ConfigError([{"loc": (), "msg": "file not found"}], path=self.display)
         text = ""
         data: Any = {}
-        if raw is not None:
+        self._parsed = None
+        if raw is not None and journal.base_data is not None and journal.base == _sha256(raw):
+            data = journal.base_data  # this very file, parsed before: ~30 ms instead of ~1 s at 10,000 classes
+        elif raw is not None:
             try:
                 text = raw.decode("utf-8")
                 data = read_yaml(text)
@@ -144,6 +152,7 @@ class ConfigStore:
                 raise ConfigError([{"loc": (), "msg": e.msg, "line": e.line}], path=self.display) from None
             if data is None:
                 raise ConfigError([{"loc": (), "msg": "file is empty (half-written?)", "line": 1}], path=self.display)
+            self._parsed = (_sha256(raw), data)
         self.replayed = len(journal.records)
         if journal.records:
             data = self._replay(data, journal.records)
@@ -180,7 +189,9 @@ class ConfigStore:
                 if not (isinstance(item, dict) and item.get("imqd_journal") == JOURNAL_VERSION and "base" in item):
                     raise JournalError([{"loc": (), "msg": "not an imqd journal (bad first line)", "line": 1}],
                                        path=path)
-                journal = _Journal(base=item["base"])
+                seq = item.get("seq", 0)
+                journal = _Journal(base=item["base"], seq=seq if isinstance(seq, int) else 0,
+                                   base_data=item.get("base_data"))
             elif not _valid_record(item, journal.last_seq if journal else 0):
                 if number == len(complete) and not tail:  # the last line: an append that was cut short
                     break
@@ -258,7 +269,7 @@ class ConfigStore:
         raw = self._read(self.path)
         journal = self._recover(raw, repair=True)
         if not journal.records:
-            self._write_journal(self.journal_path, _sha256(raw), [])
+            self._write_journal(self.journal_path, _header(_sha256(raw), journal.last_seq), [])
             journal = self._parse_journal(self.journal_path) or _Journal(base=_sha256(raw))
         elif journal.good_size < journal.size:
             os.truncate(self.journal_path, journal.good_size)  # drop a torn append
@@ -277,9 +288,7 @@ class ConfigStore:
         line = json.dumps(record_of(delta, self.seq + 1), separators=(",", ":"), ensure_ascii=True) + "\n"
         data = line.encode("ascii")
         try:
-            written = 0
-            while written < len(data):
-                written += os.write(self._fd, data[written:])
+            _write_all(self._fd, data)
             os.fdatasync(self._fd)
         except BaseException:
             try:
@@ -301,11 +310,13 @@ class ConfigStore:
         if self._fd is None:
             raise RuntimeError("compact() needs the journal open(): the snapshot's seq must be known")
         hasher = hashlib.sha256()
-        tmp = write_temp(self.path, _hashing(dump_chunks(snapshot), hasher))
+        data = config_to_data(snapshot)
+        tmp = write_temp(self.path, _hashing(data_chunks(data), hasher))
         try:
+            header = _header(hasher.hexdigest(), seq, data)  # serialised before the lock: ~2 MB at 10,000 classes
             with lock if lock is not None else nullcontext():
                 later = [line for line in self._journal_lines() if json.loads(line)["seq"] > seq]
-                self._write_journal(self.next_path, hasher.hexdigest(), later)
+                self._write_journal(self.next_path, header, later)
                 install(tmp, self.path)
                 os.replace(self.next_path, self.journal_path)
                 fsync_dir(os.path.dirname(self.path) or ".")
@@ -321,17 +332,56 @@ class ConfigStore:
         raw = read_bytes(self.journal_path) or b""
         return [line for line in raw.split(b"\n")[1:] if line.strip()]
 
+    @property
+    def parsed(self) -> bool:
+        """Whether the last load() parsed the YAML file (its content is not in the journal yet)."""
+        return self._parsed is not None
+
+    def remember_parse(self, lock: AbstractContextManager[Any] | None = None) -> bool:
+        """Keep what ``load()`` parsed from the YAML file in the journal's header, so the next start reads the
+        file's content from there (~30 ms) instead of parsing YAML (~1 s at 10,000 classes).  Only while the
+        file is unchanged: the header names its hash, and a file edited by hand is parsed again.  Whether
+        there was anything to remember."""
+        parsed, self._parsed = self._parsed, None
+        if parsed is None:
+            return False
+        with lock if lock is not None else nullcontext():
+            self.open()
+            journal = self._parse_journal(self.journal_path)
+            if journal is None or journal.base != parsed[0]:
+                return False  # compacted meanwhile: the new header has the data already
+            header = _header(parsed[0], journal.seq, parsed[1])
+            self.close()
+            self._write_journal(self.journal_path, header, self._journal_lines())
+            self._fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND)
+            self.size = os.fstat(self._fd).st_size
+        return True
+
     @staticmethod
-    def _write_journal(path: str, base: str | None, lines: list[bytes]) -> None:
-        header = json.dumps({"imqd_journal": JOURNAL_VERSION, "base": base}).encode() + b"\n"
+    def _write_journal(path: str, header: bytes, lines: list[bytes]) -> None:
         fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, header + b"".join(line + b"\n" for line in lines))
+            _write_all(fd, header + b"".join(line + b"\n" for line in lines))
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(path + ".tmp", path)
         fsync_dir(os.path.dirname(path) or ".")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _header(base: str | None, seq: int, base_data: Any = None) -> bytes:
+    """The journal's first line: the YAML file it continues (its hash), the last change that file holds, and
+    optionally its parsed content."""
+    head: dict[str, Any] = {"imqd_journal": JOURNAL_VERSION, "base": base, "seq": seq}
+    if base_data is not None:
+        head["base_data"] = base_data
+    return json.dumps(head, separators=(",", ":"), ensure_ascii=True).encode("ascii") + b"\n"
 
 
 def record_of(delta: ConfigDelta, seq: int) -> dict[str, Any]:

@@ -100,7 +100,7 @@ def _records(text: str) -> Iterator[tuple[int, list[str]]]:
         except StopIteration:
             return
         except csv.Error as e:
-            raise ConfigError([_err(reader.line_num, None, f"not valid CSV: {e}")]) from None
+            raise ConfigError([_err(start, None, f"not valid CSV (the record starting here): {e}")]) from None
         line = reader.line_num
         if not row or all(not f.strip() for f in row) or row[0].lstrip().startswith("#"):
             continue

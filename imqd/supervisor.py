@@ -47,6 +47,23 @@ RATE_WINDOW_S = 1.0
 SUMMED_CLASS_COUNTERS = ("bytes", "packets", "drops", "backlog_packets", "backlog_bytes", "borrows", "lends")
 
 
+WORKER_MODULES = ["imqd.queue_worker", "imqd.shaper", "imqd.shared_tokens", "imqd.shared_hosts", "netfilterqueue"]
+
+
+def start_forkserver() -> Any:
+    """The ``forkserver`` context, its server process started (idempotent).
+
+    The fork server imports the worker's modules once; a (re)started worker is then a fork of that clean,
+    single-threaded process: milliseconds instead of a new interpreter.  Starting it before the
+    configuration is read lets those imports (~0.25 s) run while the supervisor parses the file."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(WORKER_MODULES)
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+    return ctx
+
+
 class SupervisorError(Exception):
     """Workers could not be started; the message is one line for the operator."""
 
@@ -114,11 +131,7 @@ class Supervisor:
                  idle_tick: float = IDLE_TICK_S, cpus: list[int] | None = None) -> None:
         if not queues:
             raise SupervisorError("no queues given")
-        self.ctx = mp.get_context("forkserver")
-        # The fork server imports the worker's modules once; a (re)started worker is then a
-        # fork of that clean, single-threaded process: milliseconds instead of a new interpreter.
-        self.ctx.set_forkserver_preload(["imqd.queue_worker", "imqd.shaper", "imqd.shared_tokens",
-                                         "imqd.shared_hosts", "netfilterqueue"])
+        self.ctx = start_forkserver()
         self.lock = self.ctx.Lock()
         # The lock the workers charge under: none for one worker, the only one charging the store (that is ~10%
         # of its per-packet work), which also keeps its per_host caps to itself; several share both.

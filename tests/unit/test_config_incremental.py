@@ -134,8 +134,14 @@ def test_remove_matches_full_validation(data: Any) -> None:
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-@given(trees(), trees(), st.integers(0, 3))
-def test_diff_and_apply_are_inverses(a: list[dict[str, Any]], b: list[dict[str, Any]], overhead: int) -> None:
+@given(trees(), trees(), st.integers(0, 3), st.integers(0, len(NAMES) - 1))
+def test_diff_and_apply_are_inverses(a: list[dict[str, Any]], b: list[dict[str, Any]], overhead: int,
+                                     shift: int) -> None:
+    def renamed(name: str) -> str:  # b's names shifted: classes removed and added in one delta
+        return NAMES[(NAMES.index(name) + shift) % len(NAMES)]
+
+    b = [{**c, "name": renamed(c["name"]), **({"parent": renamed(c["parent"])} if "parent" in c else {})}
+         for c in b]
     ok_a, old = outcome(lambda: parse_config({"classes": a}))
     ok_b, new = outcome(lambda: parse_config({"overhead": overhead, "classes": b}))
     assume(ok_a == ok_b == "ok")
