@@ -538,7 +538,7 @@ def create_app(controller: Any, *, token: str | None, open_reads: bool, max_body
         _check_text(body)
         stored = controller.add_class(body)
         return JSON(stored, status_code=201, headers={
-            **applied(controller.last_apply_s), "Location": f"/classes/{stored['name']}"})
+            **applied(controller.applied_seconds), "Location": f"/classes/{stored['name']}"})
 
     @app.patch("/classes/{name}", response_model=ClassSpec, dependencies=write_deps,
                responses={200: {"headers": _APPLY_DOC}, **write_errors, **_errors(404)},
@@ -546,7 +546,7 @@ def create_app(controller: Any, *, token: str | None, open_reads: bool, max_body
     def change_class(name: ClassName, body: Annotated[ClassPatch, Body()]) -> Response:
         _check_text(body)
         stored = controller.change_class(name, body)
-        return JSON(stored, headers=applied(controller.last_apply_s))
+        return JSON(stored, headers=applied(controller.applied_seconds))
 
     @app.delete("/classes/{name}", status_code=204, dependencies=write_deps,
                 responses={204: {"headers": _APPLY_DOC}, **(_errors(401) if secret else {}),
@@ -554,7 +554,7 @@ def create_app(controller: Any, *, token: str | None, open_reads: bool, max_body
                 tags=["classes"], summary="Remove a leaf class; its held packets go to the default class")
     def delete_class(name: ClassName) -> Response:
         controller.delete_class(name)
-        return Response(status_code=204, headers=applied(controller.last_apply_s))
+        return Response(status_code=204, headers=applied(controller.applied_seconds))
 
     @app.put("/classes", response_model=ChangeSummary, dependencies=write_deps,
              responses={200: {"headers": _APPLY_DOC}, **write_errors, **_errors(413)}, tags=["classes"],

@@ -66,6 +66,7 @@ class Controller:
         self.on_change = on_change
         self._lock = threading.Lock()
         self.last_apply_s: float | None = None
+        self._calls = threading.local()  # per API thread: what its last change call applied
         self._last_change = 0.0
         self._wake = threading.Event()
         self._closing = False
@@ -84,9 +85,16 @@ class Controller:
         self.store = ConfigStore(path) if path is not None else None
 
     # -- changes -------------------------------------------------------------
+    @property
+    def applied_seconds(self) -> float | None:
+        """Seconds until every worker had the change the calling thread's last change call made; None when
+        that call changed nothing (the response then has no X-Imqd-Apply-Seconds)."""
+        return getattr(self._calls, "applied", None)
+
     def _commit(self, new: Config, delta: ConfigDelta) -> dict[str, int]:
         """Record and apply one validated change; what it added, changed and removed."""
         counts = delta.counts(self.config)
+        self._calls.applied = None
         if delta.empty:
             return counts
         if self.store is not None:  # OSError: nothing recorded, nothing changed
@@ -96,7 +104,7 @@ class Controller:
             else:
                 self.store.record(delta)
         self.config = new
-        self.last_apply_s = self.workers.push_delta(delta, new)
+        self.last_apply_s = self._calls.applied = self.workers.push_delta(delta, new)
         if self.on_change is not None:
             try:
                 self.on_change(new)
@@ -120,6 +128,7 @@ class Controller:
         with self._lock:
             new = self.config.with_class_changed(name, patch)
             changed = new.class_by_name(name)
+            self._calls.applied = None
             if new is not self.config:
                 self._commit(new, ConfigDelta(upserted=(changed,)))
             return changed.model_dump(mode="json")
@@ -165,7 +174,7 @@ class Controller:
         seconds = None
         if not dry_run and not delta.empty:
             self._commit(new, delta)
-            seconds = self.last_apply_s
+            seconds = self.applied_seconds
         return {**counts, "unchanged": unchanged, "applied": not dry_run and not delta.empty,
                 "apply_seconds": seconds}
 

@@ -258,3 +258,13 @@ def test_changes_reach_the_yaml_file_after_a_quiet_spell_and_at_close(tmp_path: 
     controller.change_class("a", {"rate": "3mbit"})
     controller.close()
     assert ConfigStore(path).pending() == 0 and read_yaml(path.read_text())["classes"][-1]["rate"] == "3mbit"
+
+
+def test_a_patch_that_changes_nothing_sends_nothing_and_reports_no_apply_time(env: Env) -> None:
+    client, controller, workers, path = env
+    assert APPLY_HEADER in client.patch("/classes/voip", json={"rate": "3mbit"}).headers
+    before, pushes = snapshot(controller, path), len(workers.pushes)
+    r = client.patch("/classes/voip", json={"rate": "3000kbit"})
+    assert r.status_code == 200 and r.json()["rate"] == 3_000_000
+    assert APPLY_HEADER not in r.headers, "nothing was applied: no stale time from the change before"
+    assert_unchanged(before, controller, path, workers, pushes)
