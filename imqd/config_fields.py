@@ -62,20 +62,28 @@ def parse_cidr(v: Any) -> str | None:
         raise ValueError(f"invalid CIDR {v!r}: {e}") from None
 
 
-def parse_proto(v: Any) -> int | None:
+def _name_or_number(v: Any, what: str, names: dict[str, int], top: int, hint: str, base: int) -> int | None:
+    """A protocol or DSCP: one of ``names`` (any case), or a number 0..``top`` (text in ``base``; 0: any)."""
     if v is None:
         return None
-    no_bool(v, "protocol")
+    no_bool(v, what)
     if isinstance(v, str):
         s = v.strip().lower()
-        if s in PROTOCOLS:
-            return PROTOCOLS[s]
-        if not s.isdigit():
-            raise ValueError(f"invalid protocol {v!r}: use one of {', '.join(PROTOCOLS)} or 0..255")
-        v = int(s)
-    if not isinstance(v, int) or not 0 <= v <= 255:
-        raise ValueError(f"invalid protocol {v!r}: use one of {', '.join(PROTOCOLS)} or 0..255")
+        if s in names:
+            return names[s]
+        if base == 10 and not s.isdigit():
+            raise ValueError(f"invalid {what} {v!r}: {hint}")
+        try:
+            v = int(s, base)
+        except ValueError:
+            raise ValueError(f"invalid {what} {v!r}: {hint}") from None
+    if not isinstance(v, int) or not 0 <= v <= top:
+        raise ValueError(f"invalid {what} {v!r}: {hint}")
     return v
+
+
+def parse_proto(v: Any) -> int | None:
+    return _name_or_number(v, "protocol", PROTOCOLS, 255, f"use one of {', '.join(PROTOCOLS)} or 0..255", 10)
 
 
 def _port(v: Any, orig: Any) -> int:
@@ -107,20 +115,7 @@ def parse_ports(v: Any) -> tuple[int, int] | None:
 
 
 def parse_dscp(v: Any) -> int | None:
-    if v is None:
-        return None
-    no_bool(v, "dscp")
-    if isinstance(v, str):
-        s = v.strip().lower()
-        if s in DSCP_NAMES:
-            return DSCP_NAMES[s]
-        try:
-            v = int(s, 0)
-        except ValueError:
-            raise ValueError(f"invalid dscp {v!r}: use 0..63 or a name (ef, af11..af43, cs0..cs7)") from None
-    if not isinstance(v, int) or not 0 <= v <= 63:
-        raise ValueError(f"invalid dscp {v!r}: use 0..63 or a name (ef, af11..af43, cs0..cs7)")
-    return v
+    return _name_or_number(v, "dscp", DSCP_NAMES, 63, "use 0..63 or a name (ef, af11..af43, cs0..cs7)", 0)
 
 
 def _u32(s: Any, orig: Any) -> int:

@@ -28,7 +28,7 @@ from imqd.config_fields import PROTO_NAMES, U32
 from imqd.units import format_rate, format_size, parse_time
 
 if TYPE_CHECKING:
-    from imqd.config import ClassSpec, Config, MatchSpec
+    from imqd.config import ClassSpec, Config
 
 __all__ = ["load_config", "read_yaml", "yaml_lines", "dump_config", "dump_chunks", "data_chunks", "config_to_data",
            "class_to_data",
@@ -149,24 +149,6 @@ def load_config(path: str | os.PathLike[str], missing_ok: bool = False) -> Confi
 # --- writing -------------------------------------------------------------------------------------
 
 
-def _match_out(m: MatchSpec) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for field in type(m).model_fields:
-        v = getattr(m, field)
-        if v is None:
-            continue
-        if field == "proto":
-            v = PROTO_NAMES.get(v, v)
-        elif field in ("sport", "dport"):
-            v = v[0] if v[0] == v[1] else f"{v[0]}-{v[1]}"
-        elif field == "mark":
-            v = f"{v[0]:#x}" if v[1] == U32 else f"{v[0]:#x}/{v[1]:#x}"
-        elif isinstance(v, tuple):  # several addresses
-            v = list(v)
-        out[field] = v
-    return out
-
-
 _RATE_FIELDS = frozenset(("rate", "ceil"))
 _SIZE_FIELDS = frozenset(("burst", "cburst", "quantum", "limit_bytes"))
 _TIME_FIELDS = frozenset(("delay", "jitter", "target", "interval", "idle_timeout"))
@@ -174,24 +156,9 @@ _TIME_FIELDS = frozenset(("delay", "jitter", "target", "interval", "idle_timeout
 
 def class_to_data(c: ClassSpec) -> dict[str, Any]:
     """The readable form of a class that ``dump_config`` writes (tc strings, names), None fields omitted."""
-    out: dict[str, Any] = {}
-    for field in type(c).model_fields:
-        v = getattr(c, field)
-        if v is None:
-            continue
-        if field in _RATE_FIELDS:
-            v = format_rate(v)
-        elif field in _SIZE_FIELDS:
-            v = format_size(v)
-        elif field == "match":
-            v = _match_out(v)
-        elif field in ("qdisc", "per_host"):
-            v = _options_out(v)
-        elif field in _TIME_FIELDS:
-            v = format_time(v)
-        elif field == "reorder" and not v:
-            continue
-        out[field] = v
+    out = _readable(c)
+    if not out.get("reorder", True):
+        del out["reorder"]
     return out
 
 
@@ -204,18 +171,30 @@ def format_time(seconds: float) -> str:
     return repr(seconds)
 
 
-def _options_out(m: BaseModel) -> dict[str, Any]:
+def _readable(m: BaseModel) -> dict[str, Any]:
+    """A model's set fields as an operator writes them: tc rates, sizes and times, protocol names, port ranges,
+    marks in hex; the match and leaf options likewise."""
     out: dict[str, Any] = {}
     for field in type(m).model_fields:
         v = getattr(m, field)
         if v is None:
             continue
         if field in _RATE_FIELDS:
-            v = format_rate(v) if v else 0
+            v = format_rate(v) if v else 0  # a per-host rate of 0 means "an equal share"
         elif field in _SIZE_FIELDS:
             v = format_size(v)
         elif field in _TIME_FIELDS:
             v = format_time(v)
+        elif field in ("match", "qdisc", "per_host"):
+            v = _readable(v)
+        elif field == "proto":
+            v = PROTO_NAMES.get(v, v)
+        elif field in ("sport", "dport"):
+            v = v[0] if v[0] == v[1] else f"{v[0]}-{v[1]}"
+        elif field == "mark":
+            v = f"{v[0]:#x}" if v[1] == U32 else f"{v[0]:#x}/{v[1]:#x}"
+        elif isinstance(v, tuple):  # several addresses
+            v = list(v)
         out[field] = v
     return out
 

@@ -88,12 +88,21 @@ def same(incremental: tuple[str, Any], full: tuple[str, Any]) -> None:
         assert incremental[1] == full[1]
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-@given(st.data())
-def test_change_matches_full_validation(data: Any) -> None:
+def valid_tree(data: Any) -> tuple[list[dict[str, Any]], Config]:
+    """A random tree that passes the full validation (hypothesis discards the others)."""
     classes = data.draw(trees())
     ok, cfg = outcome(lambda: parse_config({"classes": classes}))
     assume(ok == "ok")
+    return classes, cfg
+
+
+SLOW = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+
+@settings(max_examples=400, **SLOW)
+@given(st.data())
+def test_change_matches_full_validation(data: Any) -> None:
+    classes, cfg = valid_tree(data)
     name = data.draw(st.sampled_from([c.name for c in cfg.classes]))
     patch = data.draw(patches([c.name for c in cfg.classes]))
     old = cfg.class_by_name(name)
@@ -108,23 +117,19 @@ def test_change_matches_full_validation(data: Any) -> None:
     assert cfg == parse_config({"classes": classes}), "a refused or accepted change never touches the old config"
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(max_examples=300, **SLOW)
 @given(st.data())
 def test_add_matches_full_validation(data: Any) -> None:
-    classes = data.draw(trees())
-    ok, cfg = outcome(lambda: parse_config({"classes": classes}))
-    assume(ok == "ok")
+    _, cfg = valid_tree(data)
     spec = {"name": "new", "rate": "1mbit", **data.draw(patches([c.name for c in cfg.classes]))}
     spec = {k: v for k, v in spec.items() if v is not None}
     same(outcome(lambda: cfg.with_class_added(spec)), reference(cfg, [*cfg.classes, spec]))
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(max_examples=200, **SLOW)
 @given(st.data())
 def test_remove_matches_full_validation(data: Any) -> None:
-    classes = data.draw(trees())
-    ok, cfg = outcome(lambda: parse_config({"classes": classes}))
-    assume(ok == "ok")
+    _, cfg = valid_tree(data)
     name = data.draw(st.sampled_from([c.name for c in cfg.classes]))
     incremental = outcome(lambda: cfg.with_class_removed(name))
     if cfg.children(name):
@@ -133,7 +138,7 @@ def test_remove_matches_full_validation(data: Any) -> None:
         same(incremental, reference(cfg, [c for c in cfg.classes if c.name != name]))
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(max_examples=200, **SLOW)
 @given(trees(), trees(), st.integers(0, 3), st.integers(0, len(NAMES) - 1))
 def test_diff_and_apply_are_inverses(a: list[dict[str, Any]], b: list[dict[str, Any]], overhead: int,
                                      shift: int) -> None:
@@ -155,7 +160,7 @@ def test_diff_and_apply_are_inverses(a: list[dict[str, Any]], b: list[dict[str, 
     assert (delta.order is None) == (in_order and added_last)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(max_examples=100, **SLOW)
 @given(trees(), st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(RATES[:3])), min_size=1, max_size=20))
 def test_a_sequence_of_changes_keeps_the_index_exact(classes: list[dict[str, Any]],
                                                       steps: list[tuple[str, str]]) -> None:
@@ -243,3 +248,18 @@ def test_a_class_moved_under_a_parent_takes_its_config_place_among_the_children(
                                     {"name": "b", "parent": "a", "rate": "1mbit"}]})
     moved = cfg.with_class_changed("x", {"parent": "a"})
     assert [c.name for c in moved.children("a")] == ["x", "b"]
+
+
+@pytest.mark.slow
+def test_a_file_of_100000_classes_is_refused_naming_the_limit(tmp_path: Any) -> None:
+    """Issue 15: a config over the limit is refused with a clear message (after its YAML is read: ~10 s)."""
+    from imqd.cli import main
+
+    path = tmp_path / "big.yaml"
+    path.write_text("classes:\n" + "".join(f"- {{name: c{i}, rate: 1mbit}}\n" for i in range(100_000)))
+    with pytest.raises(ConfigError) as ei:
+        from imqd.config import load_config
+
+        load_config(path)
+    assert f"100,000 classes: imqd supports at most {MAX_CLASSES:,}" in str(ei.value)
+    assert main(["check-config", str(path)]) == 1
