@@ -211,3 +211,15 @@ def test_an_empty_table_and_broken_csv() -> None:
     assert errors("") == [("csv", 1)]
     assert read_circuits(table()) == []
     assert errors(table(row("c1"), 'c2,"unterminated', row("c3"))) == [("csv", 3)], "where the broken record starts"
+
+
+def test_the_example_table_imports() -> None:
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "ShapedDevices.csv"
+    site1 = parse_config({"classes": [{"name": "site1-down", "direction": "ingress", "rate": "1gbit"},
+                                      {"name": "site1-up", "direction": "egress", "rate": "1gbit"}]})
+    cfg = imported_config(site1, read_circuits(example.read_text()))
+    assert [c.name for c in cfg.classes][2:] == ["sub-1001-down", "sub-1001-up", "sub-1002-down", "sub-1002-up",
+                                                 "sub-pppoe-42-down", "sub-pppoe-42-up"]
+    assert cfg.class_by_name("sub-1002-up").rate == 500_000
