@@ -135,7 +135,7 @@ class ConfigStore:
                 if attempt == 2:
                     raise
                 time.sleep(0.05)
-        if raw is None and journal.base is None and not journal.records and not missing_ok:
+        if raw is None and not journal.records and not missing_ok:
             raise ConfigError([{"loc": (), "msg": "file not found"}], path=self.display)
         text = ""
         data: Any = {}

@@ -227,3 +227,12 @@ def test_compaction_is_due_when_the_journal_grows(tmp_path: Path) -> None:
         assert not store.needs_compaction()
         cfg = change(store, cfg, "a", rate=f"{1 + i % 50}mbit")
     assert store.needs_compaction()
+
+
+def test_a_deleted_file_is_not_found_even_with_an_empty_journal(tmp_path: Path) -> None:
+    store, cfg, path = start(tmp_path)
+    store.open()
+    path.unlink()
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(path)
+    assert load_config(path, missing_ok=True) == Config()
