@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from imqd.config import Config, ConfigError, load_config
+from imqd.config import Config, ConfigError
 
 EXIT_USAGE = 2
 EXIT_FAIL = 1

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
@@ -79,9 +79,6 @@ from imqd.config_tree import (
 )
 from imqd.packet import PORT_PROTOS
 from imqd.units import format_rate
-
-if TYPE_CHECKING:
-    from imqd.config_delta import ConfigDelta
 
 __all__ = [
     "ConfigError",
@@ -559,4 +556,4 @@ def _convert(e: ValidationError, data: Mapping[str, Any], prefix: tuple[Any, ...
 
 # The file format and the delta type live in their own modules; these names stay importable from here.
 from imqd.config_delta import ConfigDelta  # noqa: E402
-from imqd.config_file import class_to_data, dump_config, format_time, load_config, save_config_atomic  # noqa: E402
+from imqd.config_file import class_to_data, dump_config, load_config, save_config_atomic  # noqa: E402
