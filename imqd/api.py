@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, WithJsonSchema
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imqd.config import ClassSpec, ConfigError
@@ -38,9 +39,13 @@ from imqd.dashboard import ChangeLog, ChangeRecorder, mount_dashboard
 from imqd.metrics import ClassSeries, metrics_registry
 from imqd.stats_view import MAX_TOP, StatsQuery
 
-__all__ = ["create_app", "APPLY_HEADER", "DEFAULT_MAX_BODY", "STATUS_BY_CODE"]
+__all__ = ["create_app", "APPLY_HEADER", "DEFAULT_MAX_BODY", "BULK_MAX_BODY", "STATUS_BY_CODE"]
 
 DEFAULT_MAX_BODY = 64 * 1024
+# A whole class set (PUT /classes) or subscriber table (POST /import) is larger: ~250 bytes of JSON per class,
+# ~100 bytes of CSV per device row.  32 MiB holds MAX_CLASSES classes; only these two endpoints get it.
+BULK_MAX_BODY = 32 * 1024 * 1024
+BULK_ROUTES = frozenset({("PUT", "/classes"), ("POST", "/import")})
 APPLY_HEADER = "X-Imqd-Apply-Seconds"
 STATUS_BY_CODE = {"invalid": 422, "not_found": 404, "exists": 409, "has_children": 409}
 
@@ -121,6 +126,20 @@ class DirectionStatsOut(BaseModel):
     classes: int
 
 
+class ChangeSummary(BaseModel):
+    added: int = Field(description="classes added")
+    changed: int = Field(description="classes changed")
+    removed: int = Field(description="classes removed")
+    unchanged: int = Field(description="classes left as they were (their queues and token state untouched)")
+    applied: bool = Field(description="false: nothing changed (or a dry run), nothing was written or sent")
+    apply_seconds: float | None = Field(default=None, description="time until every worker applied the change")
+
+
+class ImportSummary(ChangeSummary):
+    circuits: int = Field(description="circuits in the table (one download and one upload class each)")
+    devices: int = Field(description="device rows in the table")
+
+
 class StatsOut(BaseModel):
     enabled: bool
     time: float = Field(description="when the counters were sampled (Unix time); they are sampled every 0.5 s")
@@ -182,6 +201,19 @@ ClassCreate = Annotated[dict[str, Any], WithJsonSchema({**body_schema(ClassSpec,
 ClassPatch = Annotated[dict[str, Any], WithJsonSchema({**body_schema(ClassSpec, partial=True),
                                                        "examples": [{"rate": "30mbit", "ceil": None}]})]
 
+ClassSet = Annotated[dict[str, Any], WithJsonSchema({
+    "type": "object", "title": "ClassSet", "additionalProperties": False, "required": ["classes"],
+    "properties": {"overhead": {"type": "integer", "minimum": 0, "maximum": 1024,
+                                "description": "global per-packet overhead in bytes (unchanged if left out)"},
+                   "classes": {"type": "array", "items": body_schema(ClassSpec, partial=False),
+                               "description": "the complete class set, in config order"}},
+    "examples": [{"overhead": 14, "classes": [CLASS_EXAMPLE]}]})]
+CSV_BODY = {"requestBody": {"required": True, "description": "a LibreQoS ShapedDevices.csv table (UTF-8)",
+                            "content": {"text/csv": {"schema": {"type": "string"}, "example": (
+                                "Circuit ID,Circuit Name,Device ID,Device Name,Parent Node,MAC,IPv4,IPv6,"
+                                "Download Min Mbps,Upload Min Mbps,Download Max Mbps,Upload Max Mbps,Comment\n"
+                                "c1,Alice,d1,router,site1,,198.18.20.1,,10,5,100,20,\n")}}}}
+
 ClassName = Annotated[str, Path(description="the class name", examples=["web"])]
 
 _APPLY_DOC = {APPLY_HEADER: {"description": "seconds from the change until every worker applied it",
@@ -201,7 +233,7 @@ _ERROR_TEXT = {
     409: "the class exists already, or it still has children",
     413: "request body too large",
     503: "the configuration file could not be written; nothing was changed",
-    422: "invalid value; `loc` names the field",
+    422: "invalid value; `loc` names the field (in a CSV table: [\"csv\", line, column])",
 }
 
 
@@ -282,16 +314,23 @@ def _check_text(body: Any) -> None:
 
 # -- body size limit (pure ASGI, so it sees the raw stream) ----------------------------
 class BodyLimit:
-    """Refuse bodies over ``max_body`` bytes with 413: by Content-Length, and by counting what arrives."""
+    """Refuse bodies over ``max_body`` bytes with 413: by Content-Length, and by counting what arrives.
 
-    def __init__(self, app: Callable[..., Awaitable[None]], max_body: int) -> None:
+    The bulk routes (``(method, path)`` in ``bulk_routes``) may send up to ``bulk_max_body``."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], max_body: int, bulk_max_body: int | None = None,
+                 bulk_routes: frozenset[tuple[str, str]] = frozenset()) -> None:
         self.app = app
         self.max_body = max_body
+        self.bulk_max_body = bulk_max_body if bulk_max_body is not None else max_body
+        self.bulk_routes = bulk_routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        bulk = (scope.get("method"), scope.get("path")) in self.bulk_routes
+        limit = self.bulk_max_body if bulk else self.max_body
         for key, value in scope.get("headers", ()):
             if key == b"content-length":
                 try:
@@ -299,8 +338,8 @@ class BodyLimit:
                 except ValueError:
                     await self._refuse(send, 400, "Content-Length is not a number")
                     return
-                if length > self.max_body:
-                    await self._refuse(send, 413, f"request body over {self.max_body} bytes")
+                if length > limit:
+                    await self._refuse(send, 413, f"request body over {limit} bytes")
                     return
         chunks: list[bytes] = []
         size = 0
@@ -310,8 +349,8 @@ class BodyLimit:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body:
-                await self._refuse(send, 413, f"request body over {self.max_body} bytes")
+            if size > limit:
+                await self._refuse(send, 413, f"request body over {limit} bytes")
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -356,8 +395,8 @@ def mount_offline_docs(app: FastAPI) -> None:
 
 
 
-def create_app(controller: Any, *, token: str | None, open_reads: bool, max_body: int = DEFAULT_MAX_BODY
-               ) -> FastAPI:
+def create_app(controller: Any, *, token: str | None, open_reads: bool, max_body: int = DEFAULT_MAX_BODY,
+               bulk_max_body: int = BULK_MAX_BODY) -> FastAPI:
     """The REST API over ``controller``; ``token`` guards writes (and reads unless ``open_reads``)."""
     app = FastAPI(
         title="imqd",
@@ -433,7 +472,7 @@ def create_app(controller: Any, *, token: str | None, open_reads: bool, max_body
         _check_text(body)
         stored = controller.add_class(body)
         return JSON(stored, status_code=201, headers={
-            **applied(controller.last_apply_s), "Location": f"/classes/{stored['name']}"})
+            **applied(controller.applied_seconds), "Location": f"/classes/{stored['name']}"})
 
     @app.patch("/classes/{name}", response_model=ClassSpec, dependencies=write_deps,
                responses={200: {"headers": _APPLY_DOC}, **write_errors, **_errors(404)},
@@ -441,7 +480,7 @@ def create_app(controller: Any, *, token: str | None, open_reads: bool, max_body
     def change_class(name: ClassName, body: Annotated[ClassPatch, Body()]) -> Response:
         _check_text(body)
         stored = controller.change_class(name, body)
-        return JSON(stored, headers=applied(controller.last_apply_s))
+        return JSON(stored, headers=applied(controller.applied_seconds))
 
     @app.delete("/classes/{name}", status_code=204, dependencies=write_deps,
                 responses={204: {"headers": _APPLY_DOC}, **(_errors(401) if secret else {}),
@@ -449,7 +488,34 @@ def create_app(controller: Any, *, token: str | None, open_reads: bool, max_body
                 tags=["classes"], summary="Remove a leaf class; its held packets go to the default class")
     def delete_class(name: ClassName) -> Response:
         controller.delete_class(name)
-        return Response(status_code=204, headers=applied(controller.last_apply_s))
+        return Response(status_code=204, headers=applied(controller.applied_seconds))
+
+    @app.put("/classes", response_model=ChangeSummary, dependencies=write_deps,
+             responses={200: {"headers": _APPLY_DOC}, **write_errors, **_errors(413)}, tags=["classes"],
+             summary="Replace the whole class set atomically; only the difference is applied")
+    def replace_classes(body: Annotated[ClassSet, Body()]) -> Response:
+        _check_text(body)
+        summary = controller.replace_classes(body)
+        return JSON(summary, headers=applied(summary["apply_seconds"]))
+
+    @app.post("/import", response_model=ImportSummary, dependencies=write_deps, openapi_extra=CSV_BODY,
+              responses={200: {"headers": _APPLY_DOC}, **write_errors, **_errors(413)}, tags=["classes"],
+              summary="Import subscribers from a LibreQoS ShapedDevices.csv: one download and one upload class "
+                      "per circuit, replacing the previously imported ones as one change")
+    async def import_subscribers(
+        request: Request,
+        prefix: Annotated[str | None, Query(description="name prefix of the imported classes (default sub-)")] = None,
+        parent: Annotated[str | None, Query(description="Parent Node for rows that name none")] = None,
+        dry_run: Annotated[bool, Query(description="only report what would change")] = False,
+    ) -> Response:
+        raw = await request.body()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError.one(("body",), f"the table is not UTF-8 text: {exc}") from None
+        summary = await run_in_threadpool(controller.import_subscribers, text, prefix=prefix, parent=parent,
+                                          dry_run=dry_run)
+        return JSON(summary, headers=applied(summary["apply_seconds"]))
 
     # -- state --
     @app.get("/stats", response_model=StatsOut, dependencies=read_deps,
@@ -503,5 +569,6 @@ def create_app(controller: Any, *, token: str | None, open_reads: bool, max_body
     changes = ChangeLog()
     mount_dashboard(app, controller, read_deps, {**read_401, **_errors(422)}, changes)
     app.add_middleware(ChangeRecorder, apply_header=APPLY_HEADER, log=changes)
-    app.add_middleware(BodyLimit, max_body=max_body)
+    app.add_middleware(BodyLimit, max_body=max_body, bulk_max_body=max(max_body, bulk_max_body),
+                       bulk_routes=BULK_ROUTES)
     return app

@@ -207,14 +207,25 @@ class _Given:
         return self.mark
 
 
+def _rec_order(rec: Record) -> int:
+    return rec[0]
+
+
+def matches_of(spec: MatchSpec) -> Match | tuple[Match, ...]:
+    """A config match as the classifier takes it: one Match, or one per address it lists (alternatives)."""
+    alts = spec.alternatives()
+    return Match.from_spec(alts[0]) if len(alts) == 1 else tuple(Match.from_spec(a) for a in alts)
+
+
 class _Keep:
     """``update(default=...)`` not given: keep the default class."""
 
 
 _KEEP = _Keep()
 
-#: ``(class name, Match, order)``: a rule to add
-NewRule = tuple[str, "Match", int]
+#: ``(class name, Match or Matches, order)``: a class's rule to add.  Several Matches are alternatives (a class
+#: that lists several addresses: ``MatchSpec.alternatives``): the class matches when any of them does.
+NewRule = tuple[str, "Match | tuple[Match, ...]", int]
 
 
 class Classifier:
@@ -228,7 +239,7 @@ class Classifier:
     """
 
     __slots__ = ("classify_packet", "source", "_default", "_records", "_orders", "_linear", "_index",
-                 "_n_indexed", "_shape", "_ns", "_classify", "_rules")
+                 "_n_indexed", "_n_linear", "_shape", "_ns", "_classify", "_rules")
 
     #: False: no index, every rule an ``if`` (LinearClassifier)
     indexed: ClassVar[bool] = True
@@ -240,14 +251,15 @@ class Classifier:
     #: rule tests them
     classify_packet: Callable[[Any, bytes, Any], "tuple[int, str | None]"]
 
-    def __init__(self, rules: Sequence[tuple[str, Match]], default: str | None) -> None:
+    def __init__(self, rules: Sequence[tuple[str, Match | tuple[Match, ...]]], default: str | None) -> None:
         """``rules`` in first-match order (rule i gets order i)."""
         self._default: str | None = None
-        self._records: dict[str, Record] = {}  # every rule by class name
+        self._records: dict[str, list[Record]] = {}  # every class's rules (one per alternative) by class name
         self._orders: dict[int, str] = {}  # order -> class name: orders are unique
-        self._linear: dict[str, Record] = {}  # the rules not in the index
+        self._linear: dict[str, list[Record]] = {}  # the rules not in the index
         self._index = AddressIndex()
         self._n_indexed = 0
+        self._n_linear = 0  # rules (alternatives) not in the index
         self._shape: Shape | None = None
         self._ns: dict[str, Any] = {}  # the generated functions' globals
         self._classify: ClassifyFn | None = None
@@ -261,10 +273,11 @@ class Classifier:
 
     @classmethod
     def from_config(cls, config: Config, direction: Direction) -> Classifier:
-        """Rules from the leaf classes of ``direction`` that have a match; a class's order is its position in
+        """Rules from the leaf classes of ``direction`` that have a match (a match listing several addresses
+        gives one alternative per address, ``MatchSpec.alternatives``); a class's order is its position in
         ``config.classes``."""
-        position = {c.name: i for i, c in enumerate(config.classes)}
-        rules = [(c.name, Match.from_spec(c.match), position[c.name])
+        position = config.position
+        rules = [(c.name, matches_of(c.match), position(c.name))
                  for c in config.matching_leaves(direction) if c.match is not None]  # fmt: skip
         default = config.default_class(direction)
         new = cls([], None)
@@ -317,18 +330,20 @@ class Classifier:
             if not (isinstance(rule, (tuple, list)) and len(rule) == 3):
                 raise TypeError(f"a rule to add is (class name, Match, order), got {rule!r}")
             name, m, order = rule
-            if not isinstance(name, str) or not isinstance(m, Match):
-                raise TypeError(f"a rule is (class name, Match), got ({name!r}, {m!r})")
+            ms = m if isinstance(m, tuple) else (m,)
+            if not isinstance(name, str) or not ms or not all(isinstance(x, Match) for x in ms):
+                raise TypeError(f"a rule is (class name, Match or a tuple of Matches), got ({name!r}, {m!r})")
             if isinstance(order, bool) or not isinstance(order, int) or not 0 <= order < NO_ORDER:
                 raise ValueError(f"class {name!r}: order must be an int from 0 to 2**62-1, got {order!r}")
         names = {name for name, _, _ in adding}  # their old rules go, and free their orders
         seen: set[str] = set()
         orders: dict[int, str] = {}
         leaving = gone | (names & self._records.keys())
-        linear_left = len(self._linear) - sum(1 for n in leaving if n in self._linear)
-        total = len(self._records) - len(leaving)
+        linear_left = self._n_linear - sum(len(self._linear[n]) for n in leaving if n in self._linear)
+        total = self._n_indexed + self._n_linear - sum(len(self._records[n]) for n in leaving)
         for name, m, order in adding:
-            total += 1
+            ms = m if isinstance(m, tuple) else (m,)
+            total += len(ms)
             if total > MAX_RULES:
                 raise ValueError(f"class {name!r}: more than {MAX_RULES} rules in one classifier")
             if name in seen:
@@ -340,41 +355,49 @@ class Classifier:
             owner = self._orders.get(order)
             if owner is not None and owner not in gone and owner not in names:
                 raise ValueError(f"class {name!r}: order {order} is taken by class {owner!r}")
-            if not (self.indexed and m.family and (m.dst_mask or m.src_mask)):  # what index_key takes
-                linear_left += 1
-                if linear_left > self.max_linear:
-                    raise ValueError(f"class {name!r}: more than {self.max_linear} rules without a src or dst prefix "
-                                     "(each is tested one by one on every packet); give them address prefixes")
+            linear_left += sum(1 for x in ms if not (self.indexed and x.family and (x.dst_mask or x.src_mask)))
+            if linear_left > self.max_linear:  # (what index_key cannot take)
+                raise ValueError(f"class {name!r}: more than {self.max_linear} rules without a src or dst prefix "
+                                 "(each is tested one by one on every packet); give them address prefixes")
 
-    def _put(self, name: str, m: Match, order: int) -> None:
-        found = index_key(m) if self.indexed else None
-        if found is None:
-            rec: Record = (order, name, None, m)
-            self._linear[name] = rec
-        else:
-            tk, key = found
-            check, fields = (None, frozenset()) if _plain(m, tk[0]) else check_for(m, tk[0])
-            rec = (order, name, check, m)
-            self._index.add(tk, key, rec, fields)
-            self._n_indexed += 1
-        self._records[name] = rec
+    def _put(self, name: str, m: Match | tuple[Match, ...], order: int) -> None:
+        recs: list[Record] = []
+        for alt in m if isinstance(m, tuple) else (m,):
+            found = index_key(alt) if self.indexed else None
+            if found is None:
+                rec: Record = (order, name, None, alt)
+                self._linear.setdefault(name, []).append(rec)
+                self._n_linear += 1
+            else:
+                tk, key = found
+                check, fields = (None, frozenset()) if _plain(alt, tk[0]) else check_for(alt, tk[0])
+                rec = (order, name, check, alt)
+                self._index.add(tk, key, rec, fields)
+                self._n_indexed += 1
+            recs.append(rec)
+        self._records[name] = recs
         self._orders[order] = name
 
     def _drop(self, name: str) -> None:
-        rec = self._records.pop(name)
-        del self._orders[rec[0]]
-        if self._linear.pop(name, None) is None:
-            tk, key = index_key(rec[3])  # type: ignore[misc]
-            fields = frozenset() if rec[2] is None else check_for(rec[3], tk[0])[1]
-            self._index.remove(tk, key, rec, fields)
-            self._n_indexed -= 1
+        recs = self._records.pop(name)
+        del self._orders[recs[0][0]]
+        self._n_linear -= len(self._linear.pop(name, ()))
+        for rec in recs:
+            found = index_key(rec[3]) if self.indexed else None
+            if found is not None:
+                tk, key = found
+                fields = frozenset() if rec[2] is None else check_for(rec[3], tk[0])[1]
+                self._index.remove(tk, key, rec, fields)
+                self._n_indexed -= 1
+
 
     # --- the generated code ----------------------------------------------------------------------
 
     def _regenerate(self) -> None:
         """Point the generated functions at the current tables; recompile them if their shape changed."""
         tables = tuple(sorted(self._index.tables))
-        linear = tuple((o, n, m) for o, n, _, m in sorted(self._linear.values()))
+        linear = tuple((o, n, m) for o, n, _, m in sorted((r for rs in self._linear.values() for r in rs),
+                                                          key=_rec_order))  # (stable: alternatives keep theirs)
         shape = Shape(linear, tables, frozenset(self._index.check_fields), self._default)
         for i, tk in enumerate(tables):  # a table emptied and made again in one update is a new dict
             self._ns[f"_g{i}"] = self._index.tables[tk].get
@@ -414,12 +437,13 @@ class Classifier:
     def rules(self) -> tuple[tuple[str, Match], ...]:
         """``(class name, Match)`` in order (built on first use after a change)."""
         if self._rules is None:
-            self._rules = tuple((name, m) for _, name, _, m in sorted(self._records.values()))
+            recs = sorted((r for rs in self._records.values() for r in rs), key=_rec_order)
+            self._rules = tuple((name, m) for _, name, _, m in recs)
         return self._rules
 
     def order(self, name: str) -> int:
         """The order of class ``name``'s rule (KeyError if it has none)."""
-        return self._records[name][0]
+        return self._records[name][0][0]
 
     @property
     def default(self) -> str | None:

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from imqd.config import Config, ConfigError, load_config
+from imqd.config import Config, ConfigError
 
 EXIT_USAGE = 2
 EXIT_FAIL = 1
@@ -160,6 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     en = sub.add_parser("enable", help="switch shaping on (on) or off (off)")
     en.add_argument("state", choices=("on", "off"))
     add_client_options(en)
+    imp = sub.add_parser("import", help="import subscribers from a LibreQoS ShapedDevices.csv through the API: "
+                                        "one download and one upload class per circuit")
+    imp.add_argument("file", type=Path, help="the CSV table")
+    imp.add_argument("--prefix", default=None, help="name prefix of the imported classes (default sub-); a "
+                                                   "re-import replaces exactly the classes with this prefix")
+    imp.add_argument("--parent", default=None, metavar="NODE",
+                     help="Parent Node for rows that name none (its classes NODE-down and NODE-up must exist)")
+    imp.add_argument("--dry-run", action="store_true", help="check the table and say what would change")
+    add_client_options(imp)
     return parser
 
 
@@ -218,10 +227,14 @@ def rule_options(args: argparse.Namespace) -> Any:
         raise CliError(str(exc)) from None
 
 
-def load_run_config(path: Path | None) -> Config:
+def load_run_store(path: Path | None) -> tuple[Config, Any]:
+    """The configuration ``imqd run`` starts with and the store it was read from (None without a file)."""
     if path is None:
-        return Config()
-    return load_config(path, missing_ok=True)
+        return Config(), None
+    from imqd.journal import ConfigStore
+
+    store = ConfigStore(path)
+    return store.load(missing_ok=True), store
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -237,7 +250,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except argparse.ArgumentTypeError as exc:
         raise CliError(str(exc)) from None
     token_file = args.token_file or (Path(p) if (p := env("IMQD_TOKEN_FILE")) else None)
-    config = load_run_config(config_path)  # validated before any rule or worker starts
+    from imqd.supervisor import start_forkserver
+
+    start_forkserver()  # the workers' modules load in the fork server meanwhile (no worker starts yet)
+    config, store = load_run_store(config_path)  # validated before any rule or worker starts
     if args.max_len < 1:
         raise CliError(f"--max-len {args.max_len}: must be at least 1")
     if not 20 <= args.copy_range <= 65535:
@@ -267,6 +283,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except SupervisorError as exc:
             raise CliError(str(exc)) from None
         applied_rules = False
+        controller = None
         try:
             follow_rules = None
             if args.apply_rules:
@@ -289,7 +306,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 first, last, len(config.classes),
                 "C" if ACCELERATED else "Python (the C extension imqd.qdisc._htbfast was not built: slower)",
                 "off (--no-gso)" if args.no_gso else "asked for", args.on_overflow)
-            controller = Controller(config, config_path, sup, on_change=follow_rules)
+            controller = Controller(config, config_path, sup, on_change=follow_rules, store=store)
             controller.stats_hook = checks
             if api is None:
                 for sig in (signal.SIGTERM, signal.SIGINT):
@@ -304,6 +321,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 except Exception as exc:  # noqa: BLE001 - report, keep shutting down
                     print(f"imqd: removing rules failed: {exc}", file=sys.stderr)
             sup.stop()
+            if controller is not None:
+                controller.close()  # the journal's changes into the YAML file
         return 0
 
 
@@ -453,11 +472,16 @@ def cmd_rules(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate the config; then warn about every class the ingress hook cannot see, given the nat table."""
+    """Validate the config (with the changes the API journalled); then warn about every class the ingress hook
+    cannot see, given the nat table."""
     from imqd.hook_checks import placement_warnings
+    from imqd.journal import ConfigStore
     from imqd.rules import RulesError
 
-    config = load_config(args.config)
+    store = ConfigStore(args.config)
+    config = store.load()
+    pending = (f"; {store.replayed} changes made through the API are in {store.journal_path} and not yet in the "
+               "file (imqd run writes them there)") if store.replayed else ""
     hook = ingress_hook(args)
     try:
         warnings = placement_warnings(config, hook, read_nat_rules())
@@ -467,7 +491,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for line in warnings:
         print(f"imqd: warning: {line}", file=sys.stderr)
     extra = f", {len(warnings)} warning{'s' if len(warnings) != 1 else ''} (ingress hook {hook})" if warnings else ""
-    print(f"{args.config}: OK ({len(config.classes)} classes{extra})")
+    print(f"{args.config}: OK ({len(config.classes)} classes{extra}{pending})")
     return 0
 
 
@@ -484,7 +508,7 @@ def cmd_client(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "rules": cmd_rules, "token": cmd_token, "check-config": cmd_check_config, "lab": cmd_lab,
-            "class": cmd_client, "stats": cmd_client, "enable": cmd_client}
+            "class": cmd_client, "stats": cmd_client, "enable": cmd_client, "import": cmd_client}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

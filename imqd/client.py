@@ -1,4 +1,4 @@
-"""``imqd class|stats|enable``: a thin command-line client of the REST API.
+"""``imqd class|stats|enable|import``: a thin command-line client of the REST API.
 
 It uses only urllib so the CLI needs nothing beyond the standard library.
 Every failure (API refused the change, API not reachable, bad ``--set``)
@@ -175,12 +175,15 @@ class Api:
         self.token = token
         self.timeout = timeout
 
-    def request(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, str], Any]:
-        data = None if body is None else json.dumps(body).encode()
+    def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+                content_type: str = "application/json", separator: str = "; ") -> tuple[int, dict[str, str], Any]:
+        """One request: ``body`` is sent as JSON, or ``raw`` bytes as ``content_type``.  Errors become a
+        ClientError whose message joins the API's errors with ``separator``."""
+        data = raw if raw is not None else None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.base + path, data=data, method=method)
         req.add_header("Accept", "application/json")
         if data is not None:
-            req.add_header("Content-Type", "application/json")
+            req.add_header("Content-Type", content_type)
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
@@ -188,7 +191,7 @@ class Api:
                 raw = resp.read()
                 return resp.status, dict(resp.headers.items()), _decode(raw)
         except urllib.error.HTTPError as exc:
-            raise ClientError(error_line(exc.code, _decode(exc.read()))) from None
+            raise ClientError(error_line(exc.code, _decode(exc.read()), separator)) from None
         except urllib.error.URLError as exc:
             raise ClientError(self._unreachable(exc.reason)) from None
         except (ConnectionError, TimeoutError) as exc:
@@ -219,8 +222,9 @@ def _decode(raw: bytes) -> Any:
         return raw.decode("utf-8", "replace").strip()
 
 
-def error_line(status: int, body: Any) -> str:
-    """One line from an API error: ``HTTP 422: rate: invalid rate 'x'; ceil: ...``."""
+def error_line(status: int, body: Any, separator: str = "; ") -> str:
+    """One line from an API error: ``HTTP 422: rate: invalid rate 'x'; ceil: ...``; a CSV table's errors read
+    ``line 5, Download Max Mbps: ...``."""
     detail = body.get("detail") if isinstance(body, dict) else body
     if isinstance(detail, list):
         parts = []
@@ -230,8 +234,11 @@ def error_line(status: int, body: Any) -> str:
                 continue
             loc = [str(p) for p in err.get("loc") or [] if p != "body"]
             msg = str(err.get("msg", "")).replace("\n", " ")
-            parts.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
-        text = "; ".join(parts)
+            if len(loc) >= 2 and loc[0] == "csv":
+                parts.append(f"line {', '.join(loc[1:])}: {msg}")
+            else:
+                parts.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
+        text = separator.join(parts)
     else:
         text = str(detail).replace("\n", " ") if detail else ""
     return f"HTTP {status}: {text}" if text else f"HTTP {status}"
@@ -407,7 +414,29 @@ def cmd_enable(api: Api, args: argparse.Namespace, out: TextIO) -> None:
     print(f"shaping {state}{_applied(headers)}", file=out)
 
 
-COMMANDS = {"class": cmd_class, "stats": cmd_stats, "enable": cmd_enable}
+def cmd_import(api: Api, args: argparse.Namespace, out: TextIO) -> None:
+    """Send a LibreQoS ShapedDevices.csv to ``POST /import``; one line per bad row if it is refused."""
+    try:
+        raw = Path(args.file).read_bytes()
+    except OSError as exc:
+        raise ClientError(f"{args.file}: {exc.strerror}") from None
+    query = {k: v for k, v in (("prefix", args.prefix), ("parent", args.parent)) if v}
+    if args.dry_run:
+        query["dry_run"] = "true"
+    path = "/import" + ("?" + urllib.parse.urlencode(query) if query else "")
+    try:
+        _, headers, summary = api.request("POST", path, raw=raw, content_type="text/csv", separator="\n  ")
+    except ClientError as exc:
+        raise ClientError(f"{args.file}: not imported, nothing changed:\n  {exc}", exc.code) from None
+    what = (f"{summary['circuits']} circuits ({summary['devices']} devices): {summary['added']} classes added, "
+            f"{summary['changed']} changed, {summary['removed']} removed, {summary['unchanged']} unchanged")
+    if args.dry_run:
+        print(f"{args.file}: would import {what} (dry run: nothing changed)", file=out)
+    else:
+        print(f"{args.file}: imported {what}{_applied(headers)}", file=out)
+
+
+COMMANDS = {"class": cmd_class, "stats": cmd_stats, "enable": cmd_enable, "import": cmd_import}
 
 
 def run_client(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:

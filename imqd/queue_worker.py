@@ -389,6 +389,8 @@ class QueueWorker:
             self._accept_all(released)
             self._drop_all(self.shaper.take_dropped())
             self._send(("applied", version))
+        elif kind == "delta":
+            self._apply_delta(msg, now)
         elif kind == "enabled":
             _, version, enabled = msg
             self._accept_all(self.shaper.set_enabled(bool(enabled)))
@@ -396,6 +398,29 @@ class QueueWorker:
             self._send(("applied", version))
         elif kind == "stop":
             self._stop = True
+
+    def _apply_delta(self, msg: tuple[Any, ...], now: float) -> None:
+        """A change as a delta on top of version ``version - 1``; one already applied (a restarted worker got
+        the whole configuration of that version) is acknowledged again.  A gap (a delta this worker never
+        received, or one it refused) asks the supervisor for the whole configuration instead."""
+        _, version, delta, slots_added, enabled = msg
+        shaper = self.shaper
+        if version <= shaper.version:
+            self._send(("applied", shaper.version))
+            return
+        if version != shaper.version + 1:
+            self._send(("resync", version, shaper.version))
+            return
+        try:
+            released = shaper.apply_delta(delta, now, slots_added, version)
+            released += shaper.set_enabled(enabled)
+        except Exception as exc:  # the supervisor validated it; report, keep the old tree, ask for the whole
+            self._send(("error", version, f"{type(exc).__name__}: {exc}"))
+            self._send(("resync", version, shaper.version))
+            return
+        self._accept_all(released)
+        self._drop_all(shaper.take_dropped())
+        self._send(("applied", version))
 
     def _send(self, msg: tuple[Any, ...]) -> None:
         if self.control is None:

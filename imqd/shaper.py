@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from imqd.classifier import Classifier
-from imqd.config import ClassSpec, Config
+from imqd.config import ClassSpec, Config, ConfigDelta
 from imqd.packet import parse_headers
 from imqd.qdisc.base import QueuedPacket
 from imqd.qdisc.counters import CounterStore, LocalCounters
@@ -161,6 +161,9 @@ class Shaper:
     #: hook number -> the tree that shapes it, None when nothing does (or shaping is off): the worker's
     #: per-packet lookup, kept current by apply() and set_enabled()
     by_hook: tuple[DirectionTree | None, ...] = (None,) * len(HOOK_DIRECTIONS)
+    #: the configuration and token slots installed last (what apply_delta applies a delta to)
+    config: Config | None = None
+    slots: dict[str, int] = field(default_factory=dict)
 
     def apply(self, config: Config, now: float, slots: dict[str, int] | None = None,
               version: int | None = None) -> list[QueuedPacket]:
@@ -207,9 +210,28 @@ class Shaper:
                         leaf.share_buckets(self.host_buckets, class_tag(direction, c.name))
         self.trees = new_trees
         self._index_hooks()
+        self.config, self.slots = config, slots
         if version is not None:
             self.version = version
         return released
+
+    def apply_delta(self, delta: ConfigDelta, now: float, slots_added: dict[str, int] | None = None,
+                    version: int | None = None) -> list[QueuedPacket]:
+        """Install the installed configuration with ``delta`` applied (validated already): the same contract
+        as :meth:`apply` -- held packets to release are returned, and either all of it is installed or
+        nothing.  ``slots_added``: token slots of the classes the delta adds (removed classes free theirs);
+        None when the caller gives no slots (a private store).
+
+        For now a full :meth:`apply` of the new configuration: correct, not yet O(delta)."""
+        if self.config is None:
+            raise ValueError("apply_delta needs a configuration installed by apply() first")
+        config = self.config.apply_delta(delta)
+        slots = None
+        if slots_added is not None:
+            removed = set(delta.removed)
+            slots = {name: slot for name, slot in self.slots.items() if name not in removed}
+            slots.update(slots_added)
+        return self.apply(config, now, slots, version)
 
     def _index_hooks(self) -> None:
         """Recompute ``by_hook``: after every change of the trees or of the switch."""

@@ -3,6 +3,9 @@
 The supervisor owns what must outlive a worker: the shared token store (so a
 restarted worker continues the class rates where the dead one left them),
 the class-name -> token-slot map, the current configuration and its version.
+A change travels to the workers as a :class:`~imqd.config_delta.ConfigDelta`
+(only what changed); a (re)started worker, or one that missed a delta, gets
+the whole configuration once.
 A monitor thread receives the workers' messages (ready, applied, stats,
 fatal) and restarts a worker within a second of its death, backing off when
 one crashes in a loop.
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from imqd.config import Config
+from imqd.config import Config, ConfigDelta
 from imqd.kernel_queues import PROC_PATH, read_nfqueue_table
 from imqd.qdisc.tokens import SlotMap
 from imqd.queue_worker import EXIT_FATAL, IDLE_TICK_S, WorkerOptions, worker_main
@@ -43,6 +46,23 @@ CRASH_WINDOW_S = 10.0
 CRASH_LOOP_COUNT = 5
 MAX_BACKOFF_S = 5.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+WORKER_MODULES = ["imqd.queue_worker", "imqd.shaper", "imqd.shared_tokens", "imqd.shared_hosts", "netfilterqueue"]
+
+
+def start_forkserver() -> Any:
+    """The ``forkserver`` context, its server process started (idempotent).
+
+    The fork server imports the worker's modules once; a (re)started worker is then a fork of that clean,
+    single-threaded process: milliseconds instead of a new interpreter.  Starting it before the
+    configuration is read lets those imports (~0.25 s) run while the supervisor parses the file."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(WORKER_MODULES)
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+    return ctx
 
 
 class SupervisorError(Exception):
@@ -70,6 +90,7 @@ class WorkerSlot:
     load: WorkerLoad = field(default_factory=lambda: WorkerLoad())
     died_at: float | None = None
     last_restart_s: float | None = None  # from death noticed to the new worker bound
+    resync: bool = False  # it asked for the whole configuration (it missed or refused a delta)
 
 
 @dataclass
@@ -124,11 +145,7 @@ class Supervisor:
                  fail_open: bool = False) -> None:
         if not queues:
             raise SupervisorError("no queues given")
-        self.ctx = mp.get_context("forkserver")
-        # The fork server imports the worker's modules once; a (re)started worker is then a
-        # fork of that clean, single-threaded process: milliseconds instead of a new interpreter.
-        self.ctx.set_forkserver_preload(["imqd.queue_worker", "imqd.shaper", "imqd.shared_tokens",
-                                         "imqd.shared_hosts", "netfilterqueue"])
+        self.ctx = start_forkserver()
         self.lock = self.ctx.Lock()
         # The lock the workers charge under: none for one worker, the only one charging the store (that is ~10%
         # of its per-packet work), which also keeps its per_host caps to itself; several share both.
@@ -148,7 +165,7 @@ class Supervisor:
         self.config = config
         self.enabled = True
         self.version = 1
-        self.slots = self.assign_slots(config)
+        self.assign_slots(config)
         self.workers = {q: WorkerSlot(q, cpu) for q, cpu in zip(queues, worker_cpus(len(queues), cpus))}
         self.max_len = max_len
         self.copy_range = copy_range
@@ -205,6 +222,11 @@ class Supervisor:
         w.process, w.conn, w.pid, w.ready, w.restart_at = proc, parent, proc.pid, False, None
         self._send(w, self._config_message())
 
+    @property
+    def slots(self) -> dict[str, int]:
+        """Class name -> shared token-store slot, for every class of the current configuration."""
+        return self.slot_map.slots
+
     def assign_slots(self, config: Config) -> dict[str, int]:
         """Shared token-store slots for every class of ``config`` (kept across changes)."""
         try:
@@ -213,8 +235,11 @@ class Supervisor:
             raise SupervisorError(str(exc)) from None
 
     def _config_message(self) -> tuple[Any, ...]:
-        # The validated Config itself (pickled with its derived indexes): workers need not validate it again.
-        return ("config", self.version, self.config, self.slots, self.enabled)
+        """The whole configuration, for a (re)started worker or one that missed a delta.  The validated Config
+        itself (pickled with its index): workers need not validate it again.  Taken under the lock that
+        changes move version, config and slots under, so the three belong together."""
+        with self._cond:
+            return ("config", self.version, self.config, dict(self.slot_map.slots), self.enabled)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Tell every worker to release its packets and exit; kill stragglers."""
@@ -257,11 +282,31 @@ class Supervisor:
         the new version when they are restarted.
         """
         with self._cond:
-            self.slots = self.assign_slots(config)
+            self.assign_slots(config)
             self.config = config
             self.version += 1
             version = self.version
             msg = self._config_message()
+        return self._broadcast_and_wait(msg, version, timeout)
+
+    def push_delta(self, delta: ConfigDelta, config: Config, timeout: float = APPLY_TIMEOUT_S) -> float:
+        """Install a change on every worker as one version: only ``delta`` travels (``config`` is the result,
+        kept for workers started later); return seconds until all applied.
+
+        Removed classes free their token slots before added ones take theirs, so a change never needs more
+        slots than the larger of the two configurations.
+        """
+        with self._cond:
+            self.slot_map.release(delta.removed)
+            try:
+                added = self.slot_map.add(c.name for c in delta.upserted)
+            except ValueError as exc:  # config validation keeps classes within the store; cannot happen
+                self.assign_slots(self.config)
+                raise SupervisorError(str(exc)) from None
+            self.config = config
+            self.version += 1
+            version = self.version
+            msg = ("delta", version, delta, added, self.enabled)
         return self._broadcast_and_wait(msg, version, timeout)
 
     def set_enabled(self, enabled: bool, timeout: float = APPLY_TIMEOUT_S) -> float:
@@ -316,6 +361,9 @@ class Supervisor:
                 self._on_message(w, msg)
         except (EOFError, OSError):
             w.conn = None
+        if w.resync:
+            w.resync = False
+            self._send(w, self._config_message())
 
     def _on_message(self, w: WorkerSlot, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
@@ -338,6 +386,10 @@ class Supervisor:
                 w.fatal = msg[1]
             elif kind == "error":
                 log.error("worker for queue %d refused version %s: %s", w.queue, msg[1], msg[2])
+            elif kind == "resync":  # it lacks the version a delta builds on: it gets the whole configuration
+                log.warning("worker for queue %d is at version %s, cannot apply %s: sending the whole "
+                            "configuration", w.queue, msg[2], msg[1])
+                w.resync = True
             self._cond.notify_all()
 
     def _on_exit(self, w: WorkerSlot) -> None:

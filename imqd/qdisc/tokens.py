@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from collections import deque
 from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, MutableSequence, Protocol
@@ -73,30 +74,55 @@ class LocalTokenStore:
 class SlotMap:
     """Class name -> slot of one store, for every class of both directions' trees.
 
-    Names keep their slot across changes (their token state survives a live change); a slot freed by a
-    removed class is reset before a new class gets it.  Raises ``ValueError`` when a fixed-size store is
-    full.
+    Names keep their slot across changes (their token state survives a live change).  Changes are
+    incremental: :meth:`add` gives new names a slot each, :meth:`release` frees the slots of removed ones,
+    both in time proportional to the names given.  A new class gets a slot never used before while there is
+    one, else the slot freed longest ago, so a worker still applying the previous version (which may charge
+    a removed class a last packet) rarely touches a slot that already belongs to a new class (a private,
+    growing store reuses freed slots at once: it has no other worker); the slot is
+    reset (fresh, full buckets) before the new class gets it.  Raises ``ValueError`` when a fixed-size store
+    is full.
     """
 
     def __init__(self, store: TokenStore, capacity: int | None = None) -> None:
         self.store = store
         self.capacity = capacity  # None: the store grows
         self.slots: dict[str, int] = {}
+        self._free: deque[int] = deque()  # freed slots, oldest first
+        self._next = 0  # slots from here on were never used
+
+    def add(self, names: Iterable[str]) -> dict[str, int]:
+        """Slots for the names that have none yet (in the order given); returns just those."""
+        added: dict[str, int] = {}
+        for name in names:
+            if name in self.slots or name in added:
+                continue
+            if self.capacity is None and self._free:  # a private store: no other worker, reuse at once
+                slot = self._free.popleft()
+            elif self.capacity is None or self._next < self.capacity:
+                slot = self._next
+                self._next += 1
+            elif self._free:
+                slot = self._free.popleft()
+            else:
+                for n, s in added.items():  # all or nothing
+                    del self.slots[n]
+                    self._free.appendleft(s)
+                raise ValueError(f"too many classes (the token store holds {self.capacity})")
+            self.store.reset(slot)  # a new class starts fresh, whatever a removed one left there
+            self.slots[name] = added[name] = slot
+        return added
+
+    def release(self, names: Iterable[str]) -> None:
+        """Free the slots of removed classes (names without a slot are ignored)."""
+        for name in names:
+            slot = self.slots.pop(name, None)
+            if slot is not None:
+                self._free.append(slot)
 
     def assign(self, names: Iterable[str]) -> dict[str, int]:
-        wanted = set(names)
-        slots = {n: s for n, s in self.slots.items() if n in wanted}
-        used = set(slots.values())
-        nxt = 0
-        for name in sorted(wanted - set(slots)):
-            while nxt in used:
-                nxt += 1
-            if self.capacity is not None and nxt >= self.capacity:
-                raise ValueError(f"too many classes (the token store holds {self.capacity})")
-            used.add(nxt)
-            slots[name] = nxt
-        for name, slot in slots.items():
-            if self.slots.get(name) != slot:
-                self.store.reset(slot)  # a new class starts fresh, whatever a removed one left there
-        self.slots = slots
-        return dict(slots)
+        """Make exactly ``names`` have slots (the others are released); returns the whole map."""
+        wanted = dict.fromkeys(names)
+        self.release([n for n in self.slots if n not in wanted])
+        self.add(wanted)
+        return dict(self.slots)

@@ -57,6 +57,9 @@ class LiveFakeWorkers:
             self.pushes += 1
         return 0.0012
 
+    def push_delta(self, delta: Any, config: Config) -> float:
+        return self.push_config(config)
+
     def set_enabled(self, enabled: bool) -> float:
         self.enabled = enabled
         return 0.0004

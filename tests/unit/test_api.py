@@ -23,7 +23,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from imqd.api import APPLY_HEADER, create_app
-from imqd.config import Config, ConfigError, load_config, parse_config
+from imqd.config import Config, ConfigDelta, ConfigError, load_config, parse_config
 from imqd.controller import Controller
 from imqd.stats_sampler import CounterSnapshot, LinkHistory
 from stats_fakes import fake_snapshot
@@ -37,6 +37,7 @@ class FakeWorkers:
     def __init__(self, *, push_delay: float = 0.0) -> None:
         self.enabled = True
         self.pushes: list[Config] = []
+        self.deltas: list[ConfigDelta] = []
         self.enables: list[bool] = []
         self.is_healthy = True
         self.push_delay = push_delay
@@ -59,6 +60,11 @@ class FakeWorkers:
             self.pushes.append(config)
             self.config = config
         return time.monotonic() - t0 + 0.0005
+
+    def push_delta(self, delta: ConfigDelta, config: Config) -> float:
+        with self._lock:
+            self.deltas.append(delta)
+        return self.push_config(config)
 
     def set_enabled(self, enabled: bool) -> float:
         self.enabled = enabled
@@ -101,14 +107,20 @@ def env(tmp_path: Path) -> Iterator[tuple[TestClient, Controller, FakeWorkers, P
         yield client, controller, workers, path
 
 
-def snapshot(controller: Controller, path: Path) -> tuple[Config, bytes | None]:
-    return controller.config, path.read_bytes() if path.exists() else None
+def on_disk_bytes(path: Path) -> tuple[bytes | None, ...]:
+    """The config file and its journal, byte for byte (None: absent)."""
+    return tuple(p.read_bytes() if p.exists() else None
+                 for p in (path, path.with_name(path.name + ".journal")))
 
 
-def assert_unchanged(before: tuple[Config, bytes | None], controller: Controller, path: Path,
+def snapshot(controller: Controller, path: Path) -> tuple[Config, tuple[bytes | None, ...]]:
+    return controller.config, on_disk_bytes(path)
+
+
+def assert_unchanged(before: tuple[Config, tuple[bytes | None, ...]], controller: Controller, path: Path,
                      workers: FakeWorkers, pushes: int) -> None:
     assert controller.config is before[0]
-    assert (path.read_bytes() if path.exists() else None) == before[1]
+    assert on_disk_bytes(path) == before[1]
     assert len(workers.pushes) == pushes
 
 

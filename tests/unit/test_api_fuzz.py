@@ -46,6 +46,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 @pytest.fixture(scope="module", autouse=True)
 def _cleanup() -> object:
     yield
+    controller.close()  # its background writer first, then the files
     _tmp.cleanup()
 
 

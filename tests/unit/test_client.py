@@ -353,3 +353,32 @@ def test_stats_top_parent_and_class(env: Env) -> None:
     with pytest.raises(SystemExit) as exc:  # argparse refuses it before any request
         env.run("stats", "--top", "0")
     assert exc.value.code == 2
+
+
+IMPORT_HEADER = ("Circuit ID,Circuit Name,Device ID,Device Name,Parent Node,MAC,IPv4,IPv6,Download Min Mbps,"
+                 "Upload Min Mbps,Download Max Mbps,Upload Max Mbps,Comment")
+
+
+def test_import_a_subscriber_table(env: Env, tmp_path: Path) -> None:
+    table = tmp_path / "ShapedDevices.csv"
+    table.write_text(IMPORT_HEADER + "\nc1,Alice,d1,router,,,198.18.20.1,2001:db8:20::/56,10,5,100,20,\n")
+    code, out, err = env.run("import", str(table), "--dry-run")
+    assert (code, err) == (0, "") and "would import 1 circuits (1 devices): 2 classes added" in out
+    assert env.controller.config.class_by_name("sub-c1-down") is None
+    code, out, err = env.run("import", str(table), "--prefix", "s.")
+    assert (code, err) == (0, "") and "imported 1 circuits" in out and "applied to all workers" in out
+    assert env.controller.config.class_by_name("s.c1-down").match.dst == ("198.18.20.1/32", "2001:db8:20::/56")
+
+
+def test_import_refusal_lists_every_bad_row_on_its_own_line(env: Env, tmp_path: Path) -> None:
+    table = tmp_path / "ShapedDevices.csv"
+    table.write_text(IMPORT_HEADER + "\nc1,A,d1,r,,,198.18.20.1,,1,1,2,2,\nc2,B,d2,r,,,198.18.20.2,,ten,5,100,20,\n"
+                     "c3,C,d3,r,,,198.18.20.1,,1,1,2,2,\n")
+    code, out, err = env.run("import", str(table))
+    assert code == 1 and out == ""
+    lines = err.splitlines()
+    assert lines[0] == f"imqd: {table}: not imported, nothing changed:"
+    assert lines[1].startswith("  HTTP 422: line 3, Download Min Mbps: 'ten' is not a number")
+    assert lines[2].startswith("  line 4, IPv4: 198.18.20.1/32 is also listed by circuit 'c1' (line 2)")
+    code, _, err = env.run("import", str(tmp_path / "missing.csv"))
+    assert code == 1 and "missing.csv" in err
