@@ -421,3 +421,51 @@ def test_malformed_packets_still_raise() -> None:
     for junk in (b"", b"\x45" * 10, b"\x70" + bytes(40)):
         with pytest.raises(MalformedPacket):
             c.classify_bytes(junk, 0, None, None)
+
+
+# -- a class with several addresses (a subscriber's devices): alternatives of one rule --------------------------
+def reference_alternatives(rules: dict[str, tuple[tuple[Match, ...], int]], default: str | None, info: PacketInfo,
+                           mark: int, iif: str | None, oif: str | None) -> str | None:  # fmt: skip
+    """First class by order any of whose alternatives matches (interpreted)."""
+    for name, (alts, _) in sorted(rules.items(), key=lambda kv: kv[1][1]):
+        if any(m.matches(info, mark, iif, oif) for m in alts):
+            return name
+    return default
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(matches(), min_size=1, max_size=4), max_size=8),
+       st.lists(st.tuples(raw_packets(), METAS), min_size=1, max_size=8), st.none() | st.just("dflt"), st.data())
+def test_a_class_with_several_matches_is_found_by_any_of_them(alts: list[list[Match]], packets: list[Any],
+                                                             default: str | None, data: st.DataObject) -> None:
+    rules = {f"c{i}": (tuple(ms), i) for i, ms in enumerate(alts)}
+    for kind in (Classifier, LinearClassifier):
+        c = kind([], None)
+        c.update(add=[(n, ms if len(ms) > 1 else ms[0], o) for n, (ms, o) in rules.items()], default=default)
+        for data_bytes, (mark, iif, oif) in packets:
+            info = parse_headers(data_bytes)
+            want = reference_alternatives(rules, default, info, mark, iif, oif)
+            assert c.classify(info, mark, iif, oif) == want
+            assert c.classify_bytes(data_bytes, mark, iif, oif) == (info.length, want)
+        if rules:  # dropping one class's alternatives leaves none of them behind, in the index or the code
+            gone = data.draw(st.sampled_from(sorted(rules)))
+            c.update(remove=[gone])
+            rest = {n: r for n, r in rules.items() if n != gone}
+            for data_bytes, (mark, iif, oif) in packets:
+                info = parse_headers(data_bytes)
+                assert c.classify(info, mark, iif, oif) == reference_alternatives(rest, default, info, mark, iif, oif)
+
+
+def test_from_config_gives_a_class_listing_several_devices_one_rule_per_address() -> None:
+    config = parse_config({"classes": [
+        {"name": "alice", "direction": "ingress", "rate": "10mbit", "match": {"dst": ["198.18.20.1", "198.18.21.0/24",
+                                                                                      "2001:db8:20::/56"]}},
+        {"name": "bob", "direction": "ingress", "rate": "10mbit", "match": {"dst": "198.18.21.7"}},
+    ]})
+    c = Classifier.from_config(config, "ingress")
+    assert _cls(c, "198.18.20.1") == "alice" and _cls(c, "198.18.21.7") == "alice", "alice comes first"
+    assert [n for n, _ in c.rules] == ["alice", "alice", "alice", "bob"] and len(c) == 2
+    c.update(remove=["alice"])
+    assert _cls(c, "198.18.20.1") is None and _cls(c, "198.18.21.7") == "bob"
+    with pytest.raises(TypeError, match="tuple of Matches"):
+        c.update(add=[("x", (), 7)])
