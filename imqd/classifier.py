@@ -313,6 +313,11 @@ class Classifier:
         self._rules = None
         self._regenerate()
 
+    def check_update(self, remove: Iterable[str] = (), add: Iterable[NewRule] = (),
+                     default: str | None | _Keep = _KEEP) -> None:
+        """Raise what :meth:`update` would raise for this change; change nothing."""
+        self._check(list(remove), [tuple(rule) if isinstance(rule, list) else rule for rule in add], default)
+
     def _check(self, removing: list[str], adding: list[NewRule], default: str | None | _Keep) -> None:
         """Raise for anything :meth:`update` must refuse, before it changes anything."""
         if not (default is None or isinstance(default, (str, _Keep))):

@@ -38,7 +38,7 @@ from imqd.packet import MalformedPacket
 from imqd.qdisc.base import QueuedPacket
 from imqd.queue_flags import QueueFlags, Replay, describe_answer, lost_messages, request_flag
 from imqd.rules import HOOK_NAMES
-from imqd.shaper import Shaper
+from imqd.shaper import NeedsWholeConfig, Shaper
 
 BATCH_MAX = 64  # packets whose accept may wait for one batch verdict (bounds the added delay)
 SOLO_MAX = 3  # the first packets of each socket drain are accepted one by one (low latency at light load)
@@ -414,6 +414,9 @@ class QueueWorker:
         try:
             released = shaper.apply_delta(delta, now, slots_added, version)
             released += shaper.set_enabled(enabled)
+        except NeedsWholeConfig:  # a reorder, a first or last class of a direction...: the whole config, please
+            self._send(("resync", version, shaper.version))
+            return
         except Exception as exc:  # the supervisor validated it; report, keep the old tree, ask for the whole
             self._send(("error", version, f"{type(exc).__name__}: {exc}"))
             self._send(("resync", version, shaper.version))

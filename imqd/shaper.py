@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from imqd.classifier import Classifier
+from imqd.classifier import Classifier, matches_of
 from imqd.config import ClassSpec, Config, ConfigDelta
 from imqd.packet import parse_headers
 from imqd.qdisc.base import QueuedPacket
@@ -38,8 +38,17 @@ DIRECTIONS = ("ingress", "egress")
 HOOK_DIRECTIONS = tuple("ingress" if hook in INGRESS_HOOKS else "egress" for hook in range(5))
 
 
+_LEAF_SPECS: dict[LeafSpec, LeafSpec] = {}  # one object per distinct leaf: 10,000 subscribers share a handful
+
+
 def leaf_spec_for(cls: ClassSpec) -> LeafSpec:
-    """The leaf qdisc a config class asks for (a tail-drop FIFO unless told otherwise)."""
+    """The leaf qdisc a config class asks for (a tail-drop FIFO unless told otherwise); equal specs are one
+    object (a worker keeps one per class)."""
+    spec = _leaf_spec(cls)
+    return _LEAF_SPECS.setdefault(spec, spec)
+
+
+def _leaf_spec(cls: ClassSpec) -> LeafSpec:
     params: dict[str, Any]
     if cls.per_host is not None:
         ph = cls.per_host
@@ -99,7 +108,7 @@ class DirectionTree:
                  "_send_now_reference", "_lanes")
 
     def __init__(self, classifier: Classifier, htb: HTB, overhead: dict[str, int], host_key: dict[str, int],
-                 needs_info: frozenset[str]) -> None:
+                 needs_info: set[str]) -> None:
         self.classifier = classifier
         self.htb = htb
         self.overhead = overhead
@@ -143,6 +152,53 @@ class DirectionTree:
         return self.htb.enqueue(QueuedPacket(size, pkt, now, flow, host), leaf, now)
 
 
+class NeedsWholeConfig(ValueError):
+    """A delta a worker cannot apply in place: it installs the whole new configuration instead."""
+
+
+@dataclass
+class TreeDelta:
+    """One direction's part of a config delta, checked before it is applied (see ``Shaper.apply_delta``)."""
+
+    shaper: Shaper
+    direction: str
+    tree: DirectionTree
+    gone: list[str]
+    ups: list[ClassSpec]
+    params: list[HTBClassParams]
+    drop: list[str]
+    add: list[Any]
+    default: str | None
+    overhead: dict[str, int]
+
+    def check(self) -> None:
+        self.tree.htb.check_update(self.params, self.gone, fallback=self.default)
+        self.tree.classifier.check_update(remove=self.drop, add=self.add, default=self.default)
+
+    def apply(self, now: float) -> list[QueuedPacket]:
+        tree = self.tree
+        released = tree.htb.update(self.params, self.gone, now=now, fallback=self.default)
+        tree.classifier.update(remove=self.drop, add=self.add, default=self.default)
+        for name in self.gone:
+            tree.overhead.pop(name, None)
+            tree.host_key.pop(name, None)
+            tree.needs_info.discard(name)
+        host_buckets = self.shaper.host_buckets
+        for c in self.ups:
+            tree.overhead[c.name] = self.overhead[c.name]
+            tree.host_key.pop(c.name, None)
+            tree.host_key.update(host_keys([c]))
+            if leaf_spec_for(c).kind != "fifo":
+                tree.needs_info.add(c.name)
+            else:
+                tree.needs_info.discard(c.name)
+            if host_buckets is not None and c.per_host is not None:
+                leaf = tree.htb.leaf(c.name)
+                if isinstance(leaf, PerHost):
+                    leaf.share_buckets(host_buckets, class_tag(self.direction, c.name))
+        return released
+
+
 @dataclass
 class Shaper:
     """Both directions' trees, the on/off switch, and counters."""
@@ -161,9 +217,11 @@ class Shaper:
     #: hook number -> the tree that shapes it, None when nothing does (or shaping is off): the worker's
     #: per-packet lookup, kept current by apply() and set_enabled()
     by_hook: tuple[DirectionTree | None, ...] = (None,) * len(HOOK_DIRECTIONS)
-    #: the configuration and token slots installed last (what apply_delta applies a delta to)
-    config: Config | None = None
-    slots: dict[str, int] = field(default_factory=dict)
+    #: what apply_delta needs of the configuration installed last (a worker keeps no copy of 10,000 classes):
+    #: the global overhead and each direction's default class; None until apply() ran
+    overhead: int | None = None
+    defaults: dict[str, str | None] = field(default_factory=dict)
+    _next_order: int = 0  # the classifier order of the next class a delta adds (after every config position)
 
     def apply(self, config: Config, now: float, slots: dict[str, int] | None = None,
               version: int | None = None) -> list[QueuedPacket]:
@@ -195,7 +253,7 @@ class Shaper:
                 htb = old.htb
                 pending.append((htb, params, default.name if default else None))
             overhead = {c.name: config.effective_overhead(c) for c in classes}
-            needs_info = frozenset(c.name for c in classes if leaf_spec_for(c).kind != "fifo")
+            needs_info = {c.name for c in classes if leaf_spec_for(c).kind != "fifo"}
             new_trees[direction] = DirectionTree(Classifier.from_config(config, direction), htb, overhead,
                                                  host_keys(classes), needs_info)
         # Validate every existing tree's change before touching any (HTB.change is all-or-nothing per tree).
@@ -210,28 +268,114 @@ class Shaper:
                         leaf.share_buckets(self.host_buckets, class_tag(direction, c.name))
         self.trees = new_trees
         self._index_hooks()
-        self.config, self.slots = config, slots
+        self.overhead = config.overhead
+        self.defaults = {d: (c.name if (c := config.default_class(d)) is not None else None) for d in DIRECTIONS}
+        self._next_order = len(config.classes)  # classifier orders are config positions; later classes follow
         if version is not None:
             self.version = version
         return released
 
     def apply_delta(self, delta: ConfigDelta, now: float, slots_added: dict[str, int] | None = None,
                     version: int | None = None) -> list[QueuedPacket]:
-        """Install the installed configuration with ``delta`` applied (validated already): the same contract
-        as :meth:`apply` -- held packets to release are returned, and either all of it is installed or
-        nothing.  ``slots_added``: token slots of the classes the delta adds (removed classes free theirs);
-        None when the caller gives no slots (a private store).
+        """Apply ``delta`` (validated already) to the configuration installed last: the same contract as
+        :meth:`apply` -- held packets to release are returned, and either all of it is installed or nothing.
+        ``slots_added``: token slots of the classes the delta adds (removed classes free theirs); None when
+        the caller gives no slots (a private store).
 
-        For now a full :meth:`apply` of the new configuration: correct, not yet O(delta)."""
-        if self.config is None:
-            raise ValueError("apply_delta needs a configuration installed by apply() first")
-        config = self.config.apply_delta(delta)
-        slots = None
-        if slots_added is not None:
-            removed = set(delta.removed)
-            slots = {name: slot for name, slot in self.slots.items() if name not in removed}
-            slots.update(slots_added)
-        return self.apply(config, now, slots, version)
+        In place, in time proportional to the delta (``HTB.update``, ``Classifier.update``): the other
+        classes keep their queues, tokens and scheduler state, and nothing is rebuilt.  A delta that reorders
+        the classes, changes the global overhead, moves a class to the other direction, or gives a direction
+        its first class or takes its last raises :class:`NeedsWholeConfig` and changes nothing: the caller
+        installs the whole new configuration with :meth:`apply` instead (the worker asks the supervisor)."""
+        if self.overhead is None:
+            raise NeedsWholeConfig("no configuration installed yet")
+        reason = self._whole_needed(delta)
+        if reason is not None:
+            raise NeedsWholeConfig(reason)
+        if slots_added is None:  # a private store: our own slot map, changed by the delta alone
+            if self._own_slots is None:
+                self._own_slots = SlotMap(self.tokens)
+            self._own_slots.release(delta.removed)
+            slots_added = self._own_slots.add(c.name for c in delta.upserted if self._tree_of(c.name) is None)
+        defaults = dict(self.defaults)
+        for name in delta.removed:
+            for d, n in defaults.items():
+                if n == name:
+                    defaults[d] = None
+        for c in delta.upserted:
+            if c.default:
+                defaults[c.direction] = c.name
+            elif defaults.get(c.direction) == c.name:
+                defaults[c.direction] = None
+        plans = [p for d in DIRECTIONS if (p := self._tree_delta(d, delta, slots_added, defaults[d])) is not None]
+        for plan in plans:  # check every tree's part before changing any: one version, never half of one
+            plan.check()
+        released: list[QueuedPacket] = []
+        for plan in plans:
+            released.extend(plan.apply(now))
+        self.defaults = defaults
+        if version is not None:
+            self.version = version
+        return released
+
+    def _tree_of(self, name: str) -> str | None:
+        """The direction whose tree has class ``name`` (None: neither)."""
+        for direction, tree in self.trees.items():
+            if tree is not None and name in tree.htb:
+                return direction
+        return None
+
+    def _whole_needed(self, delta: ConfigDelta) -> str | None:
+        """Why ``delta`` cannot be applied tree by tree (None: it can)."""
+        if delta.order is not None:
+            return "the delta reorders the classes (the classifiers' first-match order changes)"
+        if delta.overhead is not None and delta.overhead != self.overhead:
+            return "the delta changes the global overhead"
+        size = {d: len(t.htb) if t is not None else 0 for d, t in self.trees.items()}
+        for name in delta.removed:
+            d = self._tree_of(name)
+            if d is None:  # not a delta for the configuration installed: refused (the caller asks for the whole)
+                raise ValueError(f"the delta removes class {name!r}, which this worker does not have")
+            size[d] -= 1
+        for c in delta.upserted:
+            d = self._tree_of(c.name)
+            if d is not None and d != c.direction:
+                return f"the delta moves class {c.name!r} to {c.direction}"
+            if self.trees.get(c.direction) is None:
+                return f"the delta gives {c.direction} its first class"
+            if d is None:
+                size[c.direction] += 1
+        if any(self.trees[d] is not None and not n for d, n in size.items()):
+            return "the delta removes the last class of a direction"
+        return None
+
+    def _tree_delta(self, direction: str, delta: ConfigDelta, slots_added: dict[str, int], default: str | None
+                    ) -> TreeDelta | None:
+        """One direction's part of a delta (None when it has none)."""
+        tree = self.trees[direction]
+        if tree is None:
+            return None
+        htb = tree.htb
+        gone = [n for n in delta.removed if n in htb]
+        ups = [c for c in delta.upserted if c.direction == direction]
+        if not gone and not ups and tree.classifier.default == default:
+            return None
+        cls = tree.classifier
+        drop = [n for n in gone if n in cls]
+        add = []
+        for c in ups:
+            if c.match is not None:  # (the config allows a match on leaves only)
+                if c.name in cls:
+                    order = cls.order(c.name)
+                else:
+                    order = self._next_order
+                    self._next_order += 1
+                add.append((c.name, matches_of(c.match), order))
+            elif c.name in cls:
+                drop.append(c.name)
+        overhead = {c.name: self.overhead if c.overhead is None else c.overhead for c in ups}
+        slots = {c.name: slots_added[c.name] if c.name in slots_added else htb.slot_of(c.name) for c in ups}
+        return TreeDelta(self, direction, tree, gone, ups, htb_params(ups, slots), drop, add, default, overhead)
 
     def _index_hooks(self) -> None:
         """Recompute ``by_hook``: after every change of the trees or of the switch."""

@@ -116,6 +116,7 @@ class HTB(Incremental):
         self._slot_owner: dict[int, str] = {}
         self._slot_free: list[int] = []  # a heap of slots freed since the last full change
         self._slot_top = 0
+        self._defined = 0
         self._nactive = 0  # backlogged leaves
         # The fast path's gate, read by the C lanes: [open_until, bypasses].  While some leaf is backlogged a packet
         # may skip the queue only before open_until, the scheduler's last next_event (none of the backlogged
@@ -167,7 +168,7 @@ class HTB(Incremental):
         cvals = self._cvals = self.counters.values
 
         classes: dict[str, ClassState] = {}
-        for p in params:
+        for rank, p in enumerate(params):
             cl = old_classes.get(p.name)
             is_new = cl is None
             if cl is None:
@@ -178,6 +179,7 @@ class HTB(Incremental):
                           FIELDS_PER_COUNTER_SLOT)
             cl.lo, cl.hi = positions[p.name]
             cl.idx = cl.lo
+            cl.defined = rank
             cl.nchildren = len(kids.get(p.name, ()))
             if not self._started:
                 zero_backlog(cvals, cl.slot)  # a new worker holds nothing; its totals continue
@@ -230,6 +232,7 @@ class HTB(Incremental):
         self._leaf_map = {cl.name: cl for cl in order if cl.spec is not None}
         self._index_positions()
         self._index_slots()
+        self._defined = len(order)  # the rank the next class update() adds gets
         active = []
         for cl in order:
             cl.active = cl.q is not None and cl.q.backlog_packets > 0
@@ -598,6 +601,18 @@ class HTB(Incremental):
         return sum(cl.q.backlog_bytes for cl in self._leaf_map.values() if cl.active)
 
     # -- introspection ---------------------------------------------------------------
+
+    def __contains__(self, name: object) -> bool:
+        """Whether ``name`` is a class of this tree."""
+        return name in self._classes
+
+    def __len__(self) -> int:
+        return len(self._classes)
+
+    def slot_of(self, name: str) -> int:
+        """The token slot of class ``name`` (-1 for a class this tree does not have)."""
+        cl = self._classes.get(name)
+        return cl.slot if cl is not None else -1
 
     def leaves(self) -> set[str]:
         return set(self._leaf_map)

@@ -41,7 +41,7 @@ def _is_num(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HTBClassParams:
     """One class of the tree, as ``tc class add ... htb`` would describe it (rates in bit/s, sizes in bytes)."""
 
@@ -98,7 +98,7 @@ class ClassState:
     __slots__ = (
         "name", "params", "idx", "lo", "hi", "level", "prio", "quantum", "slot", "base", "cbase",
         "buffer", "cbuffer", "spb", "cspb", "chain", "parent", "parent_name", "nchildren",
-        "q", "spec", "lazy", "wc", "passthrough", "take_dropped", "active", "deficit", "key",
+        "q", "spec", "lazy", "wc", "passthrough", "take_dropped", "active", "deficit", "key", "defined",
         # the row scheduler's cache (imqd/qdisc/htb_rows.py)
         "mode", "feeds", "prios", "wait_seq", "wait_at", "hold",
     )  # fmt: skip
@@ -118,6 +118,7 @@ class ClassState:
         self.parent: ClassState | None = None
         self.nchildren = 0
         self.idx = self.lo = self.hi = 0
+        self.defined = 0  # rank in definition order (HTB._classes' order), for iterating a few classes in it
         self.mode = M_UNTRACKED
         self.feeds: list[list[ClassState]] | None = None
         self.prios = 0

@@ -19,16 +19,20 @@ from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from heapq import heappop, heappush
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from imqd.qdisc.base import QueuedPacket
 from imqd.qdisc.counters import C_DROPS, FIELDS_PER_COUNTER_SLOT, zero_row
 from imqd.qdisc.htb_class import IDX_GAP, ClassState, HTBClassParams
-from imqd.qdisc.htb_plan import NewLeaf, build_leaf, check_slot, tree_positions
+from imqd.qdisc.htb_plan import NewLeaf, build_leaf, check_slot, plan_change, tree_positions
 from imqd.qdisc.leaves import change_leaf
 
 if TYPE_CHECKING:
     from imqd.qdisc.htb import HTB
+
+
+_DEFINED = attrgetter("defined")
 
 
 @dataclass
@@ -55,6 +59,14 @@ class Incremental:
         if plan is None:  # the tree's shape changes beyond what is done in place
             return self.change(merged_params(self, upserts, removals), now, fallback)
         return self._apply_update(plan, now, fallback)
+
+    def check_update(self: HTB, upserts: Sequence[HTBClassParams] = (), removals: Iterable[str] = (), *,
+                     fallback: str | None = None) -> None:
+        """Raise ValueError if :meth:`update` would refuse this delta; change nothing (the caller may check
+        several trees before it updates any, so that a refusal leaves all of them as they were)."""
+        removals = list(removals)
+        if self._plan_update(list(upserts), removals, fallback) is None:
+            plan_change(self._classes, merged_params(self, upserts, removals), fallback, self.tokens, self.counters)
 
     # -- checking ----------------------------------------------------------------------
     def _plan_update(self: HTB, upserts: list[HTBClassParams], removals: list[str], fallback: str | None
@@ -154,7 +166,7 @@ class Incremental:
         dropped = self._dq_dropped
         orphans: list[QueuedPacket] = []
         lanes_for: set[str] = set()
-        gone = [classes[name] for name in plan.removed]
+        gone = sorted((classes[name] for name in plan.removed), key=_DEFINED)  # as change() meets them
         for cl in gone:  # first their packets and their place in the scheduler ...
             if cl.q is not None:
                 orphans.extend(cl.q.drain())
@@ -207,6 +219,8 @@ class Incremental:
             cl.set_leaf(None if new.lazy else new.q, p.leaf, new.lazy, new.passthrough)
             cl.parent = par
             cl.chain = (cl, *par.chain)
+            cl.defined = self._defined
+            self._defined += 1
             par.nchildren += 1
             classes[p.name] = cl
             self._leaf_map[p.name] = cl
