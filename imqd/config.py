@@ -435,6 +435,9 @@ class Config(BaseModel):
             raise ConfigError.one(
                 ("classes", name, "name"), "renaming a class is not supported: remove it and add it again"
             )
+        unknown = _unknown_patch_fields(ClassSpec, patch, ("classes", name))
+        if unknown:
+            raise ConfigError(unknown)
         new = validate_class(_merge_patch(old.model_dump(exclude_none=True), patch), self._tree.pos[name])
         if new == old:
             return self
@@ -473,6 +476,22 @@ def _delta(**kw: Any) -> ConfigDelta:
     from imqd.config_delta import ConfigDelta
 
     return ConfigDelta(**kw)
+
+
+_NESTED_SPECS: dict[str, type[BaseModel]] = {"match": MatchSpec, "qdisc": QdiscSpec, "per_host": PerHostSpec}
+
+
+def _unknown_patch_fields(model: type[BaseModel], patch: Mapping[str, Any],
+                          loc: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """Errors for patch keys the model does not have.  Validation catches a set unknown field, but a ``null``
+    (reset) of one would vanish in the merge unseen: a typo in a reset must not answer 200."""
+    errors: list[dict[str, Any]] = []
+    for key, value in patch.items():
+        if key not in model.model_fields:
+            errors.append({"loc": (*loc, key), "msg": f"unknown field {key!r}"})
+        elif model is ClassSpec and key in _NESTED_SPECS and isinstance(value, Mapping):
+            errors += _unknown_patch_fields(_NESTED_SPECS[key], value, (*loc, key))
+    return errors
 
 
 def _merge_patch(target: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:

@@ -286,6 +286,9 @@ def test_patch_unknown_is_404(env: Any) -> None:
     ({"name": "renamed"}, "name"),
     ({"match": {"proto": "icmp"}}, "dport"),  # ports need a port protocol
     ({"unknown": 1}, "unknown"),
+    ({"unknown": None}, "unknown"),  # a reset of a field that does not exist is a typo, not a no-op
+    ({"": None}, ""),
+    ({"match": {"dprot": None}}, "dprot"),
 ])
 def test_patch_invalid_is_422_and_changes_nothing(env: Any, patch: dict[str, Any], field: str) -> None:
     client, controller, workers, path = env
