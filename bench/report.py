@@ -290,8 +290,8 @@ def render_markdown(s: dict[str, Any], meta: dict[str, Any], *, png: str | None 
           f"addresses by NFQUEUE queue: {meta.get('sources', {})}",
           "- imqd: `imqd run --apply-rules`, `overhead: 14` (what kernel HTB counts on a veth), classes `up` "
           "(egress, oif wan) and `down` (ingress, iif wan); x1 = `--queues 0`, x2 = `--queues 0:1`. Its rules "
-          "follow the classes (`imqd.rules.for_config`): only the wan side is queued (POSTROUTING `-o wan`, "
-          "PREROUTING `-i wan`), so a forwarded packet crosses the NFQUEUE path once; the bare loop gets the same "
+          "follow the classes (`imqd.rules.for_config`): only the wan side is queued (mangle POSTROUTING `-o wan`; "
+          "ingress after de-NAT, the default placement: mangle FORWARD and INPUT `-i wan`), so a forwarded packet crosses the NFQUEUE path once; the bare loop gets the same "
           "rules.", ""]
     if png:
         L += [f"![accuracy and ceiling]({png})", ""]
