@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from imqd.classifier_codegen import Shape, classify_packet_source, classify_source, compile_function, reset_caches
+from imqd.cidr import net_bits
 from imqd.classifier_index import NO_ORDER, AddressIndex, Record, check_for, index_key
 from imqd.packet import PacketInfo
 
@@ -49,30 +50,7 @@ MAX_RULES = 100_000
 MAX_LINEAR_RULES = 4_096
 
 
-def _net(cidr: str | None) -> tuple[int, int, int]:
-    """(family, network int, mask int) of a CIDR; (0, 0, 0) for "any".
-
-    The plain forms ``ADDRESS`` and ``ADDRESS/LENGTH`` are read with ``inet_pton`` (20x faster than
-    ``ipaddress``: a 10,000-subscriber config builds its matches in ~40 ms instead of ~130 ms); anything
-    else (netmask or hostmask forms, scope ids, errors) goes through ``ipaddress``, which is also the
-    reference a property test holds this to."""
-    if cidr is None:
-        return 0, 0, 0
-    addr, slash, plen = cidr.partition("/")
-    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    if not slash or (plen.isascii() and plen.isdigit() and len(plen) <= 3):
-        width = 32 if family == socket.AF_INET else 128
-        bits = int(plen) if slash else width
-        if bits <= width:
-            try:
-                packed = socket.inet_pton(family, addr)
-            except OSError:
-                pass
-            else:
-                mask = ((1 << bits) - 1) << (width - bits)
-                return (4 if width == 32 else 6), int.from_bytes(packed, "big") & mask, mask
-    n = ipaddress.ip_network(cidr, strict=False)
-    return n.version, int(n.network_address), int(n.netmask)
+_net = net_bits  # (family, network int, mask int) of a CIDR; (0, 0, 0) for "any"
 
 
 def _if_test(name: str | None, have: str | None) -> bool:

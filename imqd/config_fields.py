@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator
 
+from imqd.cidr import normal_cidr
 from imqd.units import parse_rate, parse_size, parse_time
 
 U32 = 0xFFFFFFFF
@@ -57,7 +58,7 @@ def parse_cidr(v: Any) -> str | None:
         raise ValueError(f"invalid CIDR {v!r}: expected a string like '198.18.1.0/24' or '2001:db8::/32'")
     try:
         # strict=False: host bits are masked off, as iptables does with -s 10.0.0.1/8
-        return str(ipaddress.ip_network(v.strip(), strict=False))
+        return normal_cidr(v.strip())
     except ValueError as e:
         raise ValueError(f"invalid CIDR {v!r}: {e}") from None
 

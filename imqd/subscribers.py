@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from imqd.cidr import cidr_span, normal_cidr
 from imqd.config import ClassSpec, Config, ConfigError, parse_config
 from imqd.config_fields import MAX_MATCH_ADDRESSES
 
@@ -130,15 +131,16 @@ def _addresses(value: str, version: int, line: int, column: str, errors: list[di
         if not piece:
             continue
         try:
-            net = ipaddress.ip_network(piece, strict=True)
+            net = normal_cidr(piece, strict=True)
         except ValueError as e:
             errors.append(_err(line, column, f"{piece!r} is not an IPv{version} address or prefix: {e}"))
             continue
-        if net.version != version:
-            errors.append(_err(line, column, f"{piece!r} is an IPv{net.version} address: it belongs in the "
-                                             f"IPv{net.version} column"))
+        found = 6 if ":" in net else 4
+        if found != version:
+            errors.append(_err(line, column, f"{piece!r} is an IPv{found} address: it belongs in the "
+                                             f"IPv{found} column"))
             continue
-        out.append(str(net))
+        out.append(net)
     return out
 
 
@@ -208,7 +210,7 @@ def read_circuits(text: str) -> list[Circuit]:
         for a in addrs:
             if a not in circuit.addresses:
                 circuit.addresses.append(a)
-                owners.append((ipaddress.ip_network(a), cid, line, IPV4 if ":" not in a else IPV6))
+                owners.append((cidr_span(a), a, cid, line, IPV4 if ":" not in a else IPV6))
         if len(circuit.addresses) > MAX_MATCH_ADDRESSES:
             errors.append(_err(line, IPV4, f"circuit {cid!r} has {len(circuit.addresses)} addresses: at most "
                                            f"{MAX_MATCH_ADDRESSES} per circuit"))
@@ -223,24 +225,25 @@ def _mbps_text(bps: int) -> str:
     return f"{Decimal(bps) / 1_000_000:f}".rstrip("0").rstrip(".") + " Mbps"
 
 
-def _shared_addresses(owners: Sequence[tuple[Any, str, int, str]]) -> list[dict[str, Any]]:
+def _shared_addresses(owners: Sequence[tuple[tuple[int, int, int, int], str, str, int, str]]
+                      ) -> list[dict[str, Any]]:
     """An error for every address or prefix inside (or equal to) one of another circuit, at the later row.
 
-    Sorted by (family, first address, prefix length), a prefix comes before the prefixes it contains; a
-    stack of the prefixes that still cover the current address finds the one it lies in: O(n log n)."""
+    ``owners``: ((version, first, last, prefix length), CIDR, circuit, line, column). Sorted by (family,
+    first address, prefix length), a prefix comes before the prefixes it contains; a stack of the prefixes
+    that still cover the current address finds the one it lies in: O(n log n)."""
     errors = []
-    items = sorted(owners, key=lambda o: (o[0].version, int(o[0].network_address), o[0].prefixlen))
-    stack: list[tuple[Any, str, int, str]] = []
+    items = sorted(owners, key=lambda o: (o[0][0], o[0][1], o[0][3]))
+    stack: list[tuple[tuple[int, int, int, int], str, str, int, str]] = []
     for item in items:
-        net = item[0]
-        while stack and (stack[-1][0].version != net.version
-                         or int(stack[-1][0].broadcast_address) < int(net.network_address)):
+        (version, first, _, _), text = item[0], item[1]
+        while stack and (stack[-1][0][0] != version or stack[-1][0][2] < first):
             stack.pop()
-        if stack and stack[-1][1] != item[1]:
+        if stack and stack[-1][2] != item[2]:
             outer = stack[-1]
-            later, earlier = (item, outer) if item[2] >= outer[2] else (outer, item)
-            how = "is also listed" if outer[0] == net else f"overlaps {earlier[0]}"
-            errors.append(_err(later[2], later[3], f"{later[0]} {how} by circuit {earlier[1]!r} (line {earlier[2]}): "
+            later, earlier = (item, outer) if item[3] >= outer[3] else (outer, item)
+            how = "is also listed" if outer[0] == item[0] else f"overlaps {earlier[1]}"
+            errors.append(_err(later[3], later[4], f"{later[1]} {how} by circuit {earlier[2]!r} (line {earlier[3]}): "
                                                    "two circuits cannot share an address"))
         stack.append(item)
     return errors

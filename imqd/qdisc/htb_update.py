@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from imqd.qdisc.base import QueuedPacket
 from imqd.qdisc.counters import C_DROPS, FIELDS_PER_COUNTER_SLOT, zero_row
 from imqd.qdisc.htb_class import IDX_GAP, ClassState, HTBClassParams
-from imqd.qdisc.htb_plan import NewLeaf, build_leaf, check_slot, plan_change, tree_positions
+from imqd.qdisc.htb_plan import ChangePlan, NewLeaf, build_leaf, check_slot, plan_change, tree_positions
 from imqd.qdisc.leaves import change_leaf
 
 if TYPE_CHECKING:
@@ -48,25 +48,33 @@ class Incremental:
     """``HTB.update``: a delta of a few classes, applied in place (mixed into :class:`~imqd.qdisc.htb.HTB`)."""
 
     def update(self: HTB, upserts: Sequence[HTBClassParams] = (), removals: Iterable[str] = (), *, now: float,
-               fallback: str | None = None) -> list[QueuedPacket]:
+               fallback: str | None = None, prepared: UpdatePlan | ChangePlan | None = None
+               ) -> list[QueuedPacket]:
         """Add or change the classes ``upserts`` and remove the classes ``removals``; all-or-nothing.
 
         Same contract as :meth:`HTB.change` with the resulting class set (definition order: survivors as they
         were, new classes at the end, in ``upserts`` order): packets of removed classes go to the leaf
-        ``fallback`` or are returned; ValueError changes nothing."""
+        ``fallback`` or are returned; ValueError changes nothing.  ``prepared``: what :meth:`check_update`
+        returned for these same arguments, the tree unchanged since (a big delta is then planned once)."""
+        if isinstance(prepared, ChangePlan):
+            return self._commit(prepared, now, fallback)
         removals = list(removals)
-        plan = self._plan_update(list(upserts), removals, fallback)
+        plan = prepared if prepared is not None else self._plan_update(list(upserts), removals, fallback)
         if plan is None:  # the tree's shape changes beyond what is done in place
             return self.change(merged_params(self, upserts, removals), now, fallback)
         return self._apply_update(plan, now, fallback)
 
     def check_update(self: HTB, upserts: Sequence[HTBClassParams] = (), removals: Iterable[str] = (), *,
-                     fallback: str | None = None) -> None:
+                     fallback: str | None = None) -> UpdatePlan | ChangePlan:
         """Raise ValueError if :meth:`update` would refuse this delta; change nothing (the caller may check
-        several trees before it updates any, so that a refusal leaves all of them as they were)."""
+        several trees before it updates any, so that a refusal leaves all of them as they were).  Returns the
+        plan, for ``update(..., prepared=)``."""
         removals = list(removals)
-        if self._plan_update(list(upserts), removals, fallback) is None:
-            plan_change(self._classes, merged_params(self, upserts, removals), fallback, self.tokens, self.counters)
+        plan = self._plan_update(list(upserts), removals, fallback)
+        if plan is None:
+            return plan_change(self._classes, merged_params(self, upserts, removals), fallback, self.tokens,
+                               self.counters)
+        return plan
 
     # -- checking ----------------------------------------------------------------------
     def _plan_update(self: HTB, upserts: list[HTBClassParams], removals: list[str], fallback: str | None
