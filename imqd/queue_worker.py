@@ -379,7 +379,7 @@ class QueueWorker:
         kind = msg[0]
         now = self._clock()
         if kind == "config":
-            _, version, config, slots, enabled = msg
+            _, version, _kept, config, slots, enabled = msg  # _kept: see supervisor.kept_strings
             try:
                 released = self.shaper.apply(config, now, slots, version)
                 released += self.shaper.set_enabled(enabled)
