@@ -84,6 +84,7 @@ def _worker(n: int, trace: bool, top: int, frames: int) -> dict[str, Any]:
     import multiprocessing
 
     from imqd.config import parse_config
+    from imqd.memtrim import trim
     from imqd.qdisc.counters import LocalCounters
     from imqd.qdisc.tokens import SlotMap
     from imqd.shaper import Shaper
@@ -106,6 +107,7 @@ def _worker(n: int, trace: bool, top: int, frames: int) -> dict[str, Any]:
         msg = pickle.loads(blob)
         shaper.apply(msg[3], 1.0, msg[4], msg[1])
         del msg
+        trim()  # as QueueWorker does after a whole configuration
         out = probe.result(top)
         out["classes"] = sum(len(t.htb) for t in shaper.trees.values() if t is not None)
         shaper.tokens.close()

@@ -232,9 +232,12 @@ def load_run_store(path: Path | None) -> tuple[Config, Any]:
     if path is None:
         return Config(), None
     from imqd.journal import ConfigStore
+    from imqd.memtrim import trim
 
     store = ConfigStore(path)
-    return store.load(missing_ok=True), store
+    config = store.load(missing_ok=True)
+    trim()  # what parsing the file freed (imqd.memtrim)
+    return config, store
 
 
 def cmd_run(args: argparse.Namespace) -> int:

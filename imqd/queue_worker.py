@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 from imqd.kernel_queues import PROC_PATH, read_nfqueue_table
 from imqd.links import REFRESH_S, LinkCosts
+from imqd.memtrim import trim
 from imqd.nfnetlink import NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_GSO, VerdictBatch
 from imqd.packet import MalformedPacket
 from imqd.qdisc.base import QueuedPacket
@@ -372,7 +373,11 @@ class QueueWorker:
             except (EOFError, OSError):
                 self._stop = True  # supervisor gone: release everything and exit
                 return
+            whole = msg[0] == "config"
             self.handle_message(msg)
+            del msg
+            if whole:  # the whole configuration, dropped now: give back what it used (imqd.memtrim)
+                trim()
 
     def handle_message(self, msg: tuple[Any, ...]) -> None:
         self.flush()  # what the change releases must not overtake packets already let through
@@ -567,8 +572,8 @@ def worker_main(opts: WorkerOptions, control: Any, lock: Any) -> None:
         worker = QueueWorker(opts, shaper, control)
         signal.signal(signal.SIGTERM, lambda *_: worker.stop())
         # Take the first configuration before binding, so no packet is ever seen unconfigured.
-        msg = control.recv()
-        worker.handle_message(msg)
+        worker.handle_message(control.recv())  # (not kept here: the configuration is dropped once applied)
+        trim()  # what it used (imqd.memtrim)
         try:
             worker.bind()
         except WorkerError as exc:
