@@ -161,6 +161,9 @@ def _api(n: int, trace: bool, top: int, frames: int, workdir: Path) -> dict[str,
 
 
 def child_main(args: argparse.Namespace) -> None:
+    from imqd.memtrim import mmap_large_blocks
+
+    mmap_large_blocks()  # as worker_main and imqd run do
     if args.role == "worker":
         out = _worker(args.classes, args.trace, args.top, args.frames)
     else:

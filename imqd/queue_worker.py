@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from imqd.kernel_queues import PROC_PATH, read_nfqueue_table
 from imqd.links import REFRESH_S, LinkCosts
-from imqd.memtrim import trim
+from imqd.memtrim import mmap_large_blocks, trim
 from imqd.nfnetlink import NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_GSO, VerdictBatch
 from imqd.packet import MalformedPacket
 from imqd.qdisc.base import QueuedPacket
@@ -555,6 +555,7 @@ def worker_main(opts: WorkerOptions, control: Any, lock: Any) -> None:
     from imqd.shared_tokens import SharedTokenStore
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    mmap_large_blocks()  # (imqd.memtrim)
     pin_to_cpu(opts.cpu)
     store = SharedTokenStore.attach(opts.shm_name, lock) if opts.shm_name else None
     hosts = SharedHostTable.attach(opts.hosts_shm_name, lock) if opts.hosts_shm_name else None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from imqd.config import dump_config, parse_config
 from imqd.journal import ConfigStore, compact
-from imqd.memtrim import trim
+from imqd.memtrim import mmap_large_blocks, trim
 from imqd.shaper import Shaper
 from imqd.supervisor import kept_strings
 
@@ -66,3 +66,7 @@ def test_the_worker_message_carries_every_kept_string_before_the_config() -> Non
 
 def test_trim_asks_the_c_library_on_linux() -> None:
     assert trim() is True and trim() is True
+
+
+def test_large_blocks_stay_mmapped() -> None:
+    assert mmap_large_blocks() is True
