@@ -70,3 +70,23 @@ def test_trim_asks_the_c_library_on_linux() -> None:
 
 def test_large_blocks_stay_mmapped() -> None:
     assert mmap_large_blocks() is True
+
+
+def test_a_fifo_leaf_has_a_queue_only_while_it_holds_packets() -> None:
+    from imqd.qdisc.base import QueuedPacket
+    from imqd.qdisc.htb import HTB, HTBClassParams
+
+    h = HTB([HTBClassParams("p", None, 8e6, 8e6, 1600, 1600)]
+            + [HTBClassParams(f"s{i}", "p", 8e4, 8e4, 1600, 1600) for i in range(3)], 0.0)
+    assert all(h.leaf(f"s{i}") is None for i in range(3)), "10,000 idle subscribers cost no queue"
+    for _ in range(3):  # the first goes through (send_now would), the rest wait for tokens
+        h.enqueue(QueuedPacket(1500), "s1", 0.0)
+    assert h.leaf("s1") is not None and h.leaf("s1").backlog_packets == 3 and h.leaf("s0") is None
+    now, out = 0.0, 0
+    while out < 3:
+        out += h.dequeue(now) is not None
+        now += 0.01
+    assert h.leaf("s1") is None, "freed once empty"
+    h.enqueue(QueuedPacket(1500), "s2", now)
+    h.drain()
+    assert h.leaf("s2") is None, "freed by drain too"
