@@ -254,9 +254,11 @@ class Classifier:
         """Rules from the leaf classes of ``direction`` that have a match (a match listing several addresses
         gives one alternative per address, ``MatchSpec.alternatives``); a class's order is its position in
         ``config.classes``."""
-        position = config.position
-        rules = [(c.name, matches_of(c.match), position(c.name))
-                 for c in config.matching_leaves(direction) if c.match is not None]  # fmt: skip
+        leaves = {c.name for c in config.matching_leaves(direction)}
+        # i counts here rather than config.position(name) answers: a worker keeps the orders, and ints of its
+        # own do not pin the memory of the config it drops after applying (see supervisor.kept_strings)
+        rules = [(c.name, matches_of(c.match), i) for i, c in enumerate(config.classes)
+                 if c.match is not None and c.name in leaves]  # fmt: skip
         default = config.default_class(direction)
         new = cls([], None)
         new.update(add=rules, default=default.name if default is not None else None)

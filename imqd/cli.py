@@ -232,9 +232,12 @@ def load_run_store(path: Path | None) -> tuple[Config, Any]:
     if path is None:
         return Config(), None
     from imqd.journal import ConfigStore
+    from imqd.memtrim import trim
 
     store = ConfigStore(path)
-    return store.load(missing_ok=True), store
+    config = store.load(missing_ok=True)
+    trim()  # what parsing the file freed (imqd.memtrim)
+    return config, store
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -253,6 +256,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from imqd.supervisor import start_forkserver
 
     start_forkserver()  # the workers' modules load in the fork server meanwhile (no worker starts yet)
+    from imqd.memtrim import mmap_large_blocks
+
+    mmap_large_blocks()  # a /metrics answer for 10,000 classes leaves no RSS behind (imqd.memtrim)
     config, store = load_run_store(config_path)  # validated before any rule or worker starts
     if args.max_len < 1:
         raise CliError(f"--max-len {args.max_len}: must be at least 1")

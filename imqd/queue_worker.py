@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 from imqd.kernel_queues import PROC_PATH, read_nfqueue_table
 from imqd.links import REFRESH_S, LinkCosts
+from imqd.memtrim import mmap_large_blocks, trim
 from imqd.nfnetlink import NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_GSO, VerdictBatch
 from imqd.packet import MalformedPacket
 from imqd.qdisc.base import QueuedPacket
@@ -372,14 +373,18 @@ class QueueWorker:
             except (EOFError, OSError):
                 self._stop = True  # supervisor gone: release everything and exit
                 return
+            whole = msg[0] == "config"
             self.handle_message(msg)
+            del msg
+            if whole:  # the whole configuration, dropped now: give back what it used (imqd.memtrim)
+                trim()
 
     def handle_message(self, msg: tuple[Any, ...]) -> None:
         self.flush()  # what the change releases must not overtake packets already let through
         kind = msg[0]
         now = self._clock()
         if kind == "config":
-            _, version, config, slots, enabled = msg
+            _, version, _kept, config, slots, enabled = msg  # _kept: see supervisor.kept_strings
             try:
                 released = self.shaper.apply(config, now, slots, version)
                 released += self.shaper.set_enabled(enabled)
@@ -550,6 +555,7 @@ def worker_main(opts: WorkerOptions, control: Any, lock: Any) -> None:
     from imqd.shared_tokens import SharedTokenStore
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    mmap_large_blocks()  # (imqd.memtrim)
     pin_to_cpu(opts.cpu)
     store = SharedTokenStore.attach(opts.shm_name, lock) if opts.shm_name else None
     hosts = SharedHostTable.attach(opts.hosts_shm_name, lock) if opts.hosts_shm_name else None
@@ -567,8 +573,8 @@ def worker_main(opts: WorkerOptions, control: Any, lock: Any) -> None:
         worker = QueueWorker(opts, shaper, control)
         signal.signal(signal.SIGTERM, lambda *_: worker.stop())
         # Take the first configuration before binding, so no packet is ever seen unconfigured.
-        msg = control.recv()
-        worker.handle_message(msg)
+        worker.handle_message(control.recv())  # (not kept here: the configuration is dropped once applied)
+        trim()  # what it used (imqd.memtrim)
         try:
             worker.bind()
         except WorkerError as exc:

@@ -137,6 +137,27 @@ def worker_cpus(count: int, cpus: Sequence[int] | None = None) -> list[int | Non
     return [cpus[i % len(cpus)] if cpus else None for i in range(count)]
 
 
+def kept_strings(config: Config) -> tuple[str, ...]:
+    """The strings of ``config`` a worker keeps after applying it (class names, parents, addresses), to be
+    pickled *ahead* of it in the config message.
+
+    Unpickled first, they sit together in memory; unpickled inside the config, one kept name per class would
+    pin every page of the config's models, which the worker drops once applied (~2 KB per class of RSS)."""
+    out: list[str] = []
+    for c in config.classes:
+        out.append(c.name)
+        if c.parent is not None:
+            out.append(c.parent)
+        m = c.match
+        if m is not None:
+            for v in (m.src, m.dst):
+                if isinstance(v, str):
+                    out.append(v)
+                elif v is not None:
+                    out.extend(v)
+    return tuple(out)
+
+
 class Supervisor:
     """One worker per queue, restarted when it dies; configuration pushed to all."""
 
@@ -239,7 +260,8 @@ class Supervisor:
         itself (pickled with its index): workers need not validate it again.  Taken under the lock that
         changes move version, config and slots under, so the three belong together."""
         with self._cond:
-            return ("config", self.version, self.config, dict(self.slot_map.slots), self.enabled)
+            config = self.config
+            return ("config", self.version, kept_strings(config), config, dict(self.slot_map.slots), self.enabled)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Tell every worker to release its packets and exit; kill stragglers."""

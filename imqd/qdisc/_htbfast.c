@@ -17,6 +17,9 @@
  * The token values and the class counters (imqd/qdisc/counters.py: int64 rows) are read through the buffer
  * protocol on each call (an array or a memoryview of shared memory): the lane never keeps an export, so a
  * store may still grow or be closed.
+ *
+ * What all lanes of a tree share -- those two buffers, the DRR pointer list, the lock and HTB's gate -- is one
+ * Shared object, not a copy per lane: with 10,000 subscriber leaves a lane is most of a class's memory.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -36,16 +39,22 @@ typedef struct {
     double buffer, cbuffer, spb, cspb;
 } ChainEntry;
 
+/* What every lane of one tree uses: Shared(values, counters, ptr, lock); HTB's gate is its two doubles, read
+ * and written from Python as shared[0] (open until) and shared[1] (bypasses) -- see Lane_send. */
 typedef struct {
-    PyObject_VAR_HEAD
+    PyObject_HEAD
+    double gate[2];       /* open_until, bypasses */
     PyObject *values;     /* the token store's values (buffer of doubles) */
     PyObject *counters;   /* the class counters (buffer of int64) */
-    PyObject *deficit;    /* the leaf's deficit list (one int per level) */
     PyObject *ptr;        /* HTB's DRR pointer list (one int per level*8+prio) */
     PyObject *acquire;    /* the shared store's lock's bound acquire and release (looked up once), or NULL */
     PyObject *release;
-    PyObject *gate;       /* HTB's gate: array('d', [open_until, bypasses]) -- see send() */
-    Py_buffer gate_view;  /* held for the lane's life: the gate never changes size */
+} Shared;
+
+typedef struct {
+    PyObject_VAR_HEAD
+    Shared *shared;       /* the tree's buffers, pointer list, lock and gate */
+    PyObject *deficit;    /* the leaf's deficit list (one int per level) */
     long prio, quantum, idx, passthrough;
     Py_ssize_t min_len;   /* bytes the token store must have for every slot on the path (checked on each call) */
     Py_ssize_t min_clen;  /* the same for the counters buffer */
@@ -65,31 +74,21 @@ set_list_long(PyObject *list, Py_ssize_t i, long v)
     return PyList_SetItem(list, i, o);  /* steals o */
 }
 
+static PyTypeObject SharedType;
+
 static int
 Lane_traverse(Lane *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->values);
-    Py_VISIT(self->counters);
+    Py_VISIT(self->shared);
     Py_VISIT(self->deficit);
-    Py_VISIT(self->ptr);
-    Py_VISIT(self->acquire);
-    Py_VISIT(self->release);
-    Py_VISIT(self->gate);
     return 0;
 }
 
 static int
 Lane_clear(Lane *self)
 {
-    Py_CLEAR(self->values);
-    Py_CLEAR(self->counters);
+    Py_CLEAR(self->shared);
     Py_CLEAR(self->deficit);
-    Py_CLEAR(self->ptr);
-    Py_CLEAR(self->acquire);
-    Py_CLEAR(self->release);
-    if (self->gate != NULL)
-        PyBuffer_Release(&self->gate_view);
-    Py_CLEAR(self->gate);
     self->n = 0;
     return 0;
 }
@@ -102,14 +101,14 @@ Lane_dealloc(Lane *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* The object is as long as its chain: the chain tuple is the third argument. */
+/* The object is as long as its chain: the chain tuple is the second argument. */
 static PyObject *
 Lane_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     (void)kwds;
     Py_ssize_t n = 1;
-    if (PyTuple_Check(args) && PyTuple_GET_SIZE(args) >= 3 && PyTuple_Check(PyTuple_GET_ITEM(args, 2)))
-        n = PyTuple_GET_SIZE(PyTuple_GET_ITEM(args, 2));
+    if (PyTuple_Check(args) && PyTuple_GET_SIZE(args) >= 2 && PyTuple_Check(PyTuple_GET_ITEM(args, 1)))
+        n = PyTuple_GET_SIZE(PyTuple_GET_ITEM(args, 1));
     if (n < 1 || n > MAX_CHAIN) {
         PyErr_Format(PyExc_ValueError, "Lane: chain must hold 1..%d classes", MAX_CHAIN);
         return NULL;
@@ -134,21 +133,145 @@ check_buffer(PyObject *obj, const char *formats, const char *what, Py_ssize_t *n
     return 0;
 }
 
-/* Lane(values, counters, chain, prio, quantum, idx, passthrough, deficit, ptr, lock, gate)
+/* Shared's fields from (values, counters, ptr, lock): at creation and by bind(); the gate is kept. */
+static int
+Shared_set(Shared *self, PyObject *args, const char *fmt)
+{
+    PyObject *values, *counters, *ptr, *lock;
+    if (!PyArg_ParseTuple(args, fmt, &values, &counters, &PyList_Type, &ptr, &lock))
+        return -1;
+    Py_ssize_t nvals, ncounters;
+    if (check_buffer(values, "d", "values", &nvals) < 0 || check_buffer(counters, "ql", "counters", &ncounters) < 0)
+        return -1;
+    if (PyList_GET_SIZE(ptr) < MAX_CHAIN * 8) {
+        PyErr_SetString(PyExc_ValueError, "Shared: ptr needs 64 entries");
+        return -1;
+    }
+    PyObject *acquire = NULL, *release = NULL;
+    if (lock != Py_None) {
+        acquire = PyObject_GetAttr(lock, s_acquire);
+        release = acquire == NULL ? NULL : PyObject_GetAttr(lock, s_release);
+        if (release == NULL) {
+            Py_XDECREF(acquire);
+            return -1;
+        }
+    }
+    Py_XSETREF(self->values, Py_NewRef(values));
+    Py_XSETREF(self->counters, Py_NewRef(counters));
+    Py_XSETREF(self->ptr, Py_NewRef(ptr));
+    Py_XSETREF(self->acquire, acquire);
+    Py_XSETREF(self->release, release);
+    return 0;
+}
+
+static int
+Shared_init(Shared *self, PyObject *args, PyObject *kwds)
+{
+    (void)kwds;
+    if (self->values != NULL) {
+        PyErr_SetString(PyExc_TypeError, "Shared: already initialised (use bind())");
+        return -1;
+    }
+    if (Shared_set(self, args, "OOO!O:Shared") < 0)
+        return -1;
+    self->gate[0] = Py_HUGE_VAL;  /* nothing backlogged */
+    self->gate[1] = 0.0;
+    return 0;
+}
+
+static PyObject *
+Shared_bind(Shared *self, PyObject *args)
+{
+    if (Shared_set(self, args, "OOO!O:bind") < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static int
+Shared_traverse(Shared *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->values);
+    Py_VISIT(self->counters);
+    Py_VISIT(self->ptr);
+    Py_VISIT(self->acquire);
+    Py_VISIT(self->release);
+    return 0;
+}
+
+static int
+Shared_clear(Shared *self)
+{
+    Py_CLEAR(self->values);
+    Py_CLEAR(self->counters);
+    Py_CLEAR(self->ptr);
+    Py_CLEAR(self->acquire);
+    Py_CLEAR(self->release);
+    return 0;
+}
+
+static void
+Shared_dealloc(Shared *self)
+{
+    PyObject_GC_UnTrack(self);
+    Shared_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static Py_ssize_t
+Shared_length(PyObject *self)
+{
+    (void)self;
+    return 2;
+}
+
+static PyObject *
+Shared_item(Shared *self, Py_ssize_t i)
+{
+    if (i < 0 || i > 1) {
+        PyErr_SetString(PyExc_IndexError, "Shared: the gate has 2 values (open until, bypasses)");
+        return NULL;
+    }
+    return PyFloat_FromDouble(self->gate[i]);
+}
+
+static int
+Shared_ass_item(Shared *self, Py_ssize_t i, PyObject *v)
+{
+    if (i < 0 || i > 1) {
+        PyErr_SetString(PyExc_IndexError, "Shared: the gate has 2 values (open until, bypasses)");
+        return -1;
+    }
+    if (v == NULL) {
+        PyErr_SetString(PyExc_TypeError, "Shared: gate values cannot be deleted");
+        return -1;
+    }
+    double d = PyFloat_AsDouble(v);
+    if (d == -1.0 && PyErr_Occurred())
+        return -1;
+    self->gate[i] = d;
+    return 0;
+}
+
+/* Lane(shared, chain, prio, quantum, idx, passthrough, deficit)
  *   chain: tuple of (base, level, buffer, cbuffer, spb, cspb, cbase), leaf first */
 static int
 Lane_init(Lane *self, PyObject *args, PyObject *kwds)
 {
     (void)kwds;  /* positional only */
-    if (self->values != NULL) {  /* send() relies on its fields staying as they are */
+    if (self->shared != NULL) {  /* send() relies on its fields staying as they are */
         PyErr_SetString(PyExc_TypeError, "Lane: already initialised");
         return -1;
     }
-    PyObject *values, *counters, *chain, *deficit, *ptr, *lock, *gate;
+    PyObject *shared, *chain, *deficit;
     long prio, quantum, idx, passthrough;
-    if (!PyArg_ParseTuple(args, "OOO!llllO!O!OO:Lane", &values, &counters, &PyTuple_Type, &chain, &prio, &quantum,
-                          &idx, &passthrough, &PyList_Type, &deficit, &PyList_Type, &ptr, &lock, &gate))
+    if (!PyArg_ParseTuple(args, "O!O!llllO!:Lane", &SharedType, &shared, &PyTuple_Type, &chain, &prio, &quantum,
+                          &idx, &passthrough, &PyList_Type, &deficit))
         return -1;
+    Shared *sh = (Shared *)shared;
+    if (sh->values == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Lane: the Shared object is not initialised");
+        return -1;
+    }
     Py_ssize_t n = PyTuple_GET_SIZE(chain);
     if (n < 1 || n > Py_SIZE(self)) {
         PyErr_Format(PyExc_ValueError, "Lane: chain must hold 1..%d classes", (int)Py_SIZE(self));
@@ -158,14 +281,9 @@ Lane_init(Lane *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "Lane: prio must be 0..7, idx >= 0 and quantum >= 1");
         return -1;
     }
-    Py_ssize_t nvals, ncounters, ngate;
-    if (check_buffer(values, "d", "values", &nvals) < 0 || check_buffer(counters, "ql", "counters", &ncounters) < 0
-        || check_buffer(gate, "d", "gate", &ngate) < 0)
+    Py_ssize_t nvals, ncounters;
+    if (check_buffer(sh->values, "d", "values", &nvals) < 0 || check_buffer(sh->counters, "ql", "counters", &ncounters) < 0)
         return -1;
-    if (ngate < 2) {
-        PyErr_SetString(PyExc_ValueError, "Lane: gate needs 2 doubles (open until, bypasses)");
-        return -1;
-    }
     Lane_clear(self);
     self->min_len = self->min_clen = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -185,30 +303,12 @@ Lane_init(Lane *self, PyObject *args, PyObject *kwds)
         if ((e->cbase + C_LENDS + 1) * 8 > self->min_clen)
             self->min_clen = (e->cbase + C_LENDS + 1) * 8;
     }
-    if (PyList_GET_SIZE(deficit) < MAX_CHAIN || PyList_GET_SIZE(ptr) < MAX_CHAIN * 8) {
-        PyErr_SetString(PyExc_ValueError, "Lane: deficit needs 8 entries and ptr 64");
+    if (PyList_GET_SIZE(deficit) < MAX_CHAIN) {
+        PyErr_SetString(PyExc_ValueError, "Lane: deficit needs 8 entries");
         return -1;
     }
-    self->values = Py_NewRef(values);
-    self->counters = Py_NewRef(counters);
+    self->shared = (Shared *)Py_NewRef(shared);
     self->deficit = Py_NewRef(deficit);
-    self->ptr = Py_NewRef(ptr);
-    if (lock != Py_None) {
-        PyObject *acquire = PyObject_GetAttr(lock, s_acquire);
-        PyObject *release = acquire == NULL ? NULL : PyObject_GetAttr(lock, s_release);
-        if (release == NULL) {
-            Py_XDECREF(acquire);
-            Lane_clear(self);
-            return -1;
-        }
-        self->acquire = acquire;
-        self->release = release;
-    }
-    if (PyObject_GetBuffer(gate, &self->gate_view, PyBUF_WRITABLE) < 0) {
-        Lane_clear(self);
-        return -1;
-    }
-    self->gate = Py_NewRef(gate);
     self->prio = prio;
     self->quantum = quantum;
     self->idx = idx;
@@ -221,7 +321,8 @@ static int
 charge(Lane *self, double *vals, int64_t *counts, long key, long size, double now)
 {
     long level = key >> 3;
-    if (level >= PyList_GET_SIZE(self->deficit) || key >= PyList_GET_SIZE(self->ptr)) {
+    PyObject *ptr = self->shared->ptr;
+    if (level >= PyList_GET_SIZE(self->deficit) || key >= PyList_GET_SIZE(ptr)) {
         PyErr_SetString(PyExc_RuntimeError, "Lane: the deficit or pointer list shrank (HTB changes them in place only)");
         return -1;
     }
@@ -237,7 +338,7 @@ charge(Lane *self, double *vals, int64_t *counts, long key, long size, double no
     }
     else
         p = self->idx;
-    if (set_list_long(self->ptr, key, p) < 0 || set_list_long(self->deficit, level, d) < 0)
+    if (set_list_long(ptr, key, p) < 0 || set_list_long(self->deficit, level, d) < 0)
         return -1;
     double fsize = (double)size;
     for (int i = 0; i < self->n; i++) {
@@ -305,25 +406,25 @@ Lane_send(Lane *self, PyObject *const *args, Py_ssize_t nargs)
     double now = PyFloat_AsDouble(args[1]);
     if (now == -1.0 && PyErr_Occurred())
         return NULL;
-    if (self->values == NULL) {
+    Shared *sh = self->shared;
+    if (sh == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Lane: not initialised");
         return NULL;
     }
     /* The gate: while some leaf is backlogged, a packet may only skip the queue while none of them can be sent
      * (HTB keeps open_until = the scheduler's next event, a lower bound; -inf when unknown, +inf when idle):
      * enqueue + dequeue would then release this packet first too.  bypasses counts the charges made here. */
-    double *gatev = (double *)self->gate_view.buf;
-    if (size > self->passthrough || !(now < gatev[0]))
+    if (size > self->passthrough || !(now < sh->gate[0]))
         return PyLong_FromLong(0);
     Py_buffer view, cview;
-    if (PyObject_GetBuffer(self->values, &view, PyBUF_WRITABLE) < 0)
+    if (PyObject_GetBuffer(sh->values, &view, PyBUF_WRITABLE) < 0)
         return NULL;
     if (view.len < self->min_len) {
         PyBuffer_Release(&view);
         PyErr_SetString(PyExc_RuntimeError, "Lane: the token store is smaller than the slots on this path");
         return NULL;
     }
-    if (PyObject_GetBuffer(self->counters, &cview, PyBUF_WRITABLE) < 0) {
+    if (PyObject_GetBuffer(sh->counters, &cview, PyBUF_WRITABLE) < 0) {
         PyBuffer_Release(&view);
         return NULL;
     }
@@ -352,8 +453,8 @@ Lane_send(Lane *self, PyObject *const *args, Py_ssize_t nargs)
     }
     if (key < 0)
         goto done;
-    if (self->acquire != NULL) {
-        PyObject *got = PyObject_CallOneArg(self->acquire, Py_False);
+    if (sh->acquire != NULL) {
+        PyObject *got = PyObject_CallOneArg(sh->acquire, Py_False);
         if (got == NULL) {
             PyBuffer_Release(&cview);
             PyBuffer_Release(&view);
@@ -370,10 +471,10 @@ Lane_send(Lane *self, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     int rc = charge(self, vals, (int64_t *)cview.buf, key, size, now);
-    if (self->release != NULL) {
+    if (sh->release != NULL) {
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);  /* keep charge()'s error, if any, across the release */
-        PyObject *r = PyObject_CallNoArgs(self->release);
+        PyObject *r = PyObject_CallNoArgs(sh->release);
         Py_XDECREF(r);
         if (type != NULL) {
             PyErr_Clear();
@@ -386,7 +487,7 @@ Lane_send(Lane *self, PyObject *const *args, Py_ssize_t nargs)
     PyBuffer_Release(&view);
     if (rc < 0)
         return NULL;
-    gatev[1] += 1.0;
+    sh->gate[1] += 1.0;
     return PyLong_FromLong(1);
 done:
     PyBuffer_Release(&cview);
@@ -416,6 +517,35 @@ static PyTypeObject LaneType = {
     .tp_methods = Lane_methods,
 };
 
+static PySequenceMethods Shared_as_sequence = {
+    .sq_length = Shared_length,
+    .sq_item = (ssizeargfunc)Shared_item,
+    .sq_ass_item = (ssizeobjargproc)Shared_ass_item,
+};
+
+static PyMethodDef Shared_methods[] = {
+    {"bind", (PyCFunction)Shared_bind, METH_VARARGS,
+     "bind(values, counters, ptr, lock): the buffers, pointer list and lock the tree's lanes use from now on "
+     "(the gate is kept)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject SharedType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "imqd.qdisc._htbfast.Shared",
+    .tp_doc = PyDoc_STR("Shared(values, counters, ptr, lock): what the lanes of one HTB tree share; "
+                        "[0] and [1] are HTB's gate (open until, bypasses)."),
+    .tp_basicsize = sizeof(Shared),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Shared_init,
+    .tp_dealloc = (destructor)Shared_dealloc,
+    .tp_traverse = (traverseproc)Shared_traverse,
+    .tp_clear = (inquiry)Shared_clear,
+    .tp_methods = Shared_methods,
+    .tp_as_sequence = &Shared_as_sequence,
+};
+
 static struct PyModuleDef htbfast_module = {
     PyModuleDef_HEAD_INIT, "_htbfast", "HTB.send_now's common case in C (optional accelerator).", -1,
     NULL, NULL, NULL, NULL, NULL,
@@ -425,7 +555,7 @@ PyMODINIT_FUNC
 PyInit__htbfast(void)
 {
     token_floor = 1e-9 - MBUFFER;
-    if (PyType_Ready(&LaneType) < 0)
+    if (PyType_Ready(&LaneType) < 0 || PyType_Ready(&SharedType) < 0)
         return NULL;
     if (!(s_acquire = PyUnicode_InternFromString("acquire")) ||
         !(s_release = PyUnicode_InternFromString("release")))
@@ -433,7 +563,8 @@ PyInit__htbfast(void)
     PyObject *m = PyModule_Create(&htbfast_module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Lane", (PyObject *)&LaneType) < 0) {
+    if (PyModule_AddObjectRef(m, "Lane", (PyObject *)&LaneType) < 0
+        || PyModule_AddObjectRef(m, "Shared", (PyObject *)&SharedType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -73,9 +73,9 @@ from imqd.qdisc.leaves import make_leaf
 from imqd.qdisc.tokens import LOCK_TIMEOUT_S, LocalTokenStore, TokenStore
 
 try:  # send_now's common case in C (imqd/qdisc/_htbfast.c); optional: without it the code below does it all
-    from imqd.qdisc._htbfast import Lane
+    from imqd.qdisc._htbfast import Lane, Shared
 except ImportError:  # pragma: no cover - depends on whether the extension was compiled
-    Lane = None
+    Lane = Shared = None
 
 __all__ = ["HTB", "HTBClassParams", "ACCELERATED", "SCHEDULERS", "CAN_SEND", "MAY_BORROW", "CANT_SEND",
            "MAX_DEPTH", "NUM_PRIO", "MBUFFER"]
@@ -122,11 +122,18 @@ class HTB(Incremental):
         # may skip the queue only before open_until, the scheduler's last next_event (none of the backlogged
         # leaves can be sent before it, so enqueue + dequeue would release the new packet first as well);
         # -inf when that is unknown, +inf when nothing is backlogged.  bypasses counts send_now's charges.
-        self._gate = array("d", [math.inf, 0.0])
+        # With C, the gate is the two doubles of the Shared object every lane of this tree reads (with the token
+        # and counter buffers, the pointer list and the lock, bound at every change): one per tree, not per lane.
         self._ptr = [0] * NO_KEY  # DRR pointer per level*8+prio: position of the next leaf to serve
+        self._accelerate = accelerate and ACCELERATED
+        self._gate: Any = array("d", [math.inf, 0.0])
+        if self._accelerate:
+            try:
+                self._gate = Shared(self._vals, self._cvals, self._ptr, self._lock)
+            except (TypeError, ValueError):  # a store C cannot hold (no buffer of doubles): Python does it all
+                self._accelerate = False
         self._dq_dropped: list[QueuedPacket] = []
         self._last_now = now
-        self._accelerate = accelerate and ACCELERATED
         self._lanes: dict[str, Any] = {}  # leaf name -> its C Lane (send_now's fast path); empty without C
         self._scheduler_choice = scheduler
         self._sched: RowScheduler | ScanScheduler = SCHEDULERS["scan" if scheduler == "auto" else scheduler](self)
@@ -247,7 +254,12 @@ class HTB(Incremental):
             self._sched.rebuild(active, now)
         self._lanes.clear()  # in place: DirectionTree keeps this dict (see lanes)
         if self._accelerate:
-            self._lanes.update(self._build_lanes())
+            try:
+                self._gate.bind(self._vals, self._cvals, self._ptr, self._lock)
+            except (TypeError, ValueError):  # what C cannot hold: Python does it all (never fail a change here)
+                pass
+            else:
+                self._lanes.update(self._build_lanes())
 
         if orphans:
             orphans.sort(key=lambda pk: pk.enqueued_at)  # stable: keeps each queue's order
@@ -270,16 +282,16 @@ class HTB(Incremental):
     def _build_lane(self, cl: ClassState) -> Any | None:
         """Leaf ``cl``'s C Lane, or None (no passthrough, or what C cannot hold).
 
-        A lane holds the leaf's deficit list, the DRR pointer list and the gate (so those three are only
-        ever changed in place), the token store's values and lock, the counters, and the constants of the
-        classes on the leaf's path (so it is rebuilt when any of them change)."""
+        A lane holds the leaf's deficit list (so it is only ever changed in place), the tree's Shared object
+        (``_gate``: the DRR pointer list, also changed in place only, the token store's values and lock, the
+        counters) and the constants of the classes on the leaf's path (so it is rebuilt when any of them
+        change)."""
         assert Lane is not None
         if cl.spec is None or cl.passthrough <= 0:
             return None
         spec = tuple((c.base, c.level, c.buffer, c.cbuffer, c.spb, c.cspb, c.cbase) for c in cl.chain)
         try:
-            return Lane(self._vals, self._cvals, spec, cl.prio, cl.quantum, cl.idx, cl.passthrough,
-                        cl.deficit, self._ptr, self._lock, self._gate)
+            return Lane(self._gate, spec, cl.prio, cl.quantum, cl.idx, cl.passthrough, cl.deficit)
         except (TypeError, ValueError, OverflowError):
             # what C cannot hold (a store that is no buffer of doubles, a quantum beyond a C long): this leaf
             # stays with the Python code -- never let a change fail after the tree is in place

@@ -193,7 +193,7 @@ def worker_at_version_1() -> tuple[QueueWorker, Pipe, Config]:
     worker = QueueWorker(WorkerOptions(queue=0, cpu=None), Shaper(), pipe)
     worker._clock = lambda: 1.0
     config = base_config()
-    worker.handle_message(("config", 1, config, {c.name: i for i, c in enumerate(config.classes)}, True))
+    worker.handle_message(("config", 1, (), config, {c.name: i for i, c in enumerate(config.classes)}, True))
     return worker, pipe, config
 
 
@@ -260,7 +260,8 @@ def test_push_delta_sends_only_the_delta_and_new_slots(supervisor: Any) -> None:
     kind, version, sent_delta, added, enabled = msg0
     assert (kind, version, sent_delta, enabled) == ("delta", 2, delta, True)
     assert added == {"k9": len(before)} and "k0" not in sup.slots, "a never-used slot; the removed one freed"
-    assert sup.config is new and sup._config_message()[:3] == ("config", 2, new)
+    msg = sup._config_message()
+    assert sup.config is new and (msg[0], msg[1], msg[3]) == ("config", 2, new)
 
 
 def test_a_worker_that_asks_gets_the_whole_configuration(supervisor: Any) -> None:
@@ -269,7 +270,8 @@ def test_a_worker_that_asks_gets_the_whole_configuration(supervisor: Any) -> Non
     sup._on_message(w, ("resync", 5, 3))
     assert w.resync
     sup._receive(w)  # no connection: only the pending resync is served
-    assert sup.sent[-1][0] == 1 and sup.sent[-1][1][:3] == ("config", 1, sup.config)
+    queue, msg = sup.sent[-1]
+    assert queue == 1 and (msg[0], msg[1], msg[3]) == ("config", 1, sup.config)
 
 
 def test_a_delta_that_reorders_asks_for_the_whole_configuration_and_changes_nothing() -> None:

@@ -255,39 +255,65 @@ def test_a_lane_answers_like_send_now_for_each_case() -> None:
 
 @needs_c
 def test_a_lane_refuses_what_it_cannot_use() -> None:
-    lane_type = htb_mod.Lane
+    lane_type, shared_type = htb_mod.Lane, htb_mod.Shared
     h = HTB([HTBClassParams("a", None, 8e6, 8e6, 1500, 1500)], 0.0)
     cl = h._leaf_map["a"]
     spec = ((0, 0, 1.0, 1.0, 1e-6, 1e-6, 0),)
     counts = array("q", [0] * 7)
-    good = (0, 1514, 0, 1500, cl.deficit, h._ptr, None, h._gate)
-    lane_type(array("d", [0.0] * 3), counts, spec, *good)
+
+    def shared(values: Any, counters: Any = counts) -> Any:
+        return shared_type(values, counters, h._ptr, None)
+
+    good = (0, 1514, 0, 1500, cl.deficit)
+    lane_type(shared(array("d", [0.0] * 3)), spec, *good)
     with pytest.raises(TypeError, match="values must be a writable buffer"):
-        lane_type(array("f", [0.0] * 3), counts, spec, *good)
+        shared(array("f", [0.0] * 3))
     with pytest.raises(TypeError, match="counters must be a writable buffer"):
-        lane_type(array("d", [0.0] * 3), array("d", [0.0] * 7), spec, *good)
+        shared(array("d", [0.0] * 3), array("d", [0.0] * 7))
+    with pytest.raises(ValueError, match="ptr needs 64"):
+        shared_type(array("d", [0.0] * 3), counts, [0] * 8, None)
+    with pytest.raises(TypeError):
+        lane_type(array("d", [0.0] * 3), spec, *good)  # not a Shared
     with pytest.raises(ValueError, match="outside its buffer"):
-        lane_type(array("d", [0.0] * 2), counts, spec, *good)
+        lane_type(shared(array("d", [0.0] * 2)), spec, *good)
     with pytest.raises(ValueError, match="outside its buffer"):
-        lane_type(array("d", [0.0] * 3), array("q", [0] * 4), spec, *good)
+        lane_type(shared(array("d", [0.0] * 3), array("q", [0] * 4)), spec, *good)
     with pytest.raises(ValueError, match="1..8"):
-        lane_type(array("d", [0.0] * 3), counts, spec * 9, *good)
-    with pytest.raises(ValueError, match="gate needs 2"):
-        lane_type(array("d", [0.0] * 3), counts, spec, *good[:-1], array("d", [0.0]))
+        lane_type(shared(array("d", [0.0] * 3)), spec * 9, *good)
+    with pytest.raises(ValueError, match="deficit needs 8"):
+        lane_type(shared(array("d", [0.0] * 3)), spec, *good[:-1], [0] * 7)
     with pytest.raises(TypeError, match="already initialised"):
-        h.lanes["a"].__init__(array("d", [0.0] * 3), counts, spec, *good)
+        h.lanes["a"].__init__(shared(array("d", [0.0] * 3)), spec, *good)
+    with pytest.raises(TypeError, match="already initialised"):
+        h._gate.__init__(array("d", [0.0] * 3), counts, h._ptr, None)
     with pytest.raises(RuntimeError, match="not initialised"):
-        lane_type.__new__(lane_type, array("d"), counts, spec).send(100, 0.0)
+        lane_type.__new__(lane_type, shared(array("d")), spec).send(100, 0.0)
     store = array("d", [0.0, 0.0, 0.0])
-    lane = lane_type(store, counts, spec, *good)
+    lane = lane_type(shared(store), spec, *good)
     del store[:]  # the lane keeps no buffer export, so the store can change under it: it must notice
     with pytest.raises(RuntimeError, match="smaller"):
         lane.send(100, 0.0)
     shrinking = array("q", [0] * 7)
-    lane = lane_type(array("d", [0.0] * 3), shrinking, spec, *good)
+    lane = lane_type(shared(array("d", [0.0] * 3), shrinking), spec, *good)
     del shrinking[:]
     with pytest.raises(RuntimeError, match="counters buffer is smaller"):
         lane.send(100, 0.0)
+
+
+@needs_c
+def test_the_gate_is_two_doubles_shared_by_every_lane_of_a_tree() -> None:
+    h = HTB([HTBClassParams("p", None, 8e6, 8e6, 1500, 1500)]
+            + [HTBClassParams(f"l{i}", "p", 1e6, 8e6, 1500, 1500) for i in range(3)], 0.0)
+    gate = h._gate
+    assert len(gate) == 2 and gate[0] == math.inf and gate[1] == 0.0
+    assert h.lanes["l0"].send(100, 1.0) == 1 and h.lanes["l2"].send(100, 1.0) == 1
+    assert gate[1] == 2.0, "both lanes counted their bypass in the one gate"
+    gate[0] = 0.5  # closed from 0.5 on (what next_event writes while a leaf is backlogged)
+    assert h.lanes["l1"].send(100, 1.0) == 0 and gate[1] == 2.0
+    with pytest.raises(IndexError):
+        gate[2]
+    with pytest.raises(TypeError):
+        gate[0] = "x"
 
 
 def test_a_tree_without_c_uses_no_lanes() -> None:
