@@ -42,7 +42,9 @@ WORKER_FIELDS = 3
 SLACK = 3028.0  # bytes per host a worker may run ahead of the slowest busy one (two full-size frames)
 STALE = 1.0  # s: a worker not seen for this long holds nobody back
 RECLAIM = 60.0  # s: a row none of whose workers was busy this recently may serve another class
-POLL = 0.001  # s: a held worker looks again this soon (the laggard's progress is not announced)
+POLL = 0.001  # s: a held worker looks again this soon (the laggard's progress is not announced); and how
+# long a worker trusts what it read of the others while that lets it send (their virtual times only grow)
+SEEN_EVERY = 0.01  # s: how often a busy worker stamps ``seen`` (far below STALE; saves a write per packet)
 PROBES = 8  # rows looked at for a class (linear probing)
 DEFAULT_ROWS = 4096
 
@@ -135,9 +137,15 @@ class ShareTable:
 
 class ClassShare:
     """This worker's claim on one class: publishes its busy hosts and virtual time, and says whether it may
-    release now.  Used by one :class:`~imqd.qdisc.perhost.PerHost` leaf."""
+    release now.  Used by one :class:`~imqd.qdisc.perhost.PerHost` leaf.
 
-    __slots__ = ("table", "tag", "row", "own", "others", "act", "_open_at")
+    Per packet it writes its virtual time and reads nothing: its own ``vt`` is kept here (it is the only
+    writer), and the smallest ``vt`` of the busy others (``others_min``) is re-read only when it would hold
+    this worker back or is older than ``POLL``.  The others' ``vt``s only grow and a worker joins at no less
+    than that smallest one, so within ``POLL`` a stale ``others_min`` can only err towards holding back, and
+    that case re-reads."""
+
+    __slots__ = ("table", "tag", "row", "own", "others", "act", "vt", "others_min", "read_at", "_seen_at")
 
     def __init__(self, table: ShareTable, tag: int) -> None:
         self.table = table
@@ -146,7 +154,10 @@ class ClassShare:
         self.own = -1
         self.others: tuple[int, ...] = ()
         self.act = 0  # busy hosts as last published
-        self._open_at = math.nan  # the time the gate was last found open (cached for that instant)
+        self.vt = 0.0  # this worker's virtual time (published in the row)
+        self.others_min = math.inf  # the smallest vt of the fresh busy others, as read at read_at
+        self.read_at = -math.inf
+        self._seen_at = -math.inf  # when this worker last stamped its seen field
 
     def _locate(self, now: float) -> bool:
         t = self.table
@@ -157,6 +168,7 @@ class ClassShare:
             return False
         self.own = o + 1 + t.worker * WORKER_FIELDS
         self.others = tuple(o + 1 + w * WORKER_FIELDS for w in range(t.workers) if w != t.worker)
+        self.vt = t.floats[self.own + VT]
         return True
 
     def set_active(self, n: int, now: float) -> None:
@@ -165,20 +177,18 @@ class ClassShare:
             if not self._locate(now):
                 self.act = n  # no row: not shared (counted in overflows)
                 return
-            floats = self.table.floats
-            own = self.own
-            floats[own + VT] = max(floats[own + VT], self._floor(now))
+            self._rejoin(now)
         elif self.row < 0:
             self.act = n
             return
         self.act = n
-        self._open_at = math.nan
         floats = self.table.floats
         floats[self.own + ACT] = float(n)
-        floats[self.own + SEEN] = now
+        floats[self.own + SEEN] = self._seen_at = now
 
-    def _floor(self, now: float) -> float:
-        """Where a joining worker starts: the smallest virtual time of the fresh busy others, else the largest."""
+    def _rejoin(self, now: float) -> None:
+        """Start no earlier than the smallest virtual time of the fresh busy others (else the largest of all):
+        idle time earns no credit."""
         floats = self.table.floats
         lo = math.inf
         hi = 0.0
@@ -189,34 +199,41 @@ class ClassShare:
                     lo = v
             elif v > hi:
                 hi = v
-        return hi if lo == math.inf else lo
+        floor = hi if lo == math.inf else lo
+        if floor > self.vt:
+            self.vt = floats[self.own + VT] = floor
+        self.read_at = -math.inf
 
     def may_send(self, now: float) -> bool:
         """Whether this worker's hosts are not ahead of the busy others (by more than ``SLACK``)."""
-        if now == self._open_at or self.row < 0 or not self.act:
+        if self.vt - SLACK <= self.others_min and now - self.read_at < POLL:
             return True
+        if self.row < 0 or not self.act:
+            return True
+        if now - self._seen_at >= STALE:  # back after a long pause: rejoin like an idle worker
+            self._rejoin(now)
+        if now - self._seen_at >= SEEN_EVERY:
+            self.table.floats[self.own + SEEN] = self._seen_at = now
         floats = self.table.floats
-        own = self.own
-        if now - floats[own + SEEN] >= STALE:  # back after a long pause: rejoin like an idle worker
-            floats[own + VT] = max(floats[own + VT], self._floor(now))
-        floats[own + SEEN] = now
-        limit = floats[own + VT] - SLACK
+        lo = math.inf
         for f in self.others:
-            if floats[f + VT] < limit and floats[f + ACT] > 0 and now - floats[f + SEEN] < STALE:
-                return False
-        self._open_at = now
-        return True
+            v = floats[f + VT]
+            if v < lo and floats[f + ACT] > 0 and now - floats[f + SEEN] < STALE:
+                lo = v
+        self.others_min = lo
+        self.read_at = now
+        return self.vt - SLACK <= lo
 
     def sent(self, size: int, now: float) -> None:
         """Account ``size`` bytes released for the class: each busy host's share of it."""
         act = self.act
         if self.row < 0 or not act:
             return
+        vt = self.vt = self.vt + size / act
         floats = self.table.floats
-        own = self.own
-        floats[own + VT] += size / act
-        floats[own + SEEN] = now
-        self._open_at = math.nan
+        floats[self.own + VT] = vt
+        if now - self._seen_at >= SEEN_EVERY:
+            floats[self.own + SEEN] = self._seen_at = now
 
     def busy_hosts(self, now: float) -> int:
         """Busy hosts of the class in every fresh worker, this one's included (for statistics)."""

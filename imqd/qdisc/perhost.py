@@ -59,7 +59,7 @@ from typing import Any
 
 from imqd.qdisc.base import CountedBacklog, QueuedPacket
 from imqd.qdisc.host_buckets import HostBucketTable, SharedBucket
-from imqd.qdisc.host_share import POLL, ClassShare
+from imqd.qdisc.host_share import POLL, SLACK, ClassShare
 from imqd.qdisc.leaves import LeafSpec, check_params, register_leaf
 from imqd.qdisc.sfq import DepthIndex
 from imqd.qdisc.tbf import TokenBucket
@@ -356,7 +356,10 @@ class PerHost(CountedBacklog):
                         host.state = BLOCKED
                         heapq.heappush(blocked, (b.ready_at(size), next(self._seq), host))
                         continue
-                if self._fair is not None and not self._fair_open(now):
+                fair = self._fair
+                if fair is not None and not (  # the common case inline: nothing to publish, the gate open
+                        fair.act == len(active) and now - fair.read_at < POLL and fair.vt - SLACK <= fair.others_min
+                ) and not self._fair_open(now):
                     return None
                 return host
         if self._fair is not None:

@@ -197,7 +197,7 @@ def test_a_dead_worker_is_cleared_and_a_stopped_one_goes_stale() -> None:
     assert not a._fair.may_send(t + 0.01), "a busy worker far behind holds this one back"  # noqa: SLF001
     assert a._fair.may_send(t + STALE + 0.01), "until it has not been seen for STALE"  # noqa: SLF001
     share.floats[b.own + 2] = t + STALE  # seen again (a pause, not a death)
-    a._fair._open_at = float("nan")  # noqa: SLF001
+    a._fair.read_at = float("-inf")  # noqa: SLF001 - forget what it read
     assert not a._fair.may_send(t + STALE + 0.02)  # noqa: SLF001
     assert share.clear_worker(1) == 1, "the supervisor clears a dead worker's busy hosts"
     assert a._fair.may_send(t + STALE + 0.03)  # noqa: SLF001
@@ -210,7 +210,7 @@ def test_a_held_leaf_asks_to_be_polled_and_never_spins() -> None:
     _run(workers, [[NET + 1], [NET + 2, NET + 3, NET + 4]], 0.1)
     a, b = _leaf(workers[0]), _leaf(workers[1])
     b._fair.table.floats[b._fair.own + 1] = 0.0  # noqa: SLF001 - the other worker is far behind
-    a._fair._open_at = float("nan")  # noqa: SLF001
+    a._fair.read_at = float("-inf")  # noqa: SLF001 - forget what it read
     t = 0.1
     assert a.peek(t) is None and a.dequeue(t) is None
     assert a.next_event(t) == pytest.approx(t + POLL)
