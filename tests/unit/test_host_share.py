@@ -335,3 +335,28 @@ def test_workers_attached_to_one_segment_share_the_rows() -> None:
         w0.close()
         w1.close()
         owner.close()
+
+
+def test_the_supervisor_clears_the_busy_hosts_of_a_worker_that_dies() -> None:
+    from types import SimpleNamespace
+
+    from imqd.config import parse_config
+    from imqd.supervisor import Supervisor
+
+    sup = Supervisor([3, 4], parse_config({"classes": []}), cpus=[])
+    try:
+        assert sup.hosts is not None
+        rows = sup.hosts.share
+        alive, dying = ClassShare(rows.as_worker(0), TAG), ClassShare(rows.as_worker(1), TAG)  # queues 3, 4
+        alive.set_active(1, 0.0)
+        dying.set_active(3, 0.0)
+        alive.sent(30_000, 0.0)
+        assert not alive.may_send(0.0), "held back by the three busy hosts of queue 4's worker"
+        w = sup.workers[4]
+        w.process = SimpleNamespace(exitcode=-9, is_alive=lambda: False)
+        sup._on_exit(w)  # noqa: SLF001 - what the monitor thread calls when the worker is gone
+        assert alive.busy_hosts(0.0) == 1 and alive.may_send(0.0), "its hosts no longer count"
+    finally:
+        sup.store.close()
+        sup.hosts.close()
+        sup.counters.close()
