@@ -558,7 +558,8 @@ def worker_main(opts: WorkerOptions, control: Any, lock: Any) -> None:
     mmap_large_blocks()  # (imqd.memtrim)
     pin_to_cpu(opts.cpu)
     store = SharedTokenStore.attach(opts.shm_name, lock) if opts.shm_name else None
-    hosts = SharedHostTable.attach(opts.hosts_shm_name, lock) if opts.hosts_shm_name else None
+    hosts = (SharedHostTable.attach(opts.hosts_shm_name, lock, opts.counters_workers, opts.counters_block)
+             if opts.hosts_shm_name else None)  # worker i of n: the same numbering as the counter blocks
     counters = (SharedCounters.attach(opts.counters_shm_name, opts.counters_workers, opts.counters_slots)
                 if opts.counters_shm_name else None)
     worker: QueueWorker | None = None

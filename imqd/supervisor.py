@@ -172,7 +172,7 @@ class Supervisor:
         # of its per-packet work), which also keeps its per_host caps to itself; several share both.
         self.worker_lock = self.lock if len(queues) > 1 else None
         self.store = SharedTokenStore.create(self.lock)
-        self.hosts = SharedHostTable.create(self.lock) if self.worker_lock is not None else None
+        self.hosts = SharedHostTable.create(self.lock, len(queues)) if self.worker_lock is not None else None
         self.slot_map = SlotMap(self.store, self.store.slots)
         # Per-class counters: one block per worker (by queue order), rows numbered like the token store's slots.
         self.counters = SharedCounters.create(len(queues), self.store.slots)
@@ -420,6 +420,8 @@ class Supervisor:
         self._receive(w)  # take a last 'fatal' or stats message if there is one
         if self.worker_lock is not None and free_if_stuck(self.worker_lock):
             log.warning("worker for queue %d (pid %s) died holding the shared token lock; freed it", w.queue, w.pid)
+        if self.hosts is not None:  # its hosts no longer hold the others' per_host shares back
+            self.hosts.share.clear_worker(self.block_of[w.queue])
         code = w.process.exitcode
         with self._cond:
             w.ready = False

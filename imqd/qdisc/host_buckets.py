@@ -26,6 +26,7 @@ import math
 from collections.abc import MutableSequence
 from typing import Any
 
+from imqd.qdisc.host_share import ShareTable
 from imqd.qdisc.tbf import TokenBucket
 from imqd.qdisc.tokens import LOCK_TIMEOUT_S
 
@@ -50,9 +51,10 @@ def class_tag(direction: str, name: str) -> int:
 class HostBucketTable:
     """Bucket state of (class, host) pairs over two views of one buffer; see the module docstring."""
 
-    __slots__ = ("ints", "floats", "sets", "lock", "overflows", "lock_timeouts")
+    __slots__ = ("ints", "floats", "sets", "lock", "overflows", "lock_timeouts", "share")
 
-    def __init__(self, ints: MutableSequence[int], floats: MutableSequence[float], lock: Any | None) -> None:
+    def __init__(self, ints: MutableSequence[int], floats: MutableSequence[float], lock: Any | None,
+                 share: ShareTable | None = None) -> None:
         if len(ints) != len(floats) or len(ints) < FIELDS * WAYS:
             raise ValueError(f"host bucket table: views of {len(ints)} and {len(floats)} items; need two equal "
                              f"views of at least {FIELDS * WAYS}")
@@ -62,6 +64,9 @@ class HostBucketTable:
         self.lock = lock  # None: one process uses the table
         self.overflows = 0  # hosts that found their set full of busy buckets (they got one of their own)
         self.lock_timeouts = 0
+        #: the classes' busy hosts and virtual times in every worker, for equal shares across workers
+        #: (imqd.qdisc.host_share); None: each worker's leaf shares among its own hosts only
+        self.share = share
 
     @classmethod
     def local(cls, entries: int = 1024, lock: Any | None = None) -> HostBucketTable:

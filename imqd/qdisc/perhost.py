@@ -31,7 +31,10 @@ bucket of its own (it is the default ``ceil`` and appears in the stats).
 With several workers the caps must hold in total, not per worker (a host's traffic can hash to several):
 :meth:`PerHost.share_buckets` moves every host's bucket into a
 :class:`~imqd.qdisc.host_buckets.HostBucketTable` the workers share.  The
-queues and the DRR stay per worker.
+queues and the DRR stay per worker; the equal share among hosts becomes
+global through the table's :class:`~imqd.qdisc.host_share.ShareTable`: the
+leaf publishes its busy hosts (``len(_active)``) and holds back while its
+hosts are ahead of the busy hosts of other workers (:class:`ClassShare`).
 
 Limits on packets: ``limit`` per host (the arriving packet is dropped when
 its host is full) and ``total_limit`` for the leaf (the oldest packet of the
@@ -56,6 +59,7 @@ from typing import Any
 
 from imqd.qdisc.base import CountedBacklog, QueuedPacket
 from imqd.qdisc.host_buckets import HostBucketTable, SharedBucket
+from imqd.qdisc.host_share import POLL, SLACK, ClassShare
 from imqd.qdisc.leaves import LeafSpec, check_params, register_leaf
 from imqd.qdisc.sfq import DepthIndex
 from imqd.qdisc.tbf import TokenBucket
@@ -163,7 +167,7 @@ class PerHost(CountedBacklog):
 
     __slots__ = (
         "cfg", "_hosts", "_active", "_blocked", "_seq", "_idle", "_depth",
-        "_qlen", "_bytes", "_now", "drops", "forgotten", "_shared",
+        "_qlen", "_bytes", "_now", "drops", "forgotten", "_shared", "_fair", "_held",
     )  # fmt: skip
 
     #: Hosts over their ceil hold packets back: parents must ``peek``.
@@ -186,6 +190,8 @@ class PerHost(CountedBacklog):
         self.drops = 0
         self.forgotten = 0
         self._shared: tuple[HostBucketTable, int] | None = None  # (table, class tag): see share_buckets
+        self._fair: ClassShare | None = None  # this leaf's claim on the class across workers: see share_buckets
+        self._held = False  # _select found a host but the other workers' hosts are behind (with _fair only)
 
     @classmethod
     def from_spec(cls, spec: LeafSpec) -> PerHost:
@@ -198,6 +204,10 @@ class PerHost(CountedBacklog):
         if shared == self._shared:
             return
         self._shared = shared
+        if self._fair is not None:
+            self._fair.set_active(0, self._now)  # this claim ends (its hosts count again under the new one)
+        self._fair = None if table is None or table.share is None else ClassShare(table.share, tag)
+        self._held = False
         for host in self._hosts.values():
             if host.bucket is not None:
                 host.bucket = self._new_bucket(host.key)
@@ -346,8 +356,25 @@ class PerHost(CountedBacklog):
                         host.state = BLOCKED
                         heapq.heappush(blocked, (b.ready_at(size), next(self._seq), host))
                         continue
+                fair = self._fair
+                if fair is not None and not (  # the common case inline: nothing to publish, the gate open
+                        fair.act == len(active) and now - fair.read_at < POLL and fair.vt - SLACK <= fair.others_min
+                ) and not self._fair_open(now):
+                    return None
                 return host
+        if self._fair is not None:
+            self._fair_open(now)  # publishes that no host is busy here
         return None
+
+    def _fair_open(self, now: float) -> bool:
+        """Publish this leaf's busy hosts; whether they may send now (not ahead of other workers' hosts)."""
+        fair = self._fair
+        n = len(self._active)  # the hosts with packets that their caps let go (blocked ones are not in it)
+        if n != fair.act:  # type: ignore[union-attr]
+            fair.set_active(n, now)  # type: ignore[union-attr]
+        ok = not n or fair.may_send(now)  # type: ignore[union-attr]
+        self._held = not ok
+        return ok
 
     def dequeue(self, now: float) -> QueuedPacket | None:
         self._now = now
@@ -377,6 +404,11 @@ class PerHost(CountedBacklog):
         if not n:
             self._active.popleft()
             self._went_idle(host, now)
+        fair = self._fair
+        if fair is not None:
+            fair.sent(size, now)
+            if len(self._active) != fair.act:
+                fair.set_active(len(self._active), now)
         idle = self._idle
         if idle and now - idle[0][0] >= self.cfg.idle_timeout:
             self._age(now, 2)
@@ -391,6 +423,9 @@ class PerHost(CountedBacklog):
             return None
         if self._select(now) is not None:
             return now
+        if self._held:  # the other workers' hosts are behind: look again soon
+            t = now + POLL
+            return self._blocked[0][0] if self._blocked and self._blocked[0][0] < t else t
         if self._blocked:
             t = self._blocked[0][0]
             return t if t > now else now
@@ -410,6 +445,9 @@ class PerHost(CountedBacklog):
         self._blocked.clear()
         self._depth.clear()
         self._qlen = self._bytes = 0
+        if self._fair is not None:
+            self._fair.set_active(0, now)
+            self._held = False
         return out
 
     # -- reconfiguration ---------------------------------------------------------------
@@ -476,7 +514,7 @@ class PerHost(CountedBacklog):
         hosts = list(self._hosts.values())
         rated = heapq.nlargest(top, ((h.last_second_bytes(now), h.key, h) for h in hosts), key=lambda e: e[0])
         cfg = self.cfg
-        return {
+        out = {
             "kind": "perhost",
             "backlog_packets": self._qlen,
             "backlog_bytes": self._bytes,
@@ -505,6 +543,9 @@ class PerHost(CountedBacklog):
                 for b, _, h in rated
             ],
         }
+        if self._fair is not None:  # the equal share is among the busy hosts of every worker
+            out["busy_hosts_all_workers"] = self._fair.busy_hosts(now)
+        return out
 
 
 def _make(spec: LeafSpec) -> PerHost:

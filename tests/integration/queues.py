@@ -49,6 +49,18 @@ def sources_on_two_queues(topo: Topology) -> list[str]:
     raise AssertionError(f"no two client addresses hash to different queues: {by_queue}")
 
 
+def sources_split(topo: Topology, alone: int, together: int) -> tuple[list[str], list[str]]:
+    """Addresses of client 0 whose host pairs with the server hash to two queues (of 0:1): ``alone`` of them
+    on one queue, ``together`` on the other (the queue with more candidates takes ``together``)."""
+    by_queue: dict[int, list[str]] = {}
+    for addr in topo.clients[0].addrs4:
+        by_queue.setdefault(queue_of(topo, addr), []).append(addr)
+        groups = sorted(by_queue.values(), key=len)
+        if len(groups) == 2 and len(groups[0]) >= alone and len(groups[1]) >= together:
+            return groups[0][:alone], groups[1][:together]
+    raise AssertionError(f"client addresses do not split {alone}/{together} over two queues: {by_queue}")
+
+
 def uploads_at_once(topo: Topology, sources: list[str], seconds: int, omit: int) -> dict[str, float]:
     """One iperf3 upload from each of `sources` at the same time (servers listening on 5201, 5202, ...);
     each one's goodput in bit/s."""

@@ -12,7 +12,7 @@ import pytest
 
 from imqd.lab import ImqdInstance
 
-from .queues import sources_on_two_queues, uploads_at_once, wire_packets
+from .queues import sources_on_two_queues, sources_split, uploads_at_once, wire_packets
 
 pytestmark = pytest.mark.netns
 
@@ -109,3 +109,28 @@ def test_per_host_cap_holds_in_total_when_a_host_spans_two_workers(topology_fact
     # here: 8.2 MB on one worker, 0.8 MB on the other). What matters is that each worker carried one at all.
     busy = [w for w in workers if wire_packets(w) > 200]
     assert len(busy) == 2, f"both workers should have carried one: {workers}"
+
+
+def test_per_host_equal_share_counts_the_hosts_of_every_worker(topology_factory: Any) -> None:
+    """Four hosts upload through one per_host class with ``rate: 0`` (an equal share each); the flow hash puts
+    one of them on one worker and three on the other. Each must get a quarter of the class (within 15%), not
+    the lone host half of it because its worker has nobody else to share with."""
+    topo = topology_factory(extra_client_addrs=11)
+    config = {"overhead": 14, "classes": [
+        {"name": "subscribers", "direction": "egress", "rate": "40mbit",
+         "match": {"src": "198.18.10.0/24", "oif": topo.wan_iface}, "per_host": {"key": "src", "rate": 0}},
+    ]}
+    with contextlib.ExitStack() as stack:
+        for port in range(5201, 5205):
+            stack.enter_context(topo.iperf3_server(port))
+        imqd = stack.enter_context(ImqdInstance(topo, config, queues="0:1"))
+        lone, three = sources_split(topo, 1, 3)
+        results = uploads_at_once(topo, lone + three, SECONDS, omit=1)
+        stats = imqd.stats()
+    rates = {a: round(r / 1e6, 2) for a, r in results.items()}
+    print(f"per_host rate 0, one host alone on a worker ({lone[0]}), three on the other: {rates} Mbit/s")
+    for addr in lone + three:
+        assert results[addr] == pytest.approx(10e6 * GOODPUT_FACTOR, rel=0.15), rates
+    assert sum(results.values()) == pytest.approx(40e6 * GOODPUT_FACTOR, rel=0.05), rates
+    busy = [w for w in stats["workers"] if wire_packets(w) > 200]
+    assert len(busy) == 2, f"both workers should have carried uploads: {stats['workers']}"

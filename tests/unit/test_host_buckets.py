@@ -253,8 +253,8 @@ def test_workers_attached_to_one_segment_charge_the_same_bucket() -> None:
     from imqd.shared_hosts import SharedHostTable
 
     lock = mp.get_context("spawn").Lock()
-    owner = SharedHostTable.create(lock, entries=1024)
-    worker = SharedHostTable.attach(owner.name, lock)
+    owner = SharedHostTable.create(lock, workers=2, entries=1024)
+    worker = SharedHostTable.attach(owner.name, lock, workers=2, worker=1, entries=1024)
     try:
         a = SharedBucket(owner.table, TAG, HOST, CAP, 3000)
         b = SharedBucket(worker.table, TAG, HOST, CAP, 3000)
