@@ -8,10 +8,9 @@ Per repetition (records only; :mod:`bench.report_gso` makes the figures):
   under every rule shape of :data:`SHAPES`.  Flows are split over the two client addresses that hash to
   NFQUEUE queues 0 and 1 (one flow: the first address only), so x2 systems get work on both queues.  Over a
   window inside iperf3's measured interval the kernel's queue ids give the packets queued per second (each
-  gets exactly one verdict: the verdicts/s) and, for imqd, its ``/stats`` worker counters give the same
-  figure as imqd counts it and the share of super-packets.  The kernel's count is the one reported: a worker
-  that drains a flooded socket sends no ``/stats`` report meanwhile, so its counters may not move in a
-  short window.
+  gets exactly one verdict: the verdicts/s); imqd's ``/stats`` worker counters, read before and after the
+  run (reading them during it would slow the worker), give the share of super-packets and a check of the
+  kernel's count.
 * **latency under load** (bufferbloat) -- :meth:`bench.figures.Bench.latency_loaded` with a ``load_bps``
   class: kernel HTB + pfifo and imqd x1 with GSO and ``--no-gso``, the same FIFO limit (1000 packets).
 * **64-byte UDP ceiling** -- :meth:`bench.figures.Bench.ceiling_udp` for imqd x1 with GSO and ``--no-gso``.
@@ -23,6 +22,9 @@ only that interface); ``address`` matches them by the server's address only, so 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,10 +32,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bench.figures import TCP_PORTS, Bench
-from bench.systems import DOWN, FIFO_LIMIT, UP, BareLoop, Imqd, KernelHtb, Plain, System, imqd_config, read_queues
+from bench.systems import DOWN, FIFO_LIMIT, UP, BareLoop, Imqd, KernelHtb, Plain, System, imqd_config
+from imqd.kernel_queues import PROC_PATH, parse_nfqueue_table
 from imqd.netns import Topology
 
-__all__ = ["GsoParams", "FULL_GSO", "QUICK_GSO", "Gso", "SHAPES", "shape_config", "split_flows", "tcp_systems"]
+__all__ = ["GsoParams", "FULL_GSO", "QUICK_GSO", "Gso", "SHAPES", "shape_config", "split_flows", "tcp_systems",
+           "QueueTable", "window_rates", "run_counts"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,6 +116,45 @@ def tcp_systems(topo: Topology, p: GsoParams) -> Iterator[tuple[dict[str, Any], 
                             extra_args=() if gso else ("--no-gso",), name=name))
 
 
+# Reads the NFQUEUE table when asked (a line on stdin) and answers with the CLOCK_MONOTONIC time of the read:
+# a process started per reading (`ip netns exec cat`) takes 10-500 ms on a loaded machine, too uncertain for a
+# window of a second or two.  CLOCK_MONOTONIC is the same in every network namespace.
+_TABLE_READER = r"""
+import json, sys, time
+for _ in sys.stdin:
+    with open(sys.argv[1]) as f:
+        t = time.monotonic(); text = f.read()
+    print(json.dumps([t, text]), flush=True)
+"""
+
+
+class QueueTable:
+    """A long-lived reader of the router's NFQUEUE table: :meth:`read` -> (monotonic time of the read, table)."""
+
+    def __init__(self, topo: Topology) -> None:
+        self.proc = topo.popen(topo.router_ns, [sys.executable, "-c", _TABLE_READER, PROC_PATH],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def read(self) -> tuple[float, dict[int, dict[str, int]]]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the NFQUEUE table reader exited ({self.proc.poll()})")
+        t, text = json.loads(line)
+        return float(t), parse_nfqueue_table(text)
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 class Gso:
     """The TCP/GSO section's measurements on one topology (iperf3 servers on TCP_PORTS already running)."""
 
@@ -120,11 +163,17 @@ class Gso:
         self.topo = bench.topo
         self.p = params
         self.log = log
+        self.table: QueueTable | None = None
 
     # -- throughput --------------------------------------------------------------------------------------------
     def tcp_run(self, system: System, direction: str, flows: int) -> dict[str, Any]:
-        """One iperf3 run (one client per source address, in parallel); queue and /stats counters over a window
-        inside iperf3's measured interval."""
+        """One iperf3 run (one client per source address, in parallel).
+
+        The kernel's queue ids are read (cheaply, :class:`QueueTable`) over a window inside iperf3's measured
+        interval: the verdicts/s.  imqd's ``/stats`` is read only before and after the run: a request spawns
+        a process in the router namespace and makes the API work, which on 2 cores would slow the very
+        worker being measured; its counters over the whole run give the GSO share and a check of the
+        kernel's count."""
         p, b = self.p, self.b
         results: dict[str, float] = {}
         errors: list[BaseException] = []
@@ -136,30 +185,38 @@ class Gso:
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
                 errors.append(e)
 
+        before = self.counters(system)
         threads = [threading.Thread(target=run, args=(port, src, n)) for port, (src, n) in zip(TCP_PORTS, parts)]
         for t in threads:
             t.start()
         try:
             time.sleep(p.omit + 0.7)  # iperf3's connection setup, then its omitted first interval
-            s0 = self.counters(system)
+            k0 = self.kernel()
             time.sleep(max(0.5, p.tcp_seconds - 1.0))
-            s1 = self.counters(system)
+            k1 = self.kernel()
         finally:
             for t in threads:
                 t.join()
         if errors:
             raise errors[0]
+        b.settle(system)
+        if isinstance(system, Imqd):
+            time.sleep(STATS_WAIT_S)  # every worker reports once more: its counters include the whole run
+        after = self.counters(system)
         bps = sum(results.values())
-        rec: dict[str, Any] = {"direction": direction, "flows": flows, "clients": len(parts), "bps": bps,
-                               **window_rates(s0, s1)}
-        self.b.settle(system)
-        return rec
+        return {"direction": direction, "flows": flows, "clients": len(parts), "bps": bps, **window_rates(k0, k1),
+                **run_counts(before, after)}
+
+    def kernel(self) -> dict[str, Any]:
+        """The kernel's last packet id per queue, with the (monotonic) time it was read."""
+        if self.table is None:
+            self.table = QueueTable(self.topo)
+        t, queues = self.table.read()
+        return {"t": t, "last_id": {q: v["last_id"] for q, v in queues.items()}}
 
     def counters(self, system: System) -> dict[str, Any]:
-        """The kernel's last packet id per queue (and imqd's worker counters), with the time they were read."""
-        t0 = time.monotonic()
-        queues = read_queues(self.topo)
-        out: dict[str, Any] = {"t": (t0 + time.monotonic()) / 2, "last_id": {q: v["last_id"] for q, v in queues.items()}}
+        """:meth:`kernel`, and for imqd its workers' counters (``/stats``)."""
+        out = self.kernel()
         if isinstance(system, Imqd):
             out["workers"] = {w["queue"]: {k: w.get(k, 0) for k in WORKER_COUNTERS} for w in system.stats()["workers"]}
         return out
@@ -229,34 +286,46 @@ class Gso:
 
     def repetition(self, rep: int) -> dict[str, list[dict[str, Any]]]:
         """Every figure once."""
-        out = {"tcp": self.tcp(rep), "latency": self.latency(rep)}
+        try:
+            out = {"tcp": self.tcp(rep)}
+        finally:
+            if self.table is not None:
+                self.table.close()
+                self.table = None
+        out["latency"] = self.latency(rep)
         out["ceiling"] = self.ceiling(rep) if self.p.udp_ceiling else []
         return out
 
 
 WORKER_COUNTERS = ("time", "verdicts", "packets", "gso_packets", "gso_segments", "gso_bytes", "restarts")
 _SUMMED = ("verdicts", "packets", "gso_packets", "gso_segments", "gso_bytes")
+STATS_WAIT_S = 0.8  # > imqd's STATS_INTERVAL_S + MAX_SLEEP_S: a worker's next report includes the whole run
 
 
-def window_rates(s0: dict[str, Any], s1: dict[str, Any]) -> dict[str, Any]:
-    """Between two :meth:`Gso.counters` readings: packets queued per second (kernel ids, all queues: one
-    verdict each) and, for imqd, the verdicts per second its workers counted (each over its own report
-    times; None unless every worker sent a new report in the window) and their GSO counters."""
-    dt = s1["t"] - s0["t"]
-    queued = sum((s1["last_id"].get(q, 0) - v) & 0xFFFFFFFF for q, v in s0["last_id"].items())
-    out: dict[str, Any] = {"window_s": dt, "queued": queued, "queued_per_s": queued / dt if dt > 0 else None}
-    if "workers" not in s0 or "workers" not in s1:
+def _queued(k0: dict[str, Any], k1: dict[str, Any]) -> int:
+    """Packets the kernel queued between two readings, all queues (ids wrap at 2**32)."""
+    return sum((k1["last_id"].get(q, 0) - v) & 0xFFFFFFFF for q, v in k0["last_id"].items())
+
+
+def window_rates(k0: dict[str, Any], k1: dict[str, Any]) -> dict[str, Any]:
+    """Packets queued per second (one verdict each) between two :meth:`Gso.kernel` readings."""
+    dt = k1["t"] - k0["t"]
+    queued = _queued(k0, k1)
+    return {"window_s": dt, "queued": queued, "queued_per_s": queued / dt if dt > 0 else None}
+
+
+def run_counts(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Over a whole run (:meth:`Gso.counters` before and after): packets the kernel queued and, for imqd, what
+    its workers counted (None when a worker restarted or sent no report after the run: not comparable)."""
+    out: dict[str, Any] = {"run_queued": _queued(before, after)}
+    if "workers" not in before or "workers" not in after:
         return out
-    vps: float | None = 0.0
-    totals = dict.fromkeys(_SUMMED, 0)
-    for q, a in s0["workers"].items():
-        z = s1["workers"].get(q)
-        if z is None or z["restarts"] != a["restarts"] or not a["time"] or z["time"] <= a["time"]:
-            vps = None  # a worker without a fresh report (or restarted): its counters say nothing of the window
-            continue
-        if vps is not None:
-            vps += (z["verdicts"] - a["verdicts"]) / (z["time"] - a["time"])
-        for k in totals:
-            totals[k] += z[k] - a[k]
-    out.update(stats_verdicts_per_s=vps, workers=[s0["workers"], s1["workers"]], **totals)
-    return out
+    totals: dict[str, int | None] = dict.fromkeys(_SUMMED, 0)
+    for q, a in before["workers"].items():
+        z = after["workers"].get(q)
+        if z is None or z["restarts"] != a["restarts"] or z["time"] <= a["time"]:
+            totals = dict.fromkeys(_SUMMED, None)
+            break
+        for k in _SUMMED:
+            totals[k] = (totals[k] or 0) + z[k] - a[k]
+    return {**out, **totals, "reports": [before["workers"], after["workers"]]}
