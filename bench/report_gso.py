@@ -149,10 +149,14 @@ def gso_notes(s: dict[str, Any] | None, nproc: Any, load: str) -> list[str]:
         bpv = med(row["cases"][case]["bytes_per_verdict"])
         if bpv is not None:
             parts.append(f"{bpv:,.0f} goodput bytes per verdict")
-        if row["shape"] == "address":
-            parts.append("with classes that name no interface the rules queue every interface but lo, so each data "
-                         "packet and each ACK crosses the queue twice (at FORWARD and at POSTROUTING) and the "
-                         "ACKs of the other direction cross it too")
+        wan = next((r for r in s["rows"] if r["kind"] == "imqd" and r["workers"] == row["workers"]
+                    and r["gso"] == row["gso"] and r["shape"] == "wan"), None)
+        wan_bpv = med(wan["cases"].get(case, {}).get("bytes_per_verdict")) if wan else None
+        if row["shape"] == "address" and bpv and wan_bpv:
+            parts.append(f"{wan_bpv / bpv:.1f}x the verdicts per goodput byte of the wan rules: the rules queue "
+                         "packets no class takes (main without ipsets queues every interface but lo for classes "
+                         "that name no interface, so a forwarded packet crosses the queue at FORWARD and again at "
+                         "POSTROUTING)")
         if row["workers"] == 2 and row["cases"][case]["flows"] == 1:
             parts.append("one flow hashes to one queue, so x2 carries it with one worker")
         elif row["workers"] == 2:
