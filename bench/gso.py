@@ -106,7 +106,8 @@ def tcp_systems(topo: Topology, p: GsoParams) -> Iterator[tuple[dict[str, Any], 
     yield {"kind": "kernel-htb", "workers": None, "gso": None, "shape": None}, KernelHtb(topo)
     for gso in (True, False):
         yield ({"kind": "bare-loop", "workers": 1, "gso": gso, "shape": "wan"},
-               BareLoop(topo, (0, 0), extra=("--gso",) if gso else (), name=f"bare-loop x1{'' if gso else ' --no-gso'}"))
+               BareLoop(topo, (0, 0), extra=("--gso",) if gso else (),
+                        name=f"bare-loop x1{'' if gso else ' --no-gso'}"))
     for workers in (1, 2):
         for shape in p.shapes:
             for gso in (True, False):
@@ -122,8 +123,12 @@ def tcp_systems(topo: Topology, p: GsoParams) -> Iterator[tuple[dict[str, Any], 
 _TABLE_READER = r"""
 import json, sys, time
 for _ in sys.stdin:
-    with open(sys.argv[1]) as f:
-        t = time.monotonic(); text = f.read()
+    t = time.monotonic()
+    try:
+        with open(sys.argv[1]) as f:
+            t = time.monotonic(); text = f.read()
+    except OSError:
+        text = ""  # nfnetlink_queue not loaded yet: no queue, nothing queued
     print(json.dumps([t, text]), flush=True)
 """
 
@@ -131,8 +136,8 @@ for _ in sys.stdin:
 class QueueTable:
     """A long-lived reader of the router's NFQUEUE table: :meth:`read` -> (monotonic time of the read, table)."""
 
-    def __init__(self, topo: Topology) -> None:
-        self.proc = topo.popen(topo.router_ns, [sys.executable, "-c", _TABLE_READER, PROC_PATH],
+    def __init__(self, topo: Topology, path: str = PROC_PATH) -> None:
+        self.proc = topo.popen(topo.router_ns, [sys.executable, "-c", _TABLE_READER, path],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def read(self) -> tuple[float, dict[int, dict[str, int]]]:

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import subprocess
+import time
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bench import report
-from bench.gso import (FULL_GSO, QUICK_GSO, SHAPES, run_counts, shape_config, split_flows, tcp_systems,
-                       window_rates)
+from bench.gso import (FULL_GSO, QUICK_GSO, SHAPES, QueueTable, run_counts, shape_config, split_flows,
+                       tcp_systems, window_rates)
 from bench.report_gso import GSO_TARGETS
 from imqd import rules
 from imqd.config import parse_config
@@ -62,6 +66,35 @@ def test_split_flows_refuses_nothing_to_split() -> None:
         split_flows(0, ["a"])
     with pytest.raises(ValueError, match="source"):
         split_flows(1, [])
+
+
+class _LocalTopo:
+    """Runs a Topology's popen here (the reader's namespace does not matter to it)."""
+
+    router_ns = "here"
+
+    @staticmethod
+    def popen(_ns: str, argv: list[str], **kw: Any) -> subprocess.Popen[str]:
+        return subprocess.Popen(argv, **kw)
+
+
+def test_queue_table_reader_answers_each_read_with_its_time_and_the_table(tmp_path: Path) -> None:
+    table = tmp_path / "nfnetlink_queue"
+    table.write_text("    0  12345     3     2   128     0     0     1000  1\n    1  12346     0     2   128     4     5"
+                     "       77  1\n")
+    reader = QueueTable(_LocalTopo(), str(table))  # type: ignore[arg-type]
+    try:
+        t0 = time.monotonic()
+        t, queues = reader.read()
+        assert t0 <= t <= time.monotonic()
+        assert {q: v["last_id"] for q, v in queues.items()} == {0: 1000, 1: 77} and queues[1]["user_dropped"] == 5
+        table.write_text("    0  12345     0     2   128     0     0     1500  1\n")
+        assert reader.read()[1][0]["last_id"] == 1500  # read afresh each time
+        table.unlink()
+        assert reader.read()[1] == {}  # no table (module not loaded): no queue
+    finally:
+        reader.close()
+    assert reader.proc.returncode == 0
 
 
 # -- window rates -----------------------------------------------------------------------------------------------
