@@ -387,17 +387,20 @@ class Bench:
                             "direction": direction, "delays_us": d})
         return out
 
-    def latency_loaded(self, system: System, rep: int, label: str) -> dict[str, Any]:
-        """ping RTTs through a class at LOAD_RATE_BPS saturated by LOAD_FLOWS TCP uploads (bufferbloat)."""
-        system.set_rate(UP, LOAD_RATE_BPS)
+    def latency_loaded(self, system: System, rep: int, label: str, rate_bps: int = LOAD_RATE_BPS,
+                       seconds: float | None = None) -> dict[str, Any]:
+        """ping RTTs through a class at `rate_bps` saturated by LOAD_FLOWS TCP uploads (bufferbloat) for
+        `seconds` (default Params.load_seconds) after a warm-up."""
+        load_s = self.p.load_seconds if seconds is None else seconds
+        system.set_rate(UP, rate_bps)
         result: dict[str, float] = {}
         warm = 2.0
-        secs = int(self.p.load_seconds + warm + 1)
+        secs = int(load_s + warm + 1)
         t = threading.Thread(target=lambda: result.update(bps=self.iperf(UP, LOAD_FLOWS, seconds=secs, omit=0)))
         t.start()
         try:
             time.sleep(warm)
-            count = int(self.p.load_seconds / 0.05)
+            count = int(load_s / 0.05)
             rtts = self.ping(count, 0.05)
         finally:
             t.join()
@@ -408,7 +411,7 @@ class Bench:
         self.settle(system)
         self.log(f"  latency  {label:<20} under load: median {_median(rtts):.1f} ms ({len(rtts)} replies, "
                  f"{result.get('bps', 0) / 1e6:.1f} Mbit/s)")
-        return {"rep": rep, "system": label, "rtts_ms": rtts, "bps": result.get("bps")}
+        return {"rep": rep, "system": label, "rtts_ms": rtts, "bps": result.get("bps"), "rate_bps": rate_bps}
 
     # -- memory with packets held ------------------------------------------------------------------------------
     def held_memory(self, system: Imqd) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Any
 
 from bench.report_control_scale import control_scale_targets, render_control_scale, summarize_control_scale
+from bench.report_gso import gso_notes, gso_targets, render_gso, summarize_gso
 from bench.report_scale import render_scale, scale_notes, scale_targets, summarize_scale
 from bench.stats import by_rep as _by_rep
 from bench.stats import cell as _f
@@ -24,7 +25,7 @@ __all__ = ["three", "median", "percentile", "paired", "top_frames", "summarize",
            "SECTIONS"]
 
 CORE = "core"  # accuracy, ceiling, scaling, latency, cost, control plane, profile
-SECTIONS = (CORE, "scale", "control-scale")  # what `python -m bench --sections` chooses from
+SECTIONS = (CORE, "gso", "scale", "control-scale")  # what `python -m bench --sections` chooses from
 
 REFERENCE = "kernel-htb"
 # TCP goodput per charged byte: 1448 payload bytes (MSS with timestamps) per 1514-byte frame (IP 1500 + the
@@ -96,6 +97,7 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         "cost": _cost(raw.get("ceiling") or [], raw.get("memory")),
         "control": _control(raw.get("control") or []),
         "profile": raw.get("profile"),
+        "gso": summarize_gso(raw.get("gso")),
         "scale": summarize_scale(raw.get("scale")),
         "control_scale": summarize_control_scale(raw.get("control_scale")),
     }
@@ -103,7 +105,7 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
                                                    _by_rep(raw.get("ceiling") or [], "pps", system=b, traffic=t)))
                           for a, b in SCALING_PAIRS} for t in TRAFFIC}
     out["targets"] = ((_targets(out) if CORE in sections_run(raw.get("meta", {})) else [])
-                      + scale_targets(out["scale"]) + control_scale_targets(out["control_scale"]))
+                      + gso_targets(out["gso"]) + scale_targets(out["scale"]) + control_scale_targets(out["control_scale"]))
     return out
 
 
@@ -310,9 +312,22 @@ def render_markdown(s: dict[str, Any], meta: dict[str, Any], *, png: str | None 
 
     if CORE in sections_run(meta):
         L += _render_core(s, meta)
+    L += render_gso(s.get("gso"), meta.get("gso_params"), meta)
     L += render_scale(s.get("scale"), meta.get("scale_params"))
     L += render_control_scale(s.get("control_scale"), meta.get("control_scale_params"))
     return "\n".join(L).rstrip() + "\n"
+
+
+def _gso_sentence(meta: dict[str, Any]) -> str:
+    """Whether imqd had whole GSO super-packets in the accuracy runs (the kernel's answer, from /stats)."""
+    status = meta.get("imqd_gso_status")
+    if not status:
+        return ""  # runs from before imqd asked for GSO, or before the bench recorded it
+    on = all(x == "on" for x in status)
+    what = ("TCP crossed the queue as whole super-packets, charged as the segments the wire carries" if on
+            else "TCP crossed the queue as MTU-sized packets")
+    return (f"imqd ran with its defaults, GSO {'on' if on else 'not on'} (its workers' `gso_status`: "
+            + ", ".join(f"`{x}`" for x in status) + f"): {what}. ")
 
 
 def _render_core(s: dict[str, Any], meta: dict[str, Any]) -> list[str]:
@@ -325,7 +340,8 @@ def _render_core(s: dict[str, Any], meta: dict[str, Any]) -> list[str]:
           "HTB + `pfifo limit 1000` on the wan egress for uploads, on an IFB fed from the wan ingress for "
           "downloads). The other direction is left unshaped. Each run lasts "
           f"{p.get('tcp_seconds', '?')} s (5 s at 1 Mbit/s: at least 400 full-size packets) after "
-          f"{p.get('omit', '?')} s omitted for slow start. Overall ratio: " + _f(a["overall"]) + ".", ""]
+          f"{p.get('omit', '?')} s omitted for slow start. " + _gso_sentence(meta)
+          + "Overall ratio: " + _f(a["overall"]) + ".", ""]
     L += _table(["direction", "rate", "flows", "kernel HTB Mbit/s", "imqd Mbit/s", "imqd / kernel",
                  "kernel / ideal", "imqd / ideal"],
                 ([r["direction"], f"{r['rate_bps'] / 1e6:g} Mbit/s", str(r["flows"]), _f(r["kernel_mbps"]),
@@ -555,7 +571,7 @@ def limits(s: dict[str, Any], meta: dict[str, Any]) -> list[str]:
                        f"{nproc} CPUs shared by the two workers, the senders and the kernel's forwarding work, "
                        "the heavier imqd worker (profile below) gets less of the second core; with other users "
                        f"on the machine ({load}) single runs vary a lot.")
-    return out + scale_notes(s.get("scale"))
+    return out + gso_notes(s.get("gso"), nproc, load) + scale_notes(s.get("scale"))
 
 
 def _accuracy_notes(rows: list[dict[str, Any]], nproc: Any, load: str, burst_us: int) -> list[str]:

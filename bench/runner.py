@@ -4,9 +4,10 @@ Order: repetitions are the outer loop and every system is measured once per repe
 the machine's load (other users of these 2 cores) spread over all systems instead of biasing one.  A system is
 started, measured, and stopped before the next one starts; nothing else shapes or queues meanwhile.
 
-Sections (``report.SECTIONS``, all by default): the core (:func:`run_core`), then the Scale section
-(:mod:`bench.scale`, its own repetitions) and the control plane at scale (:mod:`bench.control_scale`, once),
-both with the subscriber prefixes routed to the server namespace.
+Sections (``report.SECTIONS``, all by default): the core (:func:`run_core`), TCP with GSO super-packets
+(:mod:`bench.gso`, its own repetitions), then the Scale section (:mod:`bench.scale`, its own repetitions) and
+the control plane at scale (:mod:`bench.control_scale`, once), both with the subscriber prefixes routed to the
+server namespace.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from typing import Any
 
 from bench import report
 from bench.control_scale import FULL_CONTROL_SCALE, QUICK_CONTROL_SCALE, ControlScale, ControlScaleParams
-from bench.figures import Bench, Params
+from bench.figures import TCP_PORTS, Bench, Params
+from bench.gso import FULL_GSO, QUICK_GSO, Gso, GsoParams
 from bench.scale import FULL_SCALE, QUICK_SCALE, Scale, ScaleParams, subscriber_routes
 from bench.systems import BareLoop, Imqd, KernelHtb, Plain, fq_codel_leaf, imqd_config
 from imqd.config import BURST_TIME_US
@@ -118,16 +120,18 @@ def api_classes(topo: Topology, n: int = API_CLASSES) -> dict[str, Any]:
 
 def run(params: Params, *, command: str, quick: bool, log: Callable[[str], None] = print,
         sections: Sequence[str] = report.SECTIONS, scale: ScaleParams | None = None,
-        control_scale: ControlScaleParams | None = None) -> dict[str, Any]:
+        control_scale: ControlScaleParams | None = None, gso: GsoParams | None = None) -> dict[str, Any]:
     """Measure the chosen sections (report.SECTIONS); returns the raw results (``report.summarize`` turns them
-    into figures).  `scale` / `control_scale` default to the quick or full variant, as `quick` says."""
+    into figures).  `scale` / `control_scale` / `gso` default to the quick or full variant, as `quick` says."""
     unknown = set(sections) - set(report.SECTIONS)
     if unknown or not sections:
         raise ValueError(f"sections: expected some of {', '.join(report.SECTIONS)}, got {list(sections)}")
     scale = scale or (QUICK_SCALE if quick else FULL_SCALE)
     control_scale = control_scale or (QUICK_CONTROL_SCALE if quick else FULL_CONTROL_SCALE)
+    gso = gso or (QUICK_GSO if quick else FULL_GSO)
     raw: dict[str, Any] = {"meta": {"command": command, "quick": quick, "params": params.as_dict(),
                                     "scale_params": scale.as_dict(), "control_scale_params": control_scale.as_dict(),
+                                    "gso_params": gso.as_dict(),
                                     "sections_run": [s for s in report.SECTIONS if s in sections],
                                     "machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z")},
                            "accuracy": [], "ceiling": [], "latency_idle": [], "latency_load": [],
@@ -150,6 +154,8 @@ def run(params: Params, *, command: str, quick: bool, log: Callable[[str], None]
 
         if report.CORE in sections:
             run_core(raw, b, quick, timed)
+        if "gso" in sections:
+            run_gso(raw, b, gso, timed)
         if {"scale", "control-scale"} & set(sections):
             with subscriber_routes(topo):
                 if "scale" in sections:
@@ -229,12 +235,28 @@ def run_core(raw: dict[str, Any], b: Bench, quick: bool, timed: Callable[..., An
                 with Imqd(topo, 1, imqd_config(topo, leaf=leaf)) as fq:
                     raw["latency_load"].append(timed("latency", b.latency_loaded, fq, rep, "imqd fq_codel"))
             with Imqd(topo, 2) as two:
+                # the accuracy table says whether imqd had whole GSO packets (its default): the kernel's answer
+                raw["meta"]["imqd_gso_status"] = sorted({str(w.get("gso_status")) for w in two.stats()["workers"]})
                 raw["ceiling"].append(timed("ceiling", b.ceiling_udp, two, rep))
                 raw["ceiling"].append(timed("ceiling", b.ceiling_tcp, two, rep))
                 raw["accuracy"] += timed("accuracy", b.accuracy, two, rep)
                 raw["control"].append(timed("control", control_small, b, two, rep))
             with Imqd(topo, 2, api_classes(topo)) as big:
                 raw["control"].append(timed("control", control_big, b, big, rep))
+
+
+def run_gso(raw: dict[str, Any], b: Bench, params: GsoParams, timed: Callable[..., Any]) -> None:
+    """The TCP/GSO section (:mod:`bench.gso`): its own repetitions, on the core's source addresses if it ran."""
+    topo = b.topo
+    with topo.iperf3_server(TCP_PORTS[0]), topo.iperf3_server(TCP_PORTS[1]):
+        if "sources" not in raw["meta"]:  # x2 systems need one client address per queue
+            with BareLoop(topo, (0, 1)):
+                raw["meta"]["sources"] = {str(q): a for q, a in b.pick_sources().items()}
+        raw["gso"] = {"tcp": [], "latency": [], "ceiling": []}
+        for rep in range(params.reps):
+            b.log(f"gso: repetition {rep + 1}/{params.reps}")
+            for key, recs in timed("gso", Gso(b, params, b.log).repetition, rep).items():
+                raw["gso"][key] += recs
 
 
 @contextlib.contextmanager

@@ -121,12 +121,14 @@ class BareLoop(System):
     """One ``bench.bare_loop`` process per queue (queue i pinned to CPU i, as imqd does) + imqd's rules."""
 
     def __init__(self, topo: Topology, queues: tuple[int, int] = (0, 0), log_dir: str | None = None,
-                 batch: bool = False, extra: tuple[str, ...] = ()) -> None:
+                 batch: bool = False, extra: tuple[str, ...] = (), name: str | None = None,
+                 config: dict[str, Any] | None = None) -> None:
         super().__init__(topo)
         self.queues = queues
         self.batch = batch
         self.extra = extra
-        self.name = f"bare-loop{'-batch' if batch else ''} x{queues[1] - queues[0] + 1}"
+        self.name = name or f"bare-loop{'-batch' if batch else ''} x{queues[1] - queues[0] + 1}"
+        self.config = config  # the imqd config whose rules it gets (None: imqd_config's, the wan interface)
         self.log_dir = log_dir
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -148,7 +150,8 @@ class BareLoop(System):
                 raise RuntimeError(f"bare_loop queues {wanted} not bound after {timeout} s")
             time.sleep(0.05)
         # exactly the rules imqd installs for the benchmark's classes (imqd.rules.for_config)
-        wanted = rules.for_config(rules.RuleOptions(queues=self.queues), parse_config(imqd_config(self.topo)))
+        cfg = parse_config(self.config or imqd_config(self.topo))
+        wanted = rules.for_config(rules.RuleOptions(queues=self.queues), cfg)
         rules.apply(wanted, runner=self.topo.runner(self.topo.router_ns))
 
     def stop(self) -> None:

@@ -1,5 +1,6 @@
 """`python -m bench --quick --sections core` end to end: real namespaces, every system, the page, the chart and
-the JSON.  (The scale sections have their own quick test: test_bench_scale_quick.py.)
+the JSON.  (The gso and scale sections have their own quick tests: test_bench_gso_quick.py,
+test_bench_scale_quick.py.)
 
 The figures themselves are noisy on a shared 2-core machine, so this asserts what must hold whatever the
 load: the run finishes within the 2-minute budget, every system and figure is present, and the physics are
@@ -80,7 +81,8 @@ def test_quick_benchmark_writes_page_chart_and_json(tmp_path: Path) -> None:
 
     md = (tmp_path / "benchmarks.md").read_text()
     assert "quick mode" in md and "python -m bench --quick --sections core" in md
-    assert md.count("Not measured in this run") == 2  # the scale sections were left out
+    assert md.count("Not measured in this run") == 3  # the gso and scale sections were left out
+    assert "imqd ran with its defaults, GSO on (its workers' `gso_status`: `on`)" in md  # the accuracy runs
     for heading in ("## Targets", "## Accuracy", "## Ceiling", "## Scaling", "## Latency", "## Cost",
                     "## Control plane"):
         assert heading in md

@@ -148,13 +148,13 @@ def test_old_runs_render_their_core_and_say_the_scale_sections_were_not_measured
     s = report.summarize(raw)
     assert any(t["figure"] == "accuracy" for t in s["targets"])
     md = report.render_markdown(s, raw["meta"])
-    assert "## Accuracy" in md and md.count("Not measured in this run") == 2
+    assert "## Accuracy" in md and md.count("Not measured in this run") == 3
 
 
 def test_sections_argument() -> None:
     assert sections_arg("core, scale") == ["core", "scale"]
     for bad in ("", "core,speed"):
-        with pytest.raises(argparse.ArgumentTypeError, match="expected some of core, scale, control-scale"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected some of core, gso, scale, control-scale"):
             sections_arg(bad)
 
 

@@ -1,0 +1,241 @@
+"""The TCP/GSO benchmark section's pure parts: rule-shape configs, flow splitting, window rates from kernel queue
+ids and worker counters; its figures paired within repetitions, target verdicts, notes and markdown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bench import report
+from bench.gso import (FULL_GSO, QUICK_GSO, SHAPES, QueueTable, run_counts, shape_config, split_flows,
+                       tcp_systems, window_rates)
+from bench.report_gso import GSO_TARGETS
+from imqd import rules
+from imqd.config import parse_config
+from imqd.netns import Topology
+
+TOPO = Topology(clients=1, extra_client_addrs=7, prefix="unit", ipv6=False)  # not started: names and addresses
+
+
+# -- configs, systems, flows ----------------------------------------------------------------------------------------
+def test_rule_shapes_give_valid_configs_whose_rules_differ_as_named() -> None:
+    wan = rules.for_config(rules.RuleOptions(queues=(0, 1)), parse_config(shape_config(TOPO, "wan", 40 * 10**9)))
+    assert wan.in_ifaces == (TOPO.wan_iface,) and wan.out_ifaces == (TOPO.wan_iface,)
+    cfg = shape_config(TOPO, "address", 40 * 10**9)
+    parsed = parse_config(cfg)
+    assert {c.name: (c.direction, c.rate) for c in parsed.classes} == {"up": ("egress", 40 * 10**9),
+                                                                          "down": ("ingress", 40 * 10**9)}
+    assert [c["match"] for c in cfg["classes"]] == [{"dst": f"{TOPO.server_addr4}/32"},
+                                                     {"src": f"{TOPO.server_addr4}/32"}]
+    addr = rules.for_config(rules.RuleOptions(queues=(0, 1)), parsed)
+    assert addr.ingress and addr.egress  # whatever main makes of address-only classes, both directions queue
+    with pytest.raises(ValueError, match="expected one of wan, address, got 'vlan'"):
+        shape_config(TOPO, "vlan", 1)
+
+
+def test_every_system_once_with_a_unique_name_and_imqd_under_every_shape() -> None:
+    systems = list(tcp_systems(TOPO, FULL_GSO))
+    names = [s.name for _, s in systems]
+    assert len(names) == len(set(names)) == 4 + 2 * len(FULL_GSO.shapes) * 2
+    imqd = {(f["workers"], f["shape"], f["gso"]) for f, _ in systems if f["kind"] == "imqd"}
+    assert imqd == {(w, sh, g) for w in (1, 2) for sh in FULL_GSO.shapes for g in (True, False)}
+    no_gso = [s for f, s in systems if f["gso"] is False]
+    assert all("--no-gso" in s.name for s in no_gso)
+    assert all("--no-gso" in getattr(s, "extra_args", ()) for f, s in systems if f["kind"] == "imqd" and not f["gso"])
+    assert [getattr(s, "extra", None) for f, s in systems if f["kind"] == "bare-loop"] == [("--gso",), ()]
+    assert set(QUICK_GSO.shapes) <= set(SHAPES) and set(FULL_GSO.shapes) <= set(SHAPES)
+
+
+@given(st.integers(1, 64), st.lists(st.text(min_size=1), min_size=1, max_size=4, unique=True))
+def test_flows_split_evenly_over_the_sources(flows: int, sources: list[str]) -> None:
+    parts = split_flows(flows, sources)
+    counts = [n for _, n in parts]
+    assert sum(counts) == flows and min(counts) >= 1 and max(counts) - min(counts) <= 1
+    assert [s for s, _ in parts] == sources[:len(parts)] and len(parts) == min(flows, len(sources))
+
+
+def test_split_flows_refuses_nothing_to_split() -> None:
+    with pytest.raises(ValueError, match="flows"):
+        split_flows(0, ["a"])
+    with pytest.raises(ValueError, match="source"):
+        split_flows(1, [])
+
+
+class _LocalTopo:
+    """Runs a Topology's popen here (the reader's namespace does not matter to it)."""
+
+    router_ns = "here"
+
+    @staticmethod
+    def popen(_ns: str, argv: list[str], **kw: Any) -> subprocess.Popen[str]:
+        return subprocess.Popen(argv, **kw)
+
+
+def test_queue_table_reader_answers_each_read_with_its_time_and_the_table(tmp_path: Path) -> None:
+    table = tmp_path / "nfnetlink_queue"
+    table.write_text("    0  12345     3     2   128     0     0     1000  1\n    1  12346     0     2   128     4     5"
+                     "       77  1\n")
+    reader = QueueTable(_LocalTopo(), str(table))  # type: ignore[arg-type]
+    try:
+        t0 = time.monotonic()
+        t, queues = reader.read()
+        assert t0 <= t <= time.monotonic()
+        assert {q: v["last_id"] for q, v in queues.items()} == {0: 1000, 1: 77} and queues[1]["user_dropped"] == 5
+        table.write_text("    0  12345     0     2   128     0     0     1500  1\n")
+        assert reader.read()[1][0]["last_id"] == 1500  # read afresh each time
+        table.unlink()
+        assert reader.read()[1] == {}  # no table (module not loaded): no queue
+    finally:
+        reader.close()
+    assert reader.proc.returncode == 0
+
+
+# -- window rates -----------------------------------------------------------------------------------------------
+def _w(t: float, verdicts: int, restarts: int = 0, gso: int = 0) -> dict[str, Any]:
+    return {"time": t, "verdicts": verdicts, "packets": verdicts, "gso_packets": gso, "gso_segments": 10 * gso,
+            "gso_bytes": 1000 * gso, "restarts": restarts}
+
+
+def test_window_rates_from_kernel_ids() -> None:
+    r = window_rates({"t": 10.0, "last_id": {0: 2**32 - 100, 1: 50}}, {"t": 12.0, "last_id": {0: 300, 1: 250}})
+    assert r == {"window_s": 2.0, "queued": 400 + 200, "queued_per_s": pytest.approx(300.0)}  # queue 0 wrapped
+    assert window_rates({"t": 0.0, "last_id": {}}, {"t": 1.0, "last_id": {}}) == {
+        "window_s": 1.0, "queued": 0, "queued_per_s": 0.0}
+
+
+def test_run_counts_sum_the_workers_and_keep_the_kernels_count() -> None:
+    before = {"t": 0.0, "last_id": {0: 10, 1: 20}, "workers": {0: _w(5.0, 1000), 1: _w(5.2, 0)}}
+    after = {"t": 9.0, "last_id": {0: 410, 1: 120}, "workers": {0: _w(8.0, 1400, gso=3), 1: _w(8.2, 100)}}
+    r = run_counts(before, after)
+    assert r["run_queued"] == 500 and r["verdicts"] == 500 and r["packets"] == 500
+    assert r["gso_packets"] == 3 and r["gso_bytes"] == 3000 and r["reports"] == [before["workers"], after["workers"]]
+    assert run_counts({"t": 0.0, "last_id": {0: 1}}, {"t": 1.0, "last_id": {0: 5}}) == {"run_queued": 4}
+
+
+@pytest.mark.parametrize("late", [_w(5.0, 1000), _w(6.0, 10, restarts=1)], ids=["no new report", "restarted"])
+def test_a_worker_without_a_fresh_report_makes_imqds_counts_unknown(late: dict[str, Any]) -> None:
+    before = {"t": 0.0, "last_id": {0: 0, 1: 0}, "workers": {0: _w(5.0, 1000), 1: _w(5.0, 0)}}
+    after = {"t": 1.0, "last_id": {0: 700, 1: 300}, "workers": {0: late, 1: _w(6.0, 300)}}
+    r = run_counts(before, after)
+    assert r["run_queued"] == 1000 and r["verdicts"] is None and r["gso_packets"] is None
+
+
+# -- figures and verdicts ----------------------------------------------------------------------------------------
+def _tcp(rep: int, system: str, kind: str, bps: float, *, workers: int | None = None, gso: bool | None = None,
+         shape: str | None = None, direction: str = "upload", flows: int = 8, queued: float | None = None,
+         stats: float | None = None) -> dict[str, Any]:
+    """`queued`: the kernel's packets/s in the window; `stats`: imqd's verdicts over the run / the kernel's."""
+    rec: dict[str, Any] = {"rep": rep, "system": system, "kind": kind, "workers": workers, "gso": gso,
+                           "shape": shape, "direction": direction, "flows": flows, "bps": bps,
+                           "queued_per_s": queued, "run_queued": 1000}
+    if kind == "imqd":
+        rec.update(verdicts=None if stats is None else round(1000 * stats), packets=100,
+                   gso_packets=70 if gso else 0, gso_status=["on" if gso else "off: --no-gso"])
+    return rec
+
+
+def gso_raw() -> dict[str, Any]:
+    """Two repetitions, two cases; imqd x1 wan meets 0.5, x1 address and x2 wan miss; latency and UDP."""
+    tcp = []
+    for rep, plain in ((0, 20e9), (1, 25e9)):
+        for direction, flows in (("upload", 8), ("download", 1)):
+            case = {"direction": direction, "flows": flows}
+            tcp += [_tcp(rep, "plain", "plain", plain, **case),
+                    _tcp(rep, "kernel-htb", "kernel-htb", 0.6 * plain, **case),
+                    _tcp(rep, "bare-loop x1", "bare-loop", 0.3 * plain, workers=1, gso=True, shape="wan",
+                         queued=0.3 * plain / 8 / 40_000, **case),
+                    _tcp(rep, "imqd x1 wan", "imqd", 0.6 * plain, workers=1, gso=True, shape="wan",
+                         queued=0.6 * plain / 8 / 50_000, stats=1.0, **case),
+                    _tcp(rep, "imqd x1 wan --no-gso", "imqd", 0.05 * plain, workers=1, gso=False, shape="wan",
+                         queued=0.05 * plain / 8 / 1448, stats=None, **case),
+                    _tcp(rep, "imqd x1 address", "imqd", (0.45 if flows == 8 else 0.55) * plain, workers=1, gso=True,
+                         shape="address", queued=1e5, stats=0.99, **case),
+                    _tcp(rep, "imqd x2 wan", "imqd", (0.8 if flows == 8 else 0.6) * plain, workers=2, gso=True,
+                         shape="wan", queued=1e5, stats=1.0, **case)]
+    latency = []
+    for rep in (0, 1):
+        latency += [{"rep": rep, "system": "kernel HTB + pfifo", "rtts_ms": [10.0, 11.0, 12.0], "bps": 95e6,
+                     "rate_bps": 100_000_000},
+                    {"rep": rep, "system": "imqd x1 FIFO", "rtts_ms": [5.0, 5.5, 6.0], "bps": 96e6,
+                     "rate_bps": 100_000_000}]
+    ceiling = [{"rep": 0, "system": "imqd x1", "pps": 370_000.0, "gso": True, "stopped": "loss"},
+               {"rep": 0, "system": "imqd x1 --no-gso", "pps": 400_000.0, "gso": False, "stopped": "loss"}]
+    return {"tcp": tcp, "latency": latency, "ceiling": ceiling}
+
+
+META = {"command": "python -m bench --sections gso", "params": {}, "sections_run": ["gso"],
+        "gso_params": {"class_bps": 40_000_000_000, "tcp_seconds": 2, "omit": 1, "load_seconds": 4.0,
+                       "shapes": ["wan", "address"]},
+        "sources": {"0": "198.18.10.2", "1": "198.18.10.3"}}
+
+
+def _summary() -> dict[str, Any]:
+    return report.summarize({"meta": META, "gso": gso_raw()})
+
+
+def test_throughput_ratios_are_paired_per_repetition_and_verdicts_come_from_the_kernel() -> None:
+    s = _summary()["gso"]
+    assert s["cases"] == ["upload x8", "download x1"]
+    rows = {r["system"]: r for r in s["rows"]}
+    up = rows["imqd x1 wan"]["cases"]["upload x8"]
+    assert up["of_plain"] == {"min": pytest.approx(0.6), "median": pytest.approx(0.6), "max": pytest.approx(0.6), "n": 2}
+    assert up["gbps"]["min"] == pytest.approx(12.0) and up["gbps"]["max"] == pytest.approx(15.0)
+    assert up["bytes_per_verdict"]["median"] == pytest.approx(50_000)
+    assert rows["bare-loop x1"]["cases"]["upload x8"]["bytes_per_verdict"]["median"] == pytest.approx(40_000)
+    assert rows["plain"]["cases"]["upload x8"]["verdicts_per_s"] is None  # nothing crosses a queue
+    assert rows["imqd x1 wan"]["gso_share"]["median"] == pytest.approx(0.7)
+    assert rows["imqd x1 wan"]["stats_over_kernel"]["median"] == pytest.approx(1.0)
+    assert rows["imqd x1 wan --no-gso"]["stats_missing"] == 4 and rows["imqd x1 wan --no-gso"]["stats_over_kernel"] is None
+
+
+def test_targets_judge_imqd_with_gso_in_every_case() -> None:
+    targets = {t["figure"]: t for t in _summary()["targets"]}
+    x1 = targets["TCP imqd x1 wan / plain forwarding (GSO, every case: least shown)"]
+    assert x1["met"] and x1["value"] == pytest.approx(0.6) and x1["target"] == f">= {GSO_TARGETS['x1']:.2f}"
+    addr = targets["TCP imqd x1 address / plain forwarding (GSO, every case: least shown)"]
+    assert not addr["met"] and addr["misses"] == ["upload x8: 0.450"]
+    x2 = targets["TCP imqd x2 wan / plain forwarding (GSO, every case: least shown)"]
+    assert not x2["met"] and x2["value"] == pytest.approx(0.6) and x2["misses"] == ["download x1: 0.600"]
+    assert not any("--no-gso /" in f or "bare-loop" in f or "kernel" in f.split(" / ")[0] for f in targets)
+    lat = targets["median RTT under a saturating TCP load in a 100 Mbit/s class, imqd x1 (GSO) / kernel HTB"]
+    assert lat["met"] and lat["value"] == pytest.approx(5.5 / 11.0)
+    udp = targets["64-byte UDP peak packets/s, imqd x1 with GSO / --no-gso"]
+    assert not udp["met"] and udp["value"] == pytest.approx(0.925)
+    assert not any(f == "accuracy" for f in targets), "the core was not run"
+
+
+def test_notes_name_what_limits_each_missed_throughput_target() -> None:
+    notes = report.limits(_summary(), {**META, "machine": {"nproc": 2}})
+    addr = next(n for n in notes if n.startswith("imqd x1 address"))
+    assert "upload x8 carries" in addr and "bare accept loop with GSO 0.300" in addr
+    assert "the verdicts per goodput byte of the wan rules" in addr
+    x2 = next(n for n in notes if n.startswith("imqd x2 wan"))
+    assert "one flow hashes to one queue" in x2
+
+
+def test_markdown_of_the_gso_section() -> None:
+    md = report.render_markdown(_summary(), META, png=None)
+    assert "## TCP with whole GSO super-packets" in md and "## Accuracy" not in md
+    assert "every class at 40 Gbit/s" in md and "198.18.10.2, 198.18.10.3" in md
+    assert "| imqd x1 wan | 13.50 (12.00–15.00) | 13.50 (12.00–15.00) |" in md
+    assert "| imqd x1 address | >= 0.5 | 0.450 **miss** | 0.550 pass |" in md
+    assert "| imqd x1 wan | 0.70 (0.70–0.70) | 1.000 (1.000–1.000) | 0 |" in md
+    assert "| imqd x1 FIFO | 5.5 (5.5–5.5) | 6.0 (6.0–6.0) | 96.0 (96.0–96.0) | 0.500 (0.500–0.500) |" in md
+    assert "imqd x1 GSO / --no-gso (within each repetition): 0.925." in md
+    assert "| TCP imqd x1 wan / plain forwarding (GSO, every case: least shown) | >= 0.50 | 0.600 | met |" in md
+
+
+def test_accuracy_text_says_whether_imqd_had_gso() -> None:
+    raw = {"meta": {"command": "x", "params": {}, "imqd_gso_status": ["on"]}}
+    md = report.render_markdown(report.summarize(raw), raw["meta"], png=None)
+    assert "imqd ran with its defaults, GSO on (its workers' `gso_status`: `on`)" in md
+    raw["meta"]["imqd_gso_status"] = ["off: the kernel refused NFQA_CFG_F_GSO (EOPNOTSUPP: x)"]
+    md = report.render_markdown(report.summarize(raw), raw["meta"], png=None)
+    assert "GSO not on" in md and "MTU-sized packets" in md
