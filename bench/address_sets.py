@@ -40,10 +40,11 @@ def measure(seconds: int, repeat: int) -> dict[str, Any]:
     with Topology(clients=2) as topo, topo.iperf3_server(5201):
         config = {"classes": [{"name": "down0", "direction": "ingress", "rate": "40gbit",
                                "match": {"dst": topo.clients[0].addr4}}]}
-        out["plain"] = {c: download(topo, c, seconds, repeat, False) for c in (0, 1)}
+        out["plain (first)"] = {c: download(topo, c, seconds, repeat, False) for c in (0, 1)}
         for case, extra in (("address sets", []), ("--no-address-sets", ["--no-address-sets"])):
             with ImqdInstance(topo, config, queues="0", extra_args=extra):
                 out[case] = {c: download(topo, c, seconds, repeat, True) for c in (0, 1)}
+        out["plain (last)"] = {c: download(topo, c, seconds, repeat, False) for c in (0, 1)}
     return out
 
 
