@@ -68,13 +68,13 @@ ARG IMQD_UID=10001
 
 # Non-root with CAP_NET_ADMIN, portable across Docker and Podman: Docker does not put
 # --cap-add capabilities in the ambient set of a non-root user, so the capability is
-# granted by *file* capabilities on the two programs that need it: imqd's own copy of
+# granted by *file* capabilities on the programs that need it: imqd's own copy of
 # the interpreter (/opt/imqd/bin/python3.11, so /usr/bin/python3 stays unprivileged)
-# and the xtables multi-binaries (iptables, ip6tables, -save, -restore). They only
-# take effect when the container is given NET_ADMIN (its bounding set).
+# the xtables multi-binaries (iptables, ip6tables, -save, -restore) and ipset (imqd's
+# address sets). They only take effect when the container is given NET_ADMIN (its bounding set).
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        python3 iptables libnetfilter-queue1 libcap2-bin \
+        python3 iptables ipset libnetfilter-queue1 libcap2-bin \
  && rm -rf /var/lib/apt/lists/* /var/cache/debconf/*-old /var/log/dpkg.log /var/log/apt \
  && case "$IPTABLES_BACKEND" in \
         # legacy iptables talks to the kernel through a raw socket: it also needs CAP_NET_RAW
@@ -83,6 +83,7 @@ RUN apt-get update \
         legacy) setcap cap_net_admin,cap_net_raw+ep /usr/sbin/xtables-legacy-multi ;; \
         *) echo "IPTABLES_BACKEND must be nft or legacy, not '$IPTABLES_BACKEND'" >&2; exit 1 ;; \
     esac \
+ && setcap cap_net_admin+ep /usr/sbin/ipset \
  && update-alternatives --set iptables "/usr/sbin/iptables-$IPTABLES_BACKEND" \
  && update-alternatives --set ip6tables "/usr/sbin/ip6tables-$IPTABLES_BACKEND" \
  && groupadd --gid "$IMQD_UID" imqd \

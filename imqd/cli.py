@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--apply-rules", action="store_true",
                      help="install the NFQUEUE rules at start (only for the interfaces the classes name, "
                           "kept current as classes change) and remove them at exit")
+    run.add_argument("--no-address-sets", action="store_true",
+                     help="with --apply-rules, queue every packet of a shaped direction (on the interfaces the "
+                          "classes name) even when all its classes name addresses (default: only packets to or "
+                          "from their prefixes, matched through ipsets)")
     run.add_argument("--max-len", type=int, default=20000,
                      help="kernel queue length per worker: packets it holds plus those not yet read; each pins "
                           "its packet's memory, up to ~64 KB for a GSO super-packet (default 20000)")
@@ -241,8 +245,8 @@ def load_run_store(path: Path | None) -> tuple[Config, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from imqd import rules as rules_mod
     from imqd.controller import Controller
+    from imqd.rules_follow import RulesFollower
     from imqd.supervisor import Supervisor, SupervisorError
 
     opts = rule_options(args)  # checks --queues / IMQD_QUEUES and the rule flags
@@ -288,22 +292,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             sup.start()
         except SupervisorError as exc:
             raise CliError(str(exc)) from None
-        applied_rules = False
         controller = None
+        follow_rules = None
         try:
-            follow_rules = None
-            if args.apply_rules:
-                installed = rules_mod.for_config(opts, config)
-                rules_mod.apply(installed)
-                applied_rules = True
-
-                def follow_rules(new_config: Config) -> None:
-                    """Re-install the rules when a change adds or removes an interface the classes name."""
-                    nonlocal installed
-                    wanted = rules_mod.for_config(opts, new_config)
-                    if wanted != installed:
-                        rules_mod.apply(wanted)
-                        installed = wanted
+            if args.apply_rules:  # rules (and address sets) follow every change of the classes
+                follow_rules = RulesFollower(opts, address_sets=not args.no_address_sets)
+                follow_rules.start(config)
 
             from imqd.qdisc.htb import ACCELERATED
 
@@ -321,9 +315,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             else:
                 serve_api(controller, api, token=token, open_stats=args.open_stats)
         finally:
-            if applied_rules:
+            if follow_rules is not None:
                 try:
-                    rules_mod.remove()
+                    follow_rules.stop()
                 except Exception as exc:  # noqa: BLE001 - report, keep shutting down
                     print(f"imqd: removing rules failed: {exc}", file=sys.stderr)
             sup.stop()
@@ -470,11 +464,23 @@ def cmd_rules(args: argparse.Namespace) -> int:
 
     if args.action == "remove":
         rules_mod.remove()
+        remove_address_sets()
     elif args.action == "show":
         print(rules_mod.show(), end="")
     else:
         rules_mod.apply(rule_options(args))
     return 0
+
+
+def remove_address_sets() -> None:
+    """Destroy the address sets an ``imqd run`` left behind (its rules are gone: nothing references them)."""
+    import subprocess
+
+    from imqd import address_sets, ipsets
+
+    if ipsets.available() is None:  # no ipset command: imqd made no sets
+        for name in ipsets.destroy_stale(subprocess.run, address_sets.IMQD_SET_RE):
+            print(f"imqd: destroyed address set {name}")
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

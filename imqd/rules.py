@@ -4,6 +4,8 @@ Layout (per family)::
 
     mangle IMQD_INGRESS   NFQUEUE rule(s), one per input interface when restricted (else ``! -i lo``)
     mangle IMQD_EGRESS    NFQUEUE rule(s), one per output interface when restricted (else ``! -o lo``)
+                          with address sets (`RuleOptions.ingress_sets` / ``egress_sets``): each of those once per
+                          address field, ``-m set --match-set imqd-q<N>-<direction>-<dst|src><4|6> <dst|src>``
     FORWARD     -m comment --comment imqd -j IMQD_INGRESS      (ingress_hook after-nat, the default: forwarded)
     INPUT       -m comment --comment imqd -j IMQD_INGRESS      (after-nat: traffic to the router itself)
     PREROUTING  -m comment --comment imqd -j IMQD_INGRESS      (ingress_hook prerouting: before de-NAT)
@@ -50,6 +52,8 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from imqd.address_sets import FIELDS, SetKey, SetPlan, set_name, set_prefix
 
 if TYPE_CHECKING:
     from imqd.config import Config
@@ -179,6 +183,9 @@ class RuleOptions:
     ipv6: bool = True
     ingress: bool = True  # False: queue nothing for the ingress tree (it has no classes); its chain stays empty
     egress: bool = True
+    # match the classes' prefixes through ipsets (imqd.address_sets): queue only what a class can take
+    ingress_sets: bool = False
+    egress_sets: bool = False
 
     def __post_init__(self) -> None:
         q = self.queues
@@ -197,7 +204,7 @@ class RuleOptions:
             raise ValueError(f"policy: expected one of {POLICIES}, got {self.policy!r}")
         if self.ingress_hook not in INGRESS_PLACEMENTS:
             raise ValueError(f"ingress_hook: expected one of {tuple(INGRESS_PLACEMENTS)}, got {self.ingress_hook!r}")
-        for name in ("bypass", "ipv6", "ingress", "egress"):
+        for name in ("bypass", "ipv6", "ingress", "egress", "ingress_sets", "egress_sets"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected a bool, got {getattr(self, name)!r}")
         object.__setattr__(self, "in_ifaces", _check_ifaces("in_ifaces", self.in_ifaces))
@@ -223,23 +230,25 @@ def _jump_hooks(opts: RuleOptions) -> list[tuple[str, str]]:
     return [(hook, INGRESS_CHAIN) for hook in ingress] + [("POSTROUTING", EGRESS_CHAIN)]
 
 
-def _family_rules(opts: RuleOptions) -> list[list[str]]:
+def _family_rules(opts: RuleOptions, family: str = "ipv4") -> list[list[str]]:
     """Rules without ``-t mangle``: chain creation, chain contents, then the jumps."""
     target = _nfqueue_target(opts)
     rules: list[list[str]] = [["-N", INGRESS_CHAIN], ["-N", EGRESS_CHAIN]]
-    for chain, flag, ifaces, wanted in ((INGRESS_CHAIN, "-i", opts.in_ifaces, opts.ingress),
-                                        (EGRESS_CHAIN, "-o", opts.out_ifaces, opts.egress)):
+    fam = 6 if family == "ipv6" else 4
+    for direction, chain, flag, ifaces, wanted, sets in (
+            ("ingress", INGRESS_CHAIN, "-i", opts.in_ifaces, opts.ingress, opts.ingress_sets),
+            ("egress", EGRESS_CHAIN, "-o", opts.out_ifaces, opts.egress, opts.egress_sets)):
         if not wanted:
             continue
-        if ifaces:
-            rules += [["-A", chain, flag, iface, *target] for iface in ifaces]
-        else:
-            rules.append(["-A", chain, "!", flag, "lo", *target])
+        where = [[flag, iface] for iface in ifaces] or [["!", flag, "lo"]]
+        matches = [["-m", "set", "--match-set", set_name(set_prefix(opts.queues[0]), SetKey(direction, f, fam)), f]
+                   for f in FIELDS] if sets else [[]]
+        rules += [["-A", chain, *w, *m, *target] for w in where for m in matches]
     rules += [["-A", hook, "-m", "comment", "--comment", COMMENT, "-j", chain] for hook, chain in _jump_hooks(opts)]
     return rules
 
 
-def for_config(base: RuleOptions, config: Config) -> RuleOptions:
+def for_config(base: RuleOptions, config: Config, plans: dict[str, SetPlan] | None = None) -> RuleOptions:
     """``base`` narrowed to the packets ``config``'s classes can take -- what ``imqd run --apply-rules`` installs.
 
     A packet no class can match would only cross the NFQUEUE path to be accepted unshaped, so it is not
@@ -248,6 +257,8 @@ def for_config(base: RuleOptions, config: Config) -> RuleOptions:
     (``iif`` for ingress, ``oif`` for egress) -> every interface but lo; else exactly the named interfaces.
     Interfaces given in ``base`` (``--in-iface``/``--out-iface``) are the operator's choice and kept.
     A forwarded packet shaped in one direction then crosses the queue once instead of twice.
+    With `plans` (:func:`imqd.address_sets.plan` per direction), a direction whose plan has members also
+    matches the classes' prefixes through its address sets.
     """
     changes: dict[str, Any] = {}
     for direction, field, given in (("ingress", "iif", base.in_ifaces), ("egress", "oif", base.out_ifaces)):
@@ -255,10 +266,12 @@ def for_config(base: RuleOptions, config: Config) -> RuleOptions:
         matching = config.matching_leaves(direction)
         has_default = config.default_class(direction) is not None
         if not matching and not has_default:
-            changes[direction] = False
+            changes[direction] = changes[f"{direction}_sets"] = False
             changes[ifaces_key] = ()
             continue
+        plan = (plans or {}).get(direction)
         changes[direction] = True
+        changes[f"{direction}_sets"] = plan is not None and plan.members is not None
         if given or has_default:
             continue
         names = [getattr(c.match, field) for c in matching]
@@ -270,9 +283,8 @@ def for_config(base: RuleOptions, config: Config) -> RuleOptions:
 def build_rules(opts: RuleOptions) -> dict[str, list[list[str]]]:
     """Per family (``"ipv4"``, and ``"ipv6"`` unless disabled): argv lists (without the binary) that, run in order
     on a table without imqd's chains, install imqd's rules."""
-    rules = [["-t", TABLE, *r] for r in _family_rules(opts)]
     families = ["ipv4", "ipv6"] if opts.ipv6 else ["ipv4"]
-    return {fam: [list(r) for r in rules] for fam in families}
+    return {fam: [["-t", TABLE, *r] for r in _family_rules(opts, fam)] for fam in families}
 
 
 def _line(argv: Sequence[str]) -> str:
@@ -318,9 +330,9 @@ def render_restore(opts: RuleOptions, family: str = "ipv4") -> str:
         "# 3 OUTPUT, 4 POSTROUTING = egress.",
         "*mangle",
     ]
-    rules = _family_rules(opts)
+    rules = _family_rules(opts, family)
     jumps = [r for r in rules if r[0] == "-A" and r[1] not in CHAINS]
-    alt = _family_rules(dataclasses.replace(opts, ingress_hook=other))
+    alt = _family_rules(dataclasses.replace(opts, ingress_hook=other), family)
     out += [f":{r[1]} - [0:0]" for r in rules if r[0] == "-N"]
     out += [_line(r) for r in rules if r[0] == "-A" and r[1] in CHAINS]
     out += [_line(r) for r in jumps if r[-1] == INGRESS_CHAIN]
@@ -411,7 +423,7 @@ def _plan_apply(runner: Runner, family: str, opts: RuleOptions) -> list[str]:
     """restore lines that turn the current table into `opts`: declare (= flush) our chains, fix jumps, refill."""
     # only jumps imqd made are managed here; someone's own jump into imqd's chains stays (remove deletes it)
     jumps = [j for j in _state(_save(runner, family))[1] if _is_imqds(j)]
-    rules = _family_rules(opts)
+    rules = _family_rules(opts, family)
     wanted = [_line(r) for r in rules if r[0] == "-A" and r[1] not in CHAINS]
     lines = [f":{chain} - [0:0]" for chain in CHAINS]  # declaring an existing user chain flushes it
     kept: set[str] = set()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything imqd and its tests need on a fresh Debian 12 machine (run as root):
-# the kernel-side tools (iptables, iproute2), traffic tools (iperf3, ping), the
+# the kernel-side tools (iptables, ipset, iproute2), traffic tools (iperf3, ping), the
 # libnetfilter_queue headers that the netfilterqueue package compiles against,
 # promtool (Debian's prometheus) and chromium for the tests of /metrics and the dashboard,
 # npm to fetch the dashboard's chart library (scripts/fetch-dashboard-assets.sh),
@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in iptables iproute2 iperf3 iputils-ping libnetfilter-queue-dev gcc python3-venv python3-dev libcap2-bin procps kmod \
+for pkg in iptables ipset iproute2 iperf3 iputils-ping libnetfilter-queue-dev gcc python3-venv python3-dev libcap2-bin procps kmod \
            prometheus chromium fonts-dejavu-core; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
