@@ -37,7 +37,23 @@ def summarize_scale(raw: dict[str, Any] | None) -> dict[str, Any] | None:
                                                  if role in r.get("rss_after_kib", {})) for role in ROLES},
                      "stopped": sorted({r.get("stopped", "?") for r in recs})})
     return {"base": base, "pps": rows, "bytes_per_class": _memory_slopes(pps),
-            "backlog": _backlog(raw.get("backlog") or []), "unbuilt": _unbuilt(raw.get("backlog") or [])}
+            "backlog": _backlog(raw.get("backlog") or []), "unbuilt": _unbuilt(raw.get("backlog") or []),
+            "load_notes": _load_notes(raw.get("backlog") or [])}
+
+
+def _load_notes(records: list[dict[str, Any]]) -> list[str]:
+    """The loads the one-class reference showed to be beyond this machine (bench.scale.load_problem)."""
+    out = []
+    for r in records:
+        for d in r.get("descents") or []:
+            out.append(f"repetition {r['rep'] + 1}, {r['subscribers']:,} subscribers: the load "
+                       f"{d['load_share']:.3g} x the 1-class packets/s was beyond this machine ({d['problem']}); "
+                       "it stepped down")
+        if r.get("load_problem"):
+            out.append(f"repetition {r['rep'] + 1}, {r['subscribers']:,} subscribers: even the load "
+                       f"{r['load_share']:.3g} x the 1-class packets/s was beyond this machine "
+                       f"({r['load_problem']}): its figures measure the machine, not the shaper")
+    return out
 
 
 def _memory_slopes(pps: list[dict[str, Any]]) -> dict[str, dict[str, float] | None]:
@@ -132,7 +148,7 @@ def scale_notes(s: dict[str, Any] | None) -> list[str]:
     """Per backlogged count whose delivery misses: what the same run measured about the cause."""
     if not s:
         return []
-    out = []
+    out = [f"{note}." for note in s.get("load_notes", [])]
     pps = {r["classes"]: med(r["pps"]) for r in s["pps"]}
     lo = SCALE_TARGETS["of_plans"][0]
     for r in _subject_rows(s):
@@ -182,7 +198,9 @@ def render_scale(s: dict[str, Any] | None, params: dict[str, Any] | None) -> lis
           f"{p.get('payload', '?')}-byte UDP payloads to the N addresses in turn, a C receiver in the server "
           "namespace counts per address (`bench/udprecv.py`). The offered load is "
           f"{p.get('load_share', '?')} x the 1-class packets/s above (what one class carries on this machine, "
-          "measured in the same repetition) and the plans add up to half of it. Counted over a window after a "
+          "measured in the same repetition) and the plans add up to half of it; when the one-class run then "
+          "delivers less than 0.95 of the plans or the generator offers less than 1.8 x them, that load is beyond "
+          "what one class carries for this traffic and it steps down (x0.6, at most twice; notes below). Counted over a window after a "
           "warm-up (every queue filled, every initial burst drained); the window lasts until each plan carries "
           f"{p.get('min_packets', '?')} datagrams, at most {p.get('max_window_s', '?')} s. *one class* is the same "
           "traffic through a single class of the plans' total rate (same workers): the reference for what the "

@@ -12,7 +12,12 @@ Per repetition (records only; :mod:`bench.report_scale` makes the figures):
   :mod:`bench.udprecv` over a window after a warm-up; the same traffic through one class of the same total
   rate (imqd, same workers) and, for ``kernel_classes``, through kernel HTB with the same N classes
   (:func:`subscribers.kernel_htb_batch`).  The load is sized from this repetition's 1-class packets/s
-  (:func:`subscribers.backlog_plan`): what one class carries on this machine.
+  (:func:`subscribers.backlog_plan`), then checked: that figure is for 64-byte packets that pass unqueued, and
+  held 1000-byte packets cost the generator, the kernel and the workers more.  If the one-class reference does
+  not carry the plans (:data:`REF_MIN_OF_PLANS`) or the generator does not offer about twice them
+  (:data:`MIN_OFFERED_OF_PLANS`), the load is not "within what one class carries" and every figure of that
+  load would measure the machine, not the shaper: the load steps down (:data:`LOAD_STEP`, at most
+  :data:`MAX_DESCENTS` times) and the discarded tries are kept in the one-class record (``descents``).
 
 The subscriber prefixes are routed to the server namespace, which answers for them
 (``ip route add local PREFIX dev lo``); the router sends them out of its wan interface, where the egress
@@ -41,10 +46,28 @@ from bench.udprecv import Receiver, snapshot_data
 from imqd.netns import Topology, TopologyError
 
 __all__ = ["ScaleParams", "FULL_SCALE", "QUICK_SCALE", "Scale", "KernelHtbMany", "subscriber_routes", "SUB_PORT",
-           "SMALL_PAYLOAD"]
+           "SMALL_PAYLOAD", "load_problem", "REF_MIN_OF_PLANS", "MIN_OFFERED_OF_PLANS", "LOAD_STEP", "MAX_DESCENTS"]
 
 SUB_PORT = 9001  # the per-subscriber receiver's port (the DROP-rule sink counts port 9)
 SMALL_PAYLOAD = 18  # 64-byte Ethernet frames for the packets/s figures
+REF_MIN_OF_PLANS = 0.95  # the one-class reference must deliver this share of the plans ...
+MIN_OFFERED_OF_PLANS = 1.8  # ... and the generator offer this multiple of them ("twice"), or the load steps down
+LOAD_STEP = 0.6
+MAX_DESCENTS = 2
+
+
+def load_problem(rec: dict[str, Any]) -> str | None:
+    """Why a one-class reference run says its load is beyond this machine (None: it is within)."""
+    expected = rec["subscribers"] * rec["expected_each"]
+    if not expected or not rec["gen_seconds"]:
+        return "no traffic counted"
+    offered = rec["sent"] / rec["gen_seconds"] / (rec["subscribers"] * rec["plan"]["plan_pps"])
+    got = sum(rec["delivered"]) / expected
+    if offered < MIN_OFFERED_OF_PLANS:
+        return f"the generator offered {offered:.2f} x the plans, not ~2"
+    if got < REF_MIN_OF_PLANS:
+        return f"one class delivered {got:.3f} of the plans"
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -188,17 +211,36 @@ class Scale:
     def backlog_at(self, n: int, capacity_pps: float, rep: int) -> list[dict[str, Any]]:
         """The n-subscriber backlog through one class (reference), n imqd classes and, if asked, kernel HTB."""
         p = self.p
-        plan = backlog_plan(n, capacity_pps, payload=p.payload, load_share=p.load_share,
-                            min_packets=p.min_packets, max_window_s=p.max_window_s, min_warm_s=p.min_warm_s)
         w = p.backlog_workers
+        share = p.load_share
+        descents: list[dict[str, Any]] = []
+        while True:  # the one-class reference first, at a load it carries (see load_problem)
+            plan = backlog_plan(n, capacity_pps, payload=p.payload, load_share=share,
+                                min_packets=p.min_packets, max_window_s=p.max_window_s, min_warm_s=p.min_warm_s)
+            one = Imqd(self.topo, w, one_class_config(n * plan.rate_bps), name=f"imqd x{w} one class",
+                       start_timeout=p.start_timeout_s)
+            try:
+                one.start()
+                ref = self.backlog_run(one, plan, rep)
+            finally:
+                one.stop()
+            ref.update(shape="one class", load_share=share)
+            why = load_problem(ref)
+            if why is None or len(descents) == MAX_DESCENTS:
+                break
+            self.log(f"  backlog  load {share:.3g} x the 1-class packets/s is beyond this machine ({why}): "
+                     f"x{LOAD_STEP}")
+            descents.append({"load_share": share, "problem": why, "of_plans": sum(ref["delivered"]) / (
+                n * ref["expected_each"]), "offered_pps": ref["sent"] / ref["gen_seconds"], "plan": ref["plan"]})
+            share *= LOAD_STEP
+        ref["descents"] = descents
+        ref["load_problem"] = why  # still beyond it after MAX_DESCENTS: the figures say so
+        out = [ref]
         systems: list[tuple[str, System]] = [
-            ("one class", Imqd(self.topo, w, one_class_config(n * plan.rate_bps), name=f"imqd x{w} one class",
-                               start_timeout=p.start_timeout_s)),
             ("classes", Imqd(self.topo, w, subscriber_config(n, plan.rate_bps), name=f"imqd x{w}",
                              start_timeout=p.start_timeout_s))]
         if p.kernel_classes == n:
             systems.append(("classes", KernelHtbMany(self.topo, n, plan.rate_bps)))
-        out = []
         for shape, system in systems:
             try:  # not `with`: a start that fails half-way (imqd's rules installed, say) is undone too
                 try:
@@ -214,7 +256,7 @@ class Scale:
                 rec = self.backlog_run(system, plan, rep)
             finally:
                 system.stop()
-            rec["shape"] = shape
+            rec.update(shape=shape, load_share=share)
             if isinstance(system, KernelHtbMany):
                 rec["build_s"] = system.build_s
             out.append(rec)

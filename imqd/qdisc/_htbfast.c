@@ -495,10 +495,87 @@ done:
     return PyLong_FromLong(result);
 }
 
+/* charge(key, size, now) -> 1 charged, -1 let Python charge (the shared lock is busy: nothing changed).
+ *
+ * HTB.dequeue's charge for this lane's leaf at `key` (level << 3 | prio): the same DRR step and
+ * htb_charge_class as HTB._charge, in C, so the shared lock is held for the token arithmetic only (a charge in
+ * Python holds it ~10x longer, and a worker preempted while holding it stalls the other). */
+static PyObject *
+Lane_charge(Lane *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "charge(key, size, now) takes 3 arguments");
+        return NULL;
+    }
+    long key = PyLong_AsLong(args[0]);
+    if (key == -1 && PyErr_Occurred())
+        return NULL;
+    int overflow = 0;
+    long size = PyLong_Check(args[1]) ? PyLong_AsLongAndOverflow(args[1], &overflow) : -1;
+    if (overflow || size < 0)  /* not a size C holds: Python charges it */
+        return PyLong_FromLong(-1);
+    double now = PyFloat_AsDouble(args[2]);
+    if (now == -1.0 && PyErr_Occurred())
+        return NULL;
+    Shared *sh = self->shared;
+    if (sh == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Lane: not initialised");
+        return NULL;
+    }
+    if (key < 0 || key >= MAX_CHAIN * 8) {
+        PyErr_SetString(PyExc_ValueError, "charge: key must be 0..63");
+        return NULL;
+    }
+    Py_buffer view, cview;
+    if (PyObject_GetBuffer(sh->values, &view, PyBUF_WRITABLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(sh->counters, &cview, PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    if (view.len < self->min_len || cview.len < self->min_clen) {
+        PyBuffer_Release(&cview);
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_RuntimeError, "Lane: the token store or counters are smaller than this path needs");
+        return NULL;
+    }
+    if (sh->acquire != NULL) {
+        PyObject *got = PyObject_CallOneArg(sh->acquire, Py_False);
+        int held = got == NULL ? -1 : PyObject_IsTrue(got);
+        Py_XDECREF(got);
+        if (held <= 0) {  /* busy: Python waits for it (with a timeout, counted), or an error */
+            PyBuffer_Release(&cview);
+            PyBuffer_Release(&view);
+            return held < 0 ? NULL : PyLong_FromLong(-1);
+        }
+    }
+    int rc = charge(self, (double *)view.buf, (int64_t *)cview.buf, key, size, now);
+    if (sh->release != NULL) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyObject *r = PyObject_CallNoArgs(sh->release);
+        Py_XDECREF(r);
+        if (type != NULL) {
+            PyErr_Clear();
+            PyErr_Restore(type, value, tb);
+        }
+        else if (r == NULL)
+            rc = -1;
+    }
+    PyBuffer_Release(&cview);
+    PyBuffer_Release(&view);
+    if (rc < 0)
+        return NULL;
+    return PyLong_FromLong(1);
+}
+
 static PyMethodDef Lane_methods[] = {
     {"send", (PyCFunction)(void (*)(void))Lane_send, METH_FASTCALL,
      "send(size, now) -> 1 if the packet was let through and charged, 0 if it must wait, -1 if Python must decide "
      "(a fresh token slot on the path, or the shared lock busy); 0 and -1 change nothing."},
+    {"charge", (PyCFunction)(void (*)(void))Lane_charge, METH_FASTCALL,
+     "charge(key, size, now) -> 1 after charging a dequeued packet as HTB._charge does, -1 (nothing changed) if "
+     "the shared lock is busy or the size is not one C holds: Python charges it then."},
     {NULL, NULL, 0, NULL},
 };
 

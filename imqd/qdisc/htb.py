@@ -481,8 +481,11 @@ class HTB(Incremental):
                     self._deactivate(cl)
                 # Only the charge needs the shared lock: selection reads token state that other workers
                 # may change at any time anyway (they can only make it smaller), like the kernel's lockless
-                # mode checks; a race costs at most one packet of credit per worker.
-                self._charge(cl, key, pkt.size, now)
+                # mode checks; a race costs at most one packet of credit per worker.  The leaf's C lane
+                # charges in C (the lock held for the arithmetic only); -1 (lock busy) leaves it to Python.
+                lane = self._lanes.get(cl.name)
+                if lane is None or lane.charge(key, pkt.size, now) < 0:
+                    self._charge(cl, key, pkt.size, now)
                 sched.charged(cl, now)
                 return pkt
         finally:

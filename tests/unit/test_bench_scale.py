@@ -15,6 +15,8 @@ from bench import subscribers as sub
 from bench import udpgen
 from bench.control_scale import control_config, window_excess
 from bench.report_control_scale import early
+from bench.report_scale import summarize_scale
+from bench.scale import load_problem
 from bench.udprecv import Snapshot, parse_snapshot
 from imqd.config import parse_config
 from imqd.netns import Topology
@@ -238,3 +240,30 @@ def test_window_excess_and_early_release() -> None:
     assert excess == [0.0, 1.0, 27.0, 0.0]
     assert early(excess) == 25.0  # the +1 is timing (within the slack); 27 extra is a released burst
     assert early([-3.0, 2.0]) == 0.0
+
+
+def _one_class_record(offered_of_plans: float, of_plans: float, n: int = 10) -> dict:
+    plan = sub.backlog_plan(n, 10_000, payload=1000, load_share=0.5, min_packets=25, max_window_s=3.0,
+                            min_warm_s=1.0)
+    expected = plan.plan_pps * plan.window_s
+    return {"rep": 0, "system": "imqd x2 one class", "subscribers": n, "plan": plan.as_dict(), "window_s": plan.window_s,
+            "expected_each": expected, "delivered": [round(of_plans * expected)] * n,
+            "sent": round(offered_of_plans * n * plan.plan_pps * 4.0), "gen_seconds": 4.0,
+            "nfqueue_drops": {"queue_dropped": 0, "user_dropped": 0}, "shape": "one class", "load_share": 0.5}
+
+
+def test_a_load_is_within_the_machine_only_if_one_class_carries_it_and_the_generator_offers_twice() -> None:
+    assert load_problem(_one_class_record(2.0, 1.0)) is None
+    assert "generator offered 1.50" in (load_problem(_one_class_record(1.5, 1.0)) or "")
+    assert "one class delivered 0.8" in (load_problem(_one_class_record(2.0, 0.8)) or "")
+    assert load_problem(_one_class_record(2.0, 1.0) | {"gen_seconds": 0}) == "no traffic counted"
+
+
+def test_the_report_says_when_a_load_stepped_down_or_stayed_beyond_the_machine() -> None:
+    rec = _one_class_record(2.0, 1.0) | {"descents": [{"load_share": 0.5, "problem": "one class delivered 0.800"}],
+                                         "load_share": 0.3, "load_problem": None}
+    notes = summarize_scale({"pps": [], "backlog": [rec]})["load_notes"]
+    assert notes == ["repetition 1, 10 subscribers: the load 0.5 x the 1-class packets/s was beyond this machine "
+                     "(one class delivered 0.800); it stepped down"]
+    rec["load_problem"] = "one class delivered 0.700"
+    assert "its figures measure the machine" in summarize_scale({"pps": [], "backlog": [rec]})["load_notes"][-1]

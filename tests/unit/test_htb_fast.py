@@ -230,6 +230,29 @@ def test_a_lane_charges_under_the_shared_lock_and_leaves_a_busy_lock_to_python()
 
 
 @needs_c
+def test_a_lane_charges_a_dequeued_packet_as_python_does_and_leaves_a_busy_lock_to_python() -> None:
+    """HTB.dequeue charges through the leaf's lane (the shared lock held for the arithmetic only): the same
+    tokens, DRR step and counters as HTB._charge; with the lock busy it changes nothing and answers -1."""
+    tree = [HTBClassParams("p", None, 8e6, 8e6, 3000, 3000), HTBClassParams("a", "p", 8e5, 8e6, 1500, 6000),
+            HTBClassParams("b", "p", 8e5, 8e6, 1500, 1500)]
+    fast_store, ref_store = LockedStore(), LockedStore()
+    fast = HTB(tree, 0.0, tokens=fast_store)
+    ref = HTB(tree, 0.0, tokens=ref_store, accelerate=False)
+    for now, key, size in ((0.0, 0, 1500), (0.0, 0, 1500), (0.001, 7 << 3, 900), (0.5, 0, 60)):
+        assert fast.lanes["a"].charge(key, size, now) == 1
+        ref._charge(ref._leaf_map["a"], key, size, now)
+        assert state(fast, now) == state(ref, now)
+    assert (fast_store.lock.acquired, fast_store.lock.released, fast_store.lock.waits) == (4, 4, 0)
+    fast_store.lock.busy = True
+    before = state(fast, 1.0)
+    assert fast.lanes["a"].charge(0, 1500, 1.0) == -1 and state(fast, 1.0) == before
+    with pytest.raises(ValueError):
+        fast.lanes["a"].charge(64, 1500, 1.0)
+    with pytest.raises(TypeError):
+        fast.lanes["a"].charge(0, 1500)
+
+
+@needs_c
 def test_a_lane_answers_like_send_now_for_each_case() -> None:
     h = HTB([HTBClassParams("p", None, 8e6, 8e6, 3000, 3000),
              HTBClassParams("a", "p", 8e5, 8e6, 1500, 6000),
