@@ -153,10 +153,12 @@ def gso_notes(s: dict[str, Any] | None, nproc: Any, load: str) -> list[str]:
                     and r["gso"] == row["gso"] and r["shape"] == "wan"), None)
         wan_bpv = med(wan["cases"].get(case, {}).get("bytes_per_verdict")) if wan else None
         if row["shape"] == "address" and bpv and wan_bpv:
-            parts.append(f"{wan_bpv / bpv:.1f}x the verdicts per goodput byte of the wan rules: the rules queue "
-                         "packets no class takes (main without ipsets queues every interface but lo for classes "
-                         "that name no interface, so a forwarded packet crosses the queue at FORWARD and again at "
-                         "POSTROUTING)")
+            ratio = wan_bpv / bpv
+            why = ("the rules queue packets no class takes: classes that name no interface queue every interface "
+                   "but lo, so a forwarded packet may cross the queue at FORWARD and again at POSTROUTING "
+                   "(without address sets)") if ratio > 1.2 else (
+                   "the address sets keep what no class takes out of the queue")
+            parts.append(f"{ratio:.1f}x the verdicts per goodput byte of the wan rules: {why}")
         if row["workers"] == 2 and row["cases"][case]["flows"] == 1:
             parts.append("one flow hashes to one queue, so x2 carries it with one worker")
         elif row["workers"] == 2:
