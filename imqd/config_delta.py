@@ -30,6 +30,8 @@ __all__ = ["ConfigDelta", "diff", "apply_delta", "BULK_REBUILD"]
 # Past this many changed classes apply_delta indexes the new list from scratch (O(n), ~10 ms at 10,000):
 # cheaper than that many incremental steps when subtrees move.
 BULK_REBUILD = 512
+# The fields of a class that decide which packets it takes (and so the rules and address sets that follow it)
+_WHO_IT_TAKES = ("direction", "parent", "default", "match")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,18 @@ class ConfigDelta:
     @property
     def empty(self) -> bool:
         return not self.removed and not self.upserted and self.overhead is None and self.order is None
+
+    def only_tunes(self, old: Config) -> bool:
+        """Whether this delta only re-tunes classes ``old`` has (rates, bursts, priorities, queue settings):
+        nothing about which packets each class takes (its match, direction, parent, the default), so rules and
+        address sets that follow the classes stay as they are.  A PATCH of a subscriber's plan is one."""
+        if self.removed or self.order is not None:
+            return False
+        for c in self.upserted:
+            o = old.class_by_name(c.name)
+            if o is None or any(getattr(o, f) != getattr(c, f) for f in _WHO_IT_TAKES):
+                return False
+        return True
 
     def counts(self, old: Config) -> dict[str, int]:
         """``{"added", "changed", "removed"}``: how many classes this delta adds to, changes in, removes from

@@ -69,8 +69,9 @@ class Controller:
         if store is not None:  # the store ``config`` was loaded from (it may remember the parsed file)
             self.store = store
         self.workers = workers
-        #: called with each new config once the workers have it (``imqd run --apply-rules``: the rules follow
-        #: the interfaces the classes name); a failure there is logged, the change itself stands
+        #: called with each new config once the workers have it, unless the change only re-tuned classes
+        #: (``ConfigDelta.only_tunes``) (``imqd run --apply-rules``: the rules and address sets follow what the
+        #: classes match); a failure there is logged, the change itself stands
         self.on_change = on_change
         self._lock = threading.Lock()
         self.last_apply_s: float | None = None
@@ -111,9 +112,9 @@ class Controller:
                 self.store.compact(new, self.store.seq)  # the first change creates the file
             else:
                 self.store.record(delta)
-        self.config = new
+        old, self.config = self.config, new
         self.last_apply_s = self._calls.applied = self.workers.push_delta(delta, new)
-        if self.on_change is not None:
+        if self.on_change is not None and not delta.only_tunes(old):  # a plan change leaves the rules be
             try:
                 self.on_change(new)
             except Exception as exc:  # noqa: BLE001 - the workers have the change; report, do not undo it

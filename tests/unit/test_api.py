@@ -672,3 +672,20 @@ def test_controller_tells_its_follower_about_each_change_and_survives_its_failur
     controller.on_change = broken
     controller.add_class({"name": "b", "rate": "1mbit"})
     assert [c.name for c in controller.config.classes] == ["b"], "the change stands; the failure is logged"
+
+
+def test_a_change_that_only_retunes_classes_leaves_the_follower_be(tmp_path: Path) -> None:
+    """A plan change (rate, ceil, prio...) cannot change which packets a class takes: the rules and address
+    sets stay (at 10,000 classes recomputing them costs ~30 ms per PATCH); anything else reaches them."""
+    controller, _, _ = make_controller(tmp_path)
+    seen: list[list[str]] = []
+    controller.add_class({"name": "a", "rate": "1mbit", "match": {"dst": "198.18.0.1/32"}})
+    controller.on_change = lambda cfg: seen.append([c.name for c in cfg.classes])
+    controller.change_class("a", {"rate": "2mbit", "ceil": "4mbit", "prio": 3})
+    assert seen == []
+    controller.change_class("a", {"match": {"dst": "198.18.0.2/32"}})
+    controller.change_class("a", {"default": True})
+    controller.add_class({"name": "b", "rate": "1mbit", "match": {"dst": "198.18.0.3/32"}})
+    controller.change_class("b", {"rate": "3mbit"})
+    controller.delete_class("b")
+    assert seen == [["a"], ["a"], ["a", "b"], ["a"]]
