@@ -113,6 +113,7 @@ class WorkerStatsOut(BaseModel):
     malformed: int = 0
     held: int = 0
     batch_verdicts: int = 0  # verdict messages that accepted a whole drain of the socket at once
+    drain_pauses: int = 0  # drains of the socket cut short after DRAIN_MAX packets: the worker is overloaded
     host_bucket_overflows: int = 0  # per_host caps kept by this worker alone: the shared table's set was full
     hook_packets: dict[str, int] = {}  # packets per netfilter hook (prerouting, input, forward, output, postrouting)
     packets_per_second: float = 0.0

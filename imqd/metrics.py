@@ -48,6 +48,7 @@ WORKER_COUNTERS = {
     "drops": "packets the worker dropped",
     "malformed": "packets the worker could not parse (accepted unshaped)",
     "batch_verdicts": "batch verdict messages (each accepts every packet of a socket drain)",
+    "drain_pauses": "socket drains cut short to serve control messages and stats (a sign of overload)",
     "host_bucket_overflows": "per-host caps this worker kept alone (the shared table had no room)",
     "restarts": "times the worker was restarted",
     "lost_on_crash": "held packets lost when the worker died",

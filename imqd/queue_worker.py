@@ -43,6 +43,11 @@ from imqd.shaper import NeedsWholeConfig, Shaper
 
 BATCH_MAX = 64  # packets whose accept may wait for one batch verdict (bounds the added delay)
 SOLO_MAX = 3  # the first packets of each socket drain are accepted one by one (low latency at light load)
+# At most this many packets per socket drain: netfilterqueue's run(block=False) returns only when the socket is
+# empty, which under sustained overload is never -- and then no control message (a config change, a stop)
+# and no stats would be handled. 2,048 packets are ~10 ms of a worker's work.
+DRAIN_MAX = 2048
+NO_LIMIT = sys.maxsize  # outside drain_socket (tests, a packet handled on its own): no pause
 
 STATS_INTERVAL_S = 0.5
 MAX_SLEEP_S = 0.25
@@ -55,6 +60,12 @@ SOCK_LEN = 8 * 1024 * 1024  # the netlink socket's receive buffer (the kernel do
 # 128-byte copy: 20,164 messages).  A kernel queue longer than this plus what the worker holds never fills
 # before the socket does.
 SOCKET_MESSAGES_MAX = 2 * SOCK_LEN // 512
+
+
+class DrainPause(BaseException):
+    """Raised by the packet callback to end a socket drain early (``DRAIN_MAX``); netfilterqueue passes the
+    callback's exception out of ``run()`` after the packet it was handling. A BaseException so that the
+    callback's own ``except Exception`` (a worker never dies of one packet) does not swallow it."""
 
 
 @dataclass
@@ -88,6 +99,7 @@ class WorkerCounters:
     malformed: int = 0
     errors: int = 0
     batches: int = 0  # batch verdict messages sent
+    drain_pauses: int = 0  # socket drains ended after DRAIN_MAX packets to serve control messages and stats
     # packets per NF_INET hook (imqd.rules.HOOK_NAMES order): which direction saw traffic, and where ingress is
     # taken (imqd.hook_checks reports classes that match nothing although their direction saw packets)
     by_hook: list[int] = field(default_factory=lambda: [0] * len(HOOK_NAMES))
@@ -161,6 +173,7 @@ class QueueWorker:
         self._clock = time.monotonic
         self._ok: list[Any] = []  # packets to accept, in arrival order, verdict not yet sent
         self._drain_start = 0  # counters.packets when the current drain of the socket began
+        self._drain_limit = NO_LIMIT  # packets after which a drain pauses (DRAIN_MAX inside drain_socket)
         self._first_held: int | None = None
         self._batch = VerdictBatch(opts.queue)
         # writes one netlink message to the queue's socket; None = no batching (individual verdicts)
@@ -204,6 +217,8 @@ class QueueWorker:
         ok.append(pkt)
         if len(ok) >= BATCH_MAX:
             self.flush()
+            if self.counters.packets - self._drain_start >= self._drain_limit:
+                raise DrainPause
 
     def _on_held(self, pkt: Any, dropped: list[QueuedPacket], now: float) -> None:
         """The shaper kept ``pkt`` (or dropped it): verdicts for the drops, then whatever is due now."""
@@ -212,6 +227,21 @@ class QueueWorker:
         if dropped:
             self._drop_all(dropped)
         self._release(now)
+        if self.counters.packets - self._drain_start >= self._drain_limit:
+            raise DrainPause
+
+    def drain_socket(self) -> None:
+        """Handle what the socket holds, at most about ``DRAIN_MAX`` packets, then send the batch verdict; the
+        rest waits for the next turn of the loop (which handles control messages and stats in between)."""
+        self.begin_drain()
+        self._drain_limit = DRAIN_MAX
+        try:
+            self._nfq.run(block=False)
+        except DrainPause:
+            self.counters.drain_pauses += 1
+        finally:
+            self._drain_limit = NO_LIMIT
+        self.flush()
 
     def begin_drain(self) -> None:
         """A drain of the socket starts: its first SOLO_MAX packets may be accepted one by one."""
@@ -343,9 +373,7 @@ class QueueWorker:
                         warm_until = now + KEEP_WARM_S
                         # Handles every packet already received; netfilterqueue itself skips ENOBUFS
                         # (socket overflow: the kernel dropped packets and counts them as user_dropped).
-                        self.begin_drain()
-                        nfq.run(block=False)
-                        self.flush()
+                        self.drain_socket()
                     if ctrl is not None and ctrl in ready:
                         self._on_control()
                 now = clock()
@@ -452,6 +480,7 @@ class QueueWorker:
             "malformed": c.malformed,
             "errors": c.errors,
             "batch_verdicts": c.batches,
+            "drain_pauses": c.drain_pauses,
             "hook_packets": dict(zip(HOOK_NAMES, c.by_hook)),
             **self.flag_stats(),
             **self.links.counters(),

@@ -470,7 +470,7 @@ class Supervisor:
                      restarts=w.restarts, applied_version=w.applied, lost_on_crash=w.lost_on_crash,
                      last_restart_seconds=w.last_restart_s)
             for key in ("packets", "verdicts", "accepted", "drops", "malformed", "errors", "held",
-                        "batch_verdicts", "host_bucket_overflows", "gso_packets", "gso_segments", "gso_bytes",
+                        "batch_verdicts", "drain_pauses", "host_bucket_overflows", "gso_packets", "gso_segments", "gso_bytes",
                         "gso_unknown_length", "socket_overflows", "unshaped_overflow", "queue_full_samples"):
                 s.setdefault(key, 0)
             # Drops the kernel made before the worker saw the packet: queue full / socket buffer full.

@@ -316,6 +316,26 @@ Lane_init(Lane *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
+/* Release the shared store's lock after a charge that returned rc; keeps charge()'s error, if any, across the
+ * release; -1 if either failed. */
+static int
+release_lock(Shared *sh, int rc)
+{
+    if (sh->release == NULL)
+        return rc;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *r = PyObject_CallNoArgs(sh->release);
+    Py_XDECREF(r);
+    if (type != NULL) {
+        PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+    }
+    else if (r == NULL)
+        rc = -1;
+    return rc;
+}
+
 /* The DRR step and htb_charge_class, as HTB._charge (the caller holds the lock if there is one). */
 static int
 charge(Lane *self, double *vals, int64_t *counts, long key, long size, double now)
@@ -471,18 +491,7 @@ Lane_send(Lane *self, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     int rc = charge(self, vals, (int64_t *)cview.buf, key, size, now);
-    if (sh->release != NULL) {
-        PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);  /* keep charge()'s error, if any, across the release */
-        PyObject *r = PyObject_CallNoArgs(sh->release);
-        Py_XDECREF(r);
-        if (type != NULL) {
-            PyErr_Clear();
-            PyErr_Restore(type, value, tb);
-        }
-        else if (r == NULL)
-            rc = -1;
-    }
+    rc = release_lock(sh, rc);
     PyBuffer_Release(&cview);
     PyBuffer_Release(&view);
     if (rc < 0)
@@ -550,18 +559,7 @@ Lane_charge(Lane *self, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     int rc = charge(self, (double *)view.buf, (int64_t *)cview.buf, key, size, now);
-    if (sh->release != NULL) {
-        PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
-        PyObject *r = PyObject_CallNoArgs(sh->release);
-        Py_XDECREF(r);
-        if (type != NULL) {
-            PyErr_Clear();
-            PyErr_Restore(type, value, tb);
-        }
-        else if (r == NULL)
-            rc = -1;
-    }
+    rc = release_lock(sh, rc);
     PyBuffer_Release(&cview);
     PyBuffer_Release(&view);
     if (rc < 0)

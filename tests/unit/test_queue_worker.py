@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -11,8 +12,8 @@ from hypothesis import strategies as st
 from scapy.all import IP, TCP, UDP, IPv6
 
 from imqd.config import parse_config
-from imqd.queue_worker import (MAX_SLEEP_S, SOLO_MAX, QueueWorker, WorkerOptions, describe_bind_error,
-                               sleep_time)
+from imqd.queue_worker import (BATCH_MAX, DRAIN_MAX, MAX_SLEEP_S, SOLO_MAX, QueueWorker, WorkerOptions,
+                               describe_bind_error, sleep_time)
 from imqd.shaper import Shaper
 
 
@@ -479,3 +480,41 @@ def test_packets_are_counted_per_hook_whatever_the_shaper_does() -> None:
     assert worker.stats()["hook_packets"] == {"prerouting": 2, "input": 1, "forward": 4, "output": 1,
                                               "postrouting": 3}
     assert worker.stats()["packets"] == len(hooks) + 1
+
+
+class DrainingNfq:
+    """netfilterqueue's ``run(block=False)``: hands every packet waiting in the socket to the callback until
+    the socket is empty, and lets an exception of the callback out after the packet it was handling."""
+
+    def __init__(self, callback: Any, waiting: list[FakePacket]) -> None:
+        self.callback = callback
+        self.waiting = waiting
+
+    def run(self, block: bool = True) -> None:
+        assert block is False
+        while self.waiting:
+            self.callback(self.waiting.pop(0))
+
+
+@pytest.mark.parametrize("shaped", [False, True])
+def test_a_drain_of_an_overloaded_socket_pauses_so_the_loop_serves_control_messages(shaped: bool) -> None:
+    """Under sustained overload the socket never empties: a drain stops after DRAIN_MAX packets (every one
+    handled: a verdict, or held by the scheduler), the rest stays in the socket for the next turn."""
+    kernel = FakeKernelQueue()
+    classes = [{"name": "a", "rate": "1mbit", "default": True}] if shaped else \
+        [{"name": "a", "rate": "1mbit", "match": {"dst": "198.19.9.0/24"}}]
+    worker, _ = make_worker(classes, kernel)
+    pkts = [kernel.arrive(tcp(100)) for _ in range(DRAIN_MAX + 500)]
+    waiting = list(pkts)
+    worker._nfq = DrainingNfq(worker._on_packet, waiting)
+    worker.drain_socket()
+    handled = pkts[: len(pkts) - len(waiting)]
+    assert DRAIN_MAX <= len(handled) < DRAIN_MAX + BATCH_MAX, "paused after about DRAIN_MAX packets"
+    assert worker.counters.drain_pauses == 1 and worker.counters.packets == len(handled)
+    held = worker.shaper.held
+    assert sum(1 for p in handled if p.verdicts) + held == len(handled), "each handled packet: verdict or held"
+    assert all(not p.verdicts for p in waiting), "the rest waits in the socket"
+    assert (held > 0) == shaped
+    worker.drain_socket()  # the next turn takes the rest; a drain that empties the socket does not pause
+    assert not waiting and worker.counters.drain_pauses == 1
+    assert worker._drain_limit > len(pkts), "outside a drain no pause: a packet handled alone is never cut"
