@@ -46,14 +46,21 @@ def flood(topo: Any, seconds: float) -> dict[str, Any]:
         gen = topo.popen(topo.clients[0].ns, argv, stdout=__import__("subprocess").PIPE, text=True)
         peak = rss_before
         deadline = time.monotonic() + seconds + 30
+        change: dict[str, Any] = {}
         while gen.poll() is None and time.monotonic() < deadline:
             time.sleep(1)
             peak = max(peak, rss_kib(topo))
+            if not change and gen.poll() is None:  # mid-flood: a change must still reach every worker
+                t = time.monotonic()
+                change["status"], _ = imqd.request("PATCH", "/classes/small", {"rate": "2mbit"})
+                change["seconds"] = time.monotonic() - t
+                change["workers"] = imqd.stats()["workers"]
         sent = parse_output(gen.stdout.read())["sent"]
         time.sleep(1.2)
         stats = imqd.stats()
         ping = topo.ping(0, count=3, interval=0.2)
-    return {"sent": sent, "stats": stats, "rss_before": rss_before, "rss_peak": peak, "ping": ping}
+    return {"sent": sent, "stats": stats, "rss_before": rss_before, "rss_peak": peak, "ping": ping,
+            "change": change}
 
 
 def check(result: dict[str, Any]) -> None:
@@ -63,6 +70,10 @@ def check(result: dict[str, Any]) -> None:
     assert dropped > result["sent"] * 0.5, "a 1 mbit class cannot pass a flood: the rest must be dropped, counted"
     assert result["rss_peak"] - result["rss_before"] < 64 * 1024, result  # KiB: bounded memory
     assert result["ping"], "the router still forwards other traffic"
+    change = result["change"]
+    assert change["status"] == 200 and change["seconds"] < 5, change  # workers pause their drains (DRAIN_MAX)
+    assert len({w["applied_version"] for w in change["workers"]}) == 1, change["workers"]
+    assert sum(w["drain_pauses"] for w in workers) > 0, "a flood keeps the socket full: drains pause"
 
 
 def test_flood_quick(topology_factory: Any) -> None:
