@@ -71,9 +71,8 @@ def check(result: dict[str, Any]) -> None:
     assert result["rss_peak"] - result["rss_before"] < 64 * 1024, result  # KiB: bounded memory
     assert result["ping"], "the router still forwards other traffic"
     change = result["change"]
-    assert change["status"] == 200 and change["seconds"] < 5, change  # workers pause their drains (DRAIN_MAX)
+    assert change["status"] == 200 and change["seconds"] < 5, change  # a flood must not starve the control pipe
     assert len({w["applied_version"] for w in change["workers"]}) == 1, change["workers"]
-    assert sum(w["drain_pauses"] for w in workers) > 0, "a flood keeps the socket full: drains pause"
 
 
 def test_flood_quick(topology_factory: Any) -> None:
