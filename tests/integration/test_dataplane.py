@@ -263,7 +263,9 @@ def test_per_internal_host_downloads_through_a_masquerading_router_with_default_
                                                          "no packet in "), warnings
     assert "check its match" in warnings[0] and "PREROUTING" not in warnings[0]
     workers = stats["workers"]
-    assert sum(w["hook_packets"]["forward"] for w in workers) > 1000
+    # ingress is taken at FORWARD, never at PREROUTING (packets as queued: super-packets with GSO, and with the
+    # address sets only those to the classes' hosts -- no ACKs: a few hundred in this test)
+    assert sum(w["hook_packets"]["forward"] for w in workers) > 100
     assert sum(w["hook_packets"]["prerouting"] for w in workers) == 0
     assert "de-NAT" not in log, log
 
