@@ -23,8 +23,6 @@ names given, ``classify`` the same over a parsed :class:`PacketInfo`.  Property 
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar

@@ -236,7 +236,7 @@ def _shared_addresses(owners: Sequence[tuple[tuple[int, int, int, int], str, str
     items = sorted(owners, key=lambda o: (o[0][0], o[0][1], o[0][3]))
     stack: list[tuple[tuple[int, int, int, int], str, str, int, str]] = []
     for item in items:
-        (version, first, _, _), text = item[0], item[1]
+        version, first, _, _ = item[0]
         while stack and (stack[-1][0][0] != version or stack[-1][0][2] < first):
             stack.pop()
         if stack and stack[-1][2] != item[2]:

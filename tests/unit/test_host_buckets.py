@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from imqd.qdisc.base import QueuedPacket
 from imqd.qdisc.host_buckets import WAYS, HostBucketTable, SharedBucket, class_tag
-from imqd.qdisc.leaves import LeafSpec
 from imqd.qdisc.perhost import PerHost
 from imqd.qdisc.tbf import TokenBucket
+from perhost_lockstep import LOCKSTEP_OPS, drive_in_lockstep
 
 HOST = 0xC6120A02  # 198.18.10.2
 CAP = 5_000_000  # bit/s
@@ -193,28 +193,14 @@ def test_tables_need_two_equal_views() -> None:
         raise AssertionError("unequal views accepted")
 
 
-@given(st.lists(st.tuples(st.sampled_from(["enq", "deq", "change"]), st.integers(0, 5), st.integers(40, 3000),
-                          st.floats(0, 0.02)), max_size=120))
+@given(LOCKSTEP_OPS)
 @settings(max_examples=150, deadline=None)
 def test_one_leaf_on_a_table_behaves_exactly_like_one_without(ops: list[tuple[str, int, int, float]]) -> None:
     """One worker with the table (a single-queue deployment never gets one, but nothing may change if it did)."""
     table = HostBucketTable.local()
     shared, alone = PerHost(rate=1_000_000, limit=20), PerHost(rate=1_000_000, limit=20)
     shared.share_buckets(table, TAG)
-    now = 0.0
-    for op, host, size, dt in ops:
-        now += dt
-        if op == "enq":
-            a = shared.enqueue(QueuedPacket(size, now, host=HOST + host), now)
-            b = alone.enqueue(QueuedPacket(size, now, host=HOST + host), now)
-            assert [(p.host, p.size) for p in a] == [(p.host, p.size) for p in b]
-        elif op == "deq":
-            assert shared.next_event(now) == alone.next_event(now)
-            a, b = shared.dequeue(now), alone.dequeue(now)
-            assert (a and (a.host, a.size)) == (b and (b.host, b.size))
-        else:
-            spec = LeafSpec.of("perhost", rate=500_000 + size * 1000, limit=20)
-            shared.change(spec), alone.change(spec)
+    now = drive_in_lockstep(shared, alone, ops, HOST)
     assert shared.stats(now) == alone.stats(now)
     assert table.overflows == 0
 

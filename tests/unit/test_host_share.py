@@ -17,10 +17,10 @@ from imqd.config import parse_config
 from imqd.qdisc.base import QueuedPacket
 from imqd.qdisc.host_buckets import HostBucketTable, class_tag
 from imqd.qdisc.host_share import POLL, SLACK, STALE, ClassShare, ShareTable, row_fields
-from imqd.qdisc.leaves import LeafSpec
 from imqd.qdisc.perhost import PerHost
 from imqd.qdisc.tokens import LocalTokenStore
 from imqd.shaper import Shaper
+from perhost_lockstep import LOCKSTEP_OPS, drive_in_lockstep
 
 RATE = 40_000_000  # bit/s of the class
 NET = 0xC6120000  # 198.18.0.0
@@ -217,27 +217,13 @@ def test_a_held_leaf_asks_to_be_polled_and_never_spins() -> None:
 
 
 def test_one_worker_with_share_rows_behaves_exactly_like_one_without() -> None:
-    @given(st.lists(st.tuples(st.sampled_from(["enq", "deq", "change"]), st.integers(0, 5),
-                              st.integers(40, 3000), st.floats(0, 0.02)), max_size=120))
+    @given(LOCKSTEP_OPS)
     @settings(max_examples=100, deadline=None)
     def check(ops: list[tuple[str, int, int, float]]) -> None:
         table = HostBucketTable(*_views(), None, ShareTable.local(1))
         shared, alone = PerHost(rate=1_000_000, limit=20), PerHost(rate=1_000_000, limit=20)
         shared.share_buckets(table, TAG)
-        now = 0.0
-        for op, host, size, dt in ops:
-            now += dt
-            if op == "enq":
-                x = shared.enqueue(QueuedPacket(size, now, host=NET + host), now)
-                y = alone.enqueue(QueuedPacket(size, now, host=NET + host), now)
-                assert [(p.host, p.size) for p in x] == [(p.host, p.size) for p in y]
-            elif op == "deq":
-                assert shared.next_event(now) == alone.next_event(now)
-                x, y = shared.dequeue(now), alone.dequeue(now)
-                assert (x and (x.host, x.size)) == (y and (y.host, y.size))
-            else:
-                spec = LeafSpec.of("perhost", rate=500_000 + size * 1000, limit=20)
-                shared.change(spec), alone.change(spec)
+        now = drive_in_lockstep(shared, alone, ops, NET)
         st_shared = shared.stats(now)
         # as published at the leaf's last select (an enqueue publishes nothing: it costs a packet nothing)
         assert 0 <= st_shared.pop("busy_hosts_all_workers") <= len(shared._active)  # noqa: SLF001
