@@ -48,9 +48,6 @@ MAX_RULES = 100_000
 MAX_LINEAR_RULES = 4_096
 
 
-_net = net_bits  # (family, network int, mask int) of a CIDR; (0, 0, 0) for "any"
-
-
 def _if_test(name: str | None, have: str | None) -> bool:
     if name is None:
         return True
@@ -87,8 +84,8 @@ class Match:
     dst_mask: int = field(init=False)
 
     def __post_init__(self) -> None:
-        sfam, snet, smask = _net(self.src)
-        dfam, dnet, dmask = _net(self.dst)
+        sfam, snet, smask = net_bits(self.src)
+        dfam, dnet, dmask = net_bits(self.dst)
         if sfam and dfam and sfam != dfam:
             raise ValueError(f"src {self.src} and dst {self.dst} are of different IP families")
         for name, rng in (("sport", self.sport), ("dport", self.dport)):
