@@ -282,6 +282,9 @@ def render_markdown(s: dict[str, Any], meta: dict[str, Any], *, png: str | None 
     L += [f"- Command: `{meta.get('command', '?')}` (as root), {meta.get('started', '')}, "
           f"took {meta.get('duration_s', 0):.0f} s" + (" -- **quick mode: 1 repetition, short runs**"
                                                        if meta.get("quick") else ""),
+          *(f"- Section `{r['section']}` measured again by `{r['command']}`, {r['started']}, took "
+            f"{r['duration_s']:.0f} s ({r['why']}); its figures below come from that run"
+            for r in meta.get("reruns", [])),
           f"- Machine: {m.get('nproc')} CPUs, {m.get('cpu_model')}"
           + (f" ({m['hypervisor']} guest)" if m.get("hypervisor") else "")
           + f", Linux {m.get('kernel')}, Python {m.get('python')}, NetfilterQueue {m.get('netfilterqueue')}, "
