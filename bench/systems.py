@@ -250,9 +250,18 @@ class Imqd(System):
         return cls(topo, len(os.sched_getaffinity(0)), extra_args=("--policy", "cpu"), name=report.PER_CPU)
 
     def start(self) -> None:
+        self.launch()
+        self.wait_started()
+
+    def launch(self) -> None:
+        """Start ``imqd run`` without waiting for it (bench.startup times the start with its own poller)."""
         queues = "0" if self.workers == 1 else f"0:{self.workers - 1}"
         self.inst = ImqdInstance(self.topo, self.config, queues=queues, extra_args=list(self.extra_args))
-        self.inst.start(timeout=self.start_timeout)
+        self.inst.launch()
+
+    def wait_started(self) -> None:
+        """Until ``/healthz`` answers 200 and every worker reported its pid."""
+        self._require().wait_healthy(self.start_timeout)
         deadline = time.monotonic() + 10
         while len(self.worker_pids()) < self.workers:  # healthz is up; wait until every worker reports a pid
             if time.monotonic() > deadline:
