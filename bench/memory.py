@@ -5,9 +5,10 @@ classes (one parent, N /32 leaves: :func:`bench.subscribers.subscriber_config`).
 benchmark measures RSS of a running ``imqd run``; this script finds *where* the bytes go, quickly and repeatably:
 each figure comes from a fresh Python process that builds what that process builds for N classes, the same way:
 
-* ``worker``: the Config arrives pickled (as through the supervisor's pipe), a :class:`~imqd.shaper.Shaper` over
-  shared token and counter segments applies it (as ``worker_main`` / ``QueueWorker.handle_message``), the Config
-  is dropped.
+* ``worker``: the parent builds the supervisor's config message (:func:`imqd.supervisor.config_message`) and
+  pickles it; the child, which never saw the configuration, unpickles those bytes as ``Connection.recv`` does,
+  a :class:`~imqd.shaper.Shaper` over shared token and counter segments applies it (as ``worker_main`` /
+  ``QueueWorker.handle_message``), the message is dropped and the heap trimmed.
 * ``api``: the config file is loaded as ``imqd run`` does (:func:`imqd.cli.load_run_store`), a
   :class:`~imqd.supervisor.Supervisor` (workers not started), the :class:`~imqd.controller.Controller` and the
   FastAPI app are built, one counter sample is taken and ``/stats``, ``/metrics``, ``/classes`` and
@@ -80,32 +81,40 @@ class Probe:
         return out
 
 
-def _worker(n: int, trace: bool, top: int, frames: int) -> dict[str, Any]:
+def worker_message(n: int) -> bytes:
+    """The pickled config message the supervisor sends a worker for ``n`` subscriber classes (the parent's
+    part: the child must not build the configuration, which a worker never holds)."""
+    from imqd.config import parse_config
+    from imqd.qdisc.tokens import LocalTokenStore, SlotMap
+    from imqd.shared_tokens import DEFAULT_SLOTS
+    from imqd.supervisor import config_message
+
+    config = parse_config(make_config_data(n))
+    slots = SlotMap(LocalTokenStore(), DEFAULT_SLOTS).assign(c.name for c in config.classes)
+    return pickle.dumps(config_message(1, config, slots, True), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _worker(message: Path, warm: Path, trace: bool, top: int, frames: int) -> dict[str, Any]:
     import multiprocessing
 
-    from imqd.config import parse_config
     from imqd.memtrim import trim
     from imqd.qdisc.counters import LocalCounters
-    from imqd.qdisc.tokens import SlotMap
     from imqd.shaper import Shaper
     from imqd.shared_counters import SharedCounters
     from imqd.shared_tokens import SharedTokenStore
-    from imqd.supervisor import kept_strings
 
     lock = multiprocessing.get_context("spawn").Lock()
     store = SharedTokenStore.create(lock)
     counters = SharedCounters.create(1, store.slots)
     try:
-        config = parse_config(make_config_data(n))
-        slots = dict(SlotMap(store, store.slots).assign(c.name for c in config.classes))
-        blob = pickle.dumps(("config", 1, kept_strings(config), config, slots, True))  # Supervisor._config_message
-        warm = Shaper(tokens=SharedTokenStore.attach(store.name, None), counters=LocalCounters())
-        warm.apply(parse_config(make_config_data(2)), 0.0)  # lazy imports, code objects: not per class
-        del config, warm
+        msg = pickle.loads(warm.read_bytes())
+        first = Shaper(tokens=SharedTokenStore.attach(store.name, None), counters=LocalCounters())
+        first.apply(msg[4], 0.0, msg[3], msg[1])  # lazy imports, code objects: not per class
+        del msg, first
         probe = Probe(trace, frames)
         shaper = Shaper(tokens=SharedTokenStore.attach(store.name, None), counters=counters.block(0))
-        msg = pickle.loads(blob)
-        shaper.apply(msg[3], 1.0, msg[4], msg[1])
+        msg = pickle.loads(message.read_bytes())  # Connection.recv: the bytes, then pickle.loads
+        shaper.apply(msg[4], 1.0, msg[3], msg[1])
         del msg
         trim()  # as QueueWorker does after a whole configuration
         out = probe.result(top)
@@ -165,7 +174,7 @@ def child_main(args: argparse.Namespace) -> None:
 
     mmap_large_blocks()  # as worker_main and imqd run do
     if args.role == "worker":
-        out = _worker(args.classes, args.trace, args.top, args.frames)
+        out = _worker(Path(args.message), Path(args.warm), args.trace, args.top, args.frames)
     else:
         with tempfile.TemporaryDirectory(prefix="imqd-memory-") as d:
             out = _api(args.classes, args.trace, args.top, args.frames, Path(d))
@@ -179,8 +188,14 @@ def measure(role: str, n: int, trace: bool, top: int = 0, frames: int = 12) -> d
     if trace:
         argv.append("--trace")
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    res = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600,
-                         cwd=Path(__file__).resolve().parent.parent)
+    with tempfile.TemporaryDirectory(prefix="imqd-memory-") as d:
+        if role == "worker":
+            message, warm = Path(d) / "message", Path(d) / "warm"
+            message.write_bytes(worker_message(n))
+            warm.write_bytes(worker_message(2))
+            argv += ["--message", str(message), "--warm", str(warm)]
+        res = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600,
+                             cwd=Path(__file__).resolve().parent.parent)
     if res.returncode != 0:
         raise RuntimeError(f"{role} with {n} classes failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -206,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the records as JSON")
     p.add_argument("--child", choices=ROLES, dest="role", help=argparse.SUPPRESS)
     p.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--message", help=argparse.SUPPRESS)
+    p.add_argument("--warm", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.role:
         child_main(args)

@@ -32,6 +32,10 @@ def _plain(cidr: str) -> tuple[int, str, int, int] | None:
     return width, addr, bits, int.from_bytes(packed, "big")
 
 
+#: the mask of every prefix length, one object each (a classifier keeps one per rule: 10,000 /32s share one)
+_MASKS = {width: tuple(((1 << bits) - 1) << (width - bits) for bits in range(width + 1)) for width in (32, 128)}
+
+
 def net_bits(cidr: str | None) -> tuple[int, int, int]:
     """(IP version, network int, mask int) of a CIDR, host bits masked off; (0, 0, 0) for None ("any")."""
     if cidr is None:
@@ -39,7 +43,7 @@ def net_bits(cidr: str | None) -> tuple[int, int, int]:
     plain = _plain(cidr)
     if plain is not None:
         width, _, bits, value = plain
-        mask = ((1 << bits) - 1) << (width - bits)
+        mask = _MASKS[width][bits]
         return (4 if width == 32 else 6), value & mask, mask
     n = ipaddress.ip_network(cidr, strict=False)
     return n.version, int(n.network_address), int(n.netmask)

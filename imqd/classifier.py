@@ -31,6 +31,7 @@ from imqd.classifier_codegen import Shape, classify_packet_source, classify_sour
 from imqd.cidr import net_bits
 from imqd.classifier_index import NO_ORDER, AddressIndex, Record, check_for, index_key
 from imqd.packet import PacketInfo
+from imqd.worker_config import Row, WorkerConfig, match_pairs, worker_config
 
 if TYPE_CHECKING:
     from imqd.config import Config, Direction, MatchSpec
@@ -184,10 +185,14 @@ def _rec_order(rec: Record) -> int:
     return rec[0]
 
 
-def matches_of(spec: MatchSpec) -> Match | tuple[Match, ...]:
-    """A config match as the classifier takes it: one Match, or one per address it lists (alternatives)."""
-    alts = spec.alternatives()
-    return Match.from_spec(alts[0]) if len(alts) == 1 else tuple(Match.from_spec(a) for a in alts)
+def matches_of(row: Row) -> Match | tuple[Match, ...]:
+    """A worker config row's match (:mod:`imqd.worker_config`) as the classifier takes it: one Match, or one
+    per address pair it lists (``MatchSpec.alternatives``)."""
+    r = row[2].match
+    assert r is not None
+    alts = tuple(Match(src=s, dst=d, proto=r.proto, sport=r.sport, dport=r.dport, dscp=r.dscp, mark=r.mark,
+                       iif=r.iif, oif=r.oif) for s, d in match_pairs(row))
+    return alts[0] if len(alts) == 1 else alts
 
 
 class _Keep:
@@ -227,7 +232,7 @@ class Classifier:
     def __init__(self, rules: Sequence[tuple[str, Match | tuple[Match, ...]]], default: str | None) -> None:
         """``rules`` in first-match order (rule i gets order i)."""
         self._default: str | None = None
-        self._records: dict[str, list[Record]] = {}  # every class's rules (one per alternative) by class name
+        self._records: dict[str, tuple[Record, ...]] = {}  # every class's rules (one per alternative) by class name
         self._orders: dict[int, str] = {}  # order -> class name: orders are unique
         self._linear: dict[str, list[Record]] = {}  # the rules not in the index
         self._index = AddressIndex()
@@ -245,18 +250,19 @@ class Classifier:
         self.update(add=new, default=default)
 
     @classmethod
-    def from_config(cls, config: Config, direction: Direction) -> Classifier:
+    def from_config(cls, config: WorkerConfig | Config, direction: Direction) -> Classifier:
         """Rules from the leaf classes of ``direction`` that have a match (a match listing several addresses
         gives one alternative per address, ``MatchSpec.alternatives``); a class's order is its position in
-        ``config.classes``."""
-        leaves = {c.name for c in config.matching_leaves(direction)}
-        # i counts here rather than config.position(name) answers: a worker keeps the orders, and ints of its
-        # own do not pin the memory of the config it drops after applying (see supervisor.kept_strings)
-        rules = [(c.name, matches_of(c.match), i) for i, c in enumerate(config.classes)
-                 if c.match is not None and c.name in leaves]  # fmt: skip
-        default = config.default_class(direction)
+        the configuration.  A ``Config`` is read as a worker reads it (:func:`~imqd.worker_config.worker_config`)."""
+        if not isinstance(config, WorkerConfig):
+            config = worker_config(config)
+        parents = {r[1] for r in config.rows}  # (the config allows a match on leaves only)
+        # i counts here: a worker keeps the orders, and ints of its own do not pin the memory of the config it
+        # drops after applying (see supervisor.kept_strings)
+        rules = [(r[0], matches_of(r), i) for i, r in enumerate(config.rows)
+                 if r[2].match is not None and r[2].direction == direction and r[0] not in parents]
         new = cls([], None)
-        new.update(add=rules, default=default.name if default is not None else None)
+        new.update(add=rules, default=config.default(direction))
         return new
 
     # --- changes ---------------------------------------------------------------------------------
@@ -355,7 +361,7 @@ class Classifier:
                 self._index.add(tk, key, rec, fields)
                 self._n_indexed += 1
             recs.append(rec)
-        self._records[name] = recs
+        self._records[name] = tuple(recs)  # (a tuple of one is 40 bytes smaller than a list of one)
         self._orders[order] = name
 
     def _drop(self, name: str) -> None:

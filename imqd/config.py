@@ -66,6 +66,7 @@ from imqd.config_fields import (
     Proto,
     Rate,
     Time,
+    address_pairs,
     cidr_list,
 )
 from imqd.config_tree import (
@@ -186,12 +187,7 @@ class MatchSpec(_Compact):
         IP family.  A classifier that takes one address per rule gives each the same class, in this order."""
         if not isinstance(self.src, tuple) and not isinstance(self.dst, tuple):
             return (self,)
-        out = []
-        for s in cidr_list(self.src) or (None,):
-            for d in cidr_list(self.dst) or (None,):
-                if s is None or d is None or _family(s) == _family(d):
-                    out.append(self.model_copy(update={"src": s, "dst": d}))
-        return tuple(out)
+        return tuple(self.model_copy(update={"src": s, "dst": d}) for s, d in address_pairs(self.src, self.dst))
 
 
 class QdiscSpec(_Compact):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator
@@ -215,6 +216,16 @@ def cidr_list(v: str | tuple[str, ...] | None) -> tuple[str, ...]:
     if v is None:
         return ()
     return (v,) if isinstance(v, str) else v
+
+
+def address_pairs(src: str | tuple[str, ...] | None, dst: str | tuple[str, ...] | None
+                  ) -> Iterator[tuple[str | None, str | None]]:
+    """The single-address ``(src, dst)`` pairs a stored src/dst stand for: one per pair of the same IP family
+    (None: any address).  A classifier that takes one address per rule gives each the same class."""
+    for s in cidr_list(src) or (None,):
+        for d in cidr_list(dst) or (None,):
+            if s is None or d is None or (":" in s) == (":" in d):
+                yield s, d
 
 
 Cidrs = Annotated[str | tuple[str, ...] | None, BeforeValidator(parse_cidrs)]

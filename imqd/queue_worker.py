@@ -412,7 +412,7 @@ class QueueWorker:
         kind = msg[0]
         now = self._clock()
         if kind == "config":
-            _, version, _kept, config, slots, enabled = msg  # _kept: see supervisor.kept_strings
+            _, version, _kept, slots, config, enabled = msg  # the order: see supervisor.config_message
             try:
                 released = self.shaper.apply(config, now, slots, version)
                 released += self.shaper.set_enabled(enabled)

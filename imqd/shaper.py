@@ -14,21 +14,25 @@ default class, or are handed back for immediate release.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from imqd.classifier import Classifier, matches_of
-from imqd.config import ClassSpec, Config, ConfigDelta
+from imqd.config import Config, ConfigDelta
 from imqd.packet import parse_headers
 from imqd.qdisc.base import QueuedPacket
 from imqd.qdisc.counters import CounterStore, LocalCounters
 from imqd.qdisc.host_buckets import HostBucketTable, class_tag
 from imqd.qdisc.htb import HTB, HTBClassParams
-from imqd.qdisc.leaves import LeafSpec
+from imqd.qdisc.htb_class import shared_float
 from imqd.qdisc.perhost import PerHost
 from imqd.qdisc.tokens import LocalTokenStore, SlotMap, TokenStore
 from imqd.rules import INGRESS_HOOKS
+from imqd.worker_config import Row, WorkerConfig, WorkerDelta, leaf_spec_for, shared_leaf_spec, worker_config, \
+    worker_delta
+
+__all__ = ["Shaper", "DirectionTree", "NeedsWholeConfig", "leaf_spec_for", "htb_params", "host_keys", "DIRECTIONS"]
 
 if TYPE_CHECKING:
     from imqd.links import LinkCosts  # the worker's devices (I/O): only its floor and charge() are used here
@@ -38,79 +42,23 @@ DIRECTIONS = ("ingress", "egress")
 HOOK_DIRECTIONS = tuple("ingress" if hook in INGRESS_HOOKS else "egress" for hook in range(5))
 
 
-_LEAF_SPECS: dict[LeafSpec, LeafSpec] = {}  # one object per distinct leaf: 10,000 subscribers share a handful
-
-
-_FIFO_SPECS: dict[tuple[int, int | None], LeafSpec] = {}  # (limit, limit_bytes) -> the plain FIFO's spec
-
-
-def leaf_spec_for(cls: ClassSpec) -> LeafSpec:
-    """The leaf qdisc a config class asks for (a tail-drop FIFO unless told otherwise); equal specs are one
-    object (a worker keeps one per class). The plain FIFO, what subscriber classes have, is looked up by its
-    two numbers without building a spec (a 20,000-class import asks 40,000 times)."""
-    plain = cls.qdisc is None and cls.per_host is None and cls.delay is None and cls.jitter is None \
-        and cls.loss is None
-    if plain:
-        spec = _FIFO_SPECS.get((cls.limit, cls.limit_bytes))
-        if spec is not None:
-            return spec
-    spec = _leaf_spec(cls)
-    spec = _LEAF_SPECS.setdefault(spec, spec)
-    if plain:
-        _FIFO_SPECS[(cls.limit, cls.limit_bytes)] = spec
-    return spec
-
-
-def _leaf_spec(cls: ClassSpec) -> LeafSpec:
-    params: dict[str, Any]
-    if cls.per_host is not None:
-        ph = cls.per_host
-        params = {"key": ph.key, "prefix": ph.prefix, "prefix6": ph.prefix6, "rate": ph.rate, "ceil": ph.ceil,
-                  "burst": ph.burst, "limit": ph.limit, "total_limit": ph.total_limit,
-                  "idle_timeout": ph.idle_timeout}
-        return LeafSpec.of("perhost", **{k: v for k, v in params.items() if v is not None})
-    if cls.delay is not None or cls.jitter is not None or cls.loss is not None:
-        params = {"delay": cls.delay or 0.0, "jitter": cls.jitter or 0.0, "loss": cls.loss or 0.0,
-                  "limit": cls.limit, "reorder": cls.reorder}
-        return LeafSpec.of("delay", **params)
-    q = cls.qdisc
-    if q is None or q.kind == "fifo":
-        params = {"limit_packets": q.limit if q is not None and q.limit else cls.limit}
-        if cls.limit_bytes is not None:
-            params["limit_bytes"] = cls.limit_bytes
-        return LeafSpec.of("fifo", **params)
-    params = {"flows": q.flows, "quantum": q.quantum, "limit": q.limit or cls.limit}
-    if q.kind == "fq_codel":
-        params.update(target=q.target, interval=q.interval)
-    return LeafSpec.of(q.kind, **{k: v for k, v in params.items() if v is not None})
-
-
 HOST_NONE, HOST_SRC, HOST_DST = 0, 1, 2
 
 
-def host_keys(classes: list[ClassSpec]) -> dict[str, int]:
+def host_keys(rows: Iterable[Row]) -> dict[str, int]:
     """Which address a per-host leaf is keyed by (the worker fills ``QueuedPacket.host`` with it)."""
-    return {c.name: (HOST_SRC if c.per_host.key == "src" else HOST_DST) for c in classes if c.per_host}
+    return {r[0]: (HOST_SRC if r[2].leaf.get("key") == "src" else HOST_DST) for r in rows
+            if r[2].leaf.kind == "perhost"}
 
 
-def htb_params(classes: list[ClassSpec], slots: dict[str, int]) -> list[HTBClassParams]:
-    """Translate one direction's classes into HTB parameters (slots index the token store)."""
+def htb_params(rows: Iterable[Row], slots: Mapping[str, int]) -> list[HTBClassParams]:
+    """Translate one direction's classes (worker config rows) into HTB parameters (slots index the token
+    store); classes on the same plan share their rate and ceil objects."""
     out = []
-    for cls in classes:
-        out.append(
-            HTBClassParams(
-                name=cls.name,
-                parent=cls.parent,
-                rate=float(cls.rate),
-                ceil=float(cls.effective_ceil),
-                burst=cls.effective_burst,
-                cburst=cls.effective_cburst,
-                prio=cls.prio,
-                quantum=cls.effective_quantum,
-                slot=slots.get(cls.name, -1),
-                leaf=leaf_spec_for(cls),
-            )
-        )
+    for name, parent, s, _, _ in rows:
+        out.append(HTBClassParams(name=name, parent=parent, rate=shared_float(float(s.rate)),
+                                  ceil=shared_float(float(s.ceil)), burst=s.burst, cburst=s.cburst, prio=s.prio,
+                                  quantum=s.quantum, slot=slots.get(name, -1), leaf=shared_leaf_spec(s.leaf)))
     return out
 
 
@@ -177,12 +125,11 @@ class TreeDelta:
     direction: str
     tree: DirectionTree
     gone: list[str]
-    ups: list[ClassSpec]
+    ups: list[Row]
     params: list[HTBClassParams]
     drop: list[str]
     add: list[Any]
     default: str | None
-    overhead: dict[str, int]
     prepared: Any = None  # the HTB's plan from check(), so apply() does not plan a big delta twice
 
     def check(self) -> None:
@@ -198,18 +145,19 @@ class TreeDelta:
             tree.host_key.pop(name, None)
             tree.needs_info.discard(name)
         host_buckets = self.shaper.host_buckets
-        for c in self.ups:
-            tree.overhead[c.name] = self.overhead[c.name]
-            tree.host_key.pop(c.name, None)
-            tree.host_key.update(host_keys([c]))
-            if leaf_spec_for(c).kind != "fifo":
-                tree.needs_info.add(c.name)
+        for row in self.ups:
+            name, s = row[0], row[2]
+            tree.overhead[name] = s.overhead
+            tree.host_key.pop(name, None)
+            tree.host_key.update(host_keys([row]))
+            if s.leaf.kind != "fifo":
+                tree.needs_info.add(name)
             else:
-                tree.needs_info.discard(c.name)
-            if host_buckets is not None and c.per_host is not None:
-                leaf = tree.htb.leaf(c.name)
+                tree.needs_info.discard(name)
+            if host_buckets is not None and s.leaf.kind == "perhost":
+                leaf = tree.htb.leaf(name)
                 if isinstance(leaf, PerHost):
-                    leaf.share_buckets(host_buckets, class_tag(self.direction, c.name))
+                    leaf.share_buckets(host_buckets, class_tag(self.direction, name))
         return released
 
 
@@ -237,24 +185,27 @@ class Shaper:
     defaults: dict[str, str | None] = field(default_factory=dict)
     _next_order: int = 0  # the classifier order of the next class a delta adds (after every config position)
 
-    def apply(self, config: Config, now: float, slots: dict[str, int] | None = None,
+    def apply(self, config: WorkerConfig | Config, now: float, slots: dict[str, int] | None = None,
               version: int | None = None) -> list[QueuedPacket]:
         """Install ``config`` (validated already); return held packets to release now.
 
-        Either the whole change is installed or, if HTB refuses it, nothing
-        changes and the error propagates.
+        ``config`` is what the supervisor sends a worker (:class:`~imqd.worker_config.WorkerConfig`); a
+        ``Config`` is read the same way (:func:`~imqd.worker_config.worker_config`).  Either the whole change
+        is installed or, if it is malformed or HTB refuses it, nothing changes and the error propagates.
         """
+        if not isinstance(config, WorkerConfig):
+            config = worker_config(config)
+        config.check()
         if slots is None:  # both trees share the store: give every class its own slot across directions
             if self._own_slots is None:
                 self._own_slots = SlotMap(self.tokens)
-            slots = self._own_slots.assign(c.name for c in config.classes)
+            slots = self._own_slots.assign(r[0] for r in config.rows)
         new_trees: dict[str, DirectionTree | None] = {}
         released: list[QueuedPacket] = []
         pending: list[tuple[HTB, list[HTBClassParams], str | None]] = []
         for direction in DIRECTIONS:
-            classes = config.direction_classes(direction)
-            params = htb_params(classes, slots)
-            default = config.default_class(direction)
+            params = htb_params(config.direction_rows(direction), slots)
+            default = config.default(direction)
             old = self.trees.get(direction)
             if not params:
                 new_trees[direction] = None
@@ -265,31 +216,31 @@ class Shaper:
                 htb = HTB(params, now, tokens=self.tokens, counters=self.counters)
             else:
                 htb = old.htb
-                pending.append((htb, params, default.name if default else None))
-            overhead = {c.name: config.effective_overhead(c) for c in classes}
-            needs_info = {c.name for c in classes if leaf_spec_for(c).kind != "fifo"}
+                pending.append((htb, params, default))
+            overhead = {r[0]: r[2].overhead for r in config.direction_rows(direction)}
+            needs_info = {r[0] for r in config.direction_rows(direction) if r[2].leaf.kind != "fifo"}
             new_trees[direction] = DirectionTree(Classifier.from_config(config, direction), htb, overhead,
-                                                 host_keys(classes), needs_info)
+                                                 host_keys(config.direction_rows(direction)), needs_info)
         # Validate every existing tree's change before touching any (HTB.change is all-or-nothing per tree).
         for htb, params, default in pending:
             released.extend(htb.change(params, now, fallback=default))
         if self.host_buckets is not None:
             for direction in DIRECTIONS:
                 tree = new_trees[direction]
-                for c in config.direction_classes(direction):
-                    leaf = tree.htb.leaf(c.name) if tree is not None and c.per_host is not None else None
+                for name, _, s, _, _ in config.direction_rows(direction):
+                    leaf = tree.htb.leaf(name) if tree is not None and s.leaf.kind == "perhost" else None
                     if isinstance(leaf, PerHost):
-                        leaf.share_buckets(self.host_buckets, class_tag(direction, c.name))
+                        leaf.share_buckets(self.host_buckets, class_tag(direction, name))
         self.trees = new_trees
         self._index_hooks()
         self.overhead = config.overhead
-        self.defaults = {d: (c.name if (c := config.default_class(d)) is not None else None) for d in DIRECTIONS}
-        self._next_order = len(config.classes)  # classifier orders are config positions; later classes follow
+        self.defaults = {d: config.default(d) for d in DIRECTIONS}
+        self._next_order = len(config.rows)  # classifier orders are config positions; later classes follow
         if version is not None:
             self.version = version
         return released
 
-    def apply_delta(self, delta: ConfigDelta, now: float, slots_added: dict[str, int] | None = None,
+    def apply_delta(self, delta: WorkerDelta | ConfigDelta, now: float, slots_added: dict[str, int] | None = None,
                     version: int | None = None) -> list[QueuedPacket]:
         """Apply ``delta`` (validated already) to the configuration installed last: the same contract as
         :meth:`apply` -- held packets to release are returned, and either all of it is installed or nothing.
@@ -303,6 +254,9 @@ class Shaper:
         installs the whole new configuration with :meth:`apply` instead (the worker asks the supervisor)."""
         if self.overhead is None:
             raise NeedsWholeConfig("no configuration installed yet")
+        if not isinstance(delta, WorkerDelta):  # read as a worker receives it (imqd.worker_config)
+            delta = worker_delta(delta, self.overhead if delta.overhead is None else delta.overhead)
+        delta.check()
         reason = self._whole_needed(delta)
         if reason is not None:
             raise NeedsWholeConfig(reason)
@@ -310,17 +264,17 @@ class Shaper:
             if self._own_slots is None:
                 self._own_slots = SlotMap(self.tokens)
             self._own_slots.release(delta.removed)
-            slots_added = self._own_slots.add(c.name for c in delta.upserted if self._tree_of(c.name) is None)
+            slots_added = self._own_slots.add(r[0] for r in delta.upserted if self._tree_of(r[0]) is None)
         defaults = dict(self.defaults)
         for name in delta.removed:
             for d, n in defaults.items():
                 if n == name:
                     defaults[d] = None
-        for c in delta.upserted:
-            if c.default:
-                defaults[c.direction] = c.name
-            elif defaults.get(c.direction) == c.name:
-                defaults[c.direction] = None
+        for name, _, s, _, _ in delta.upserted:
+            if s.default:
+                defaults[s.direction] = name
+            elif defaults.get(s.direction) == name:
+                defaults[s.direction] = None
         plans = [p for d in DIRECTIONS if (p := self._tree_delta(d, delta, slots_added, defaults[d])) is not None]
         for plan in plans:  # check every tree's part before changing any: one version, never half of one
             plan.check()
@@ -339,7 +293,7 @@ class Shaper:
                 return direction
         return None
 
-    def _whole_needed(self, delta: ConfigDelta) -> str | None:
+    def _whole_needed(self, delta: WorkerDelta) -> str | None:
         """Why ``delta`` cannot be applied tree by tree (None: it can)."""
         if delta.order is not None:
             return "the delta reorders the classes (the classifiers' first-match order changes)"
@@ -351,19 +305,19 @@ class Shaper:
             if d is None:  # not a delta for the configuration installed: refused (the caller asks for the whole)
                 raise ValueError(f"the delta removes class {name!r}, which this worker does not have")
             size[d] -= 1
-        for c in delta.upserted:
-            d = self._tree_of(c.name)
-            if d is not None and d != c.direction:
-                return f"the delta moves class {c.name!r} to {c.direction}"
-            if self.trees.get(c.direction) is None:
-                return f"the delta gives {c.direction} its first class"
+        for name, _, s, _, _ in delta.upserted:
+            d = self._tree_of(name)
+            if d is not None and d != s.direction:
+                return f"the delta moves class {name!r} to {s.direction}"
+            if self.trees.get(s.direction) is None:
+                return f"the delta gives {s.direction} its first class"
             if d is None:
-                size[c.direction] += 1
+                size[s.direction] += 1
         if any(self.trees[d] is not None and not n for d, n in size.items()):
             return "the delta removes the last class of a direction"
         return None
 
-    def _tree_delta(self, direction: str, delta: ConfigDelta, slots_added: dict[str, int], default: str | None
+    def _tree_delta(self, direction: str, delta: WorkerDelta, slots_added: dict[str, int], default: str | None
                     ) -> TreeDelta | None:
         """One direction's part of a delta (None when it has none)."""
         tree = self.trees[direction]
@@ -371,25 +325,25 @@ class Shaper:
             return None
         htb = tree.htb
         gone = [n for n in delta.removed if n in htb]
-        ups = [c for c in delta.upserted if c.direction == direction]
+        ups = [r for r in delta.upserted if r[2].direction == direction]
         if not gone and not ups and tree.classifier.default == default:
             return None
         cls = tree.classifier
         drop = [n for n in gone if n in cls]
         add = []
-        for c in ups:
-            if c.match is not None:  # (the config allows a match on leaves only)
-                if c.name in cls:
-                    order = cls.order(c.name)
+        for row in ups:
+            name = row[0]
+            if row[2].match is not None:  # (the config allows a match on leaves only)
+                if name in cls:
+                    order = cls.order(name)
                 else:
                     order = self._next_order
                     self._next_order += 1
-                add.append((c.name, matches_of(c.match), order))
-            elif c.name in cls:
-                drop.append(c.name)
-        overhead = {c.name: self.overhead if c.overhead is None else c.overhead for c in ups}
-        slots = {c.name: slots_added[c.name] if c.name in slots_added else htb.slot_of(c.name) for c in ups}
-        return TreeDelta(self, direction, tree, gone, ups, htb_params(ups, slots), drop, add, default, overhead)
+                add.append((name, matches_of(row), order))
+            elif name in cls:
+                drop.append(name)
+        slots = {r[0]: slots_added[r[0]] if r[0] in slots_added else htb.slot_of(r[0]) for r in ups}
+        return TreeDelta(self, direction, tree, gone, ups, htb_params(ups, slots), drop, add, default)
 
     def _index_hooks(self) -> None:
         """Recompute ``by_hook``: after every change of the trees or of the switch."""

@@ -33,6 +33,17 @@ MODE_NAMES = {M_CANT: CANT_SEND, M_MAY: MAY_BORROW, M_CAN: CAN_SEND}
 IDX_GAP = 1 << 16
 
 
+_FLOATS: dict[float, float] = {}
+
+
+def shared_float(x: float) -> float:
+    """The one float object of value ``x``: a worker keeps several floats per class, and subscribers share a
+    few plans.  Forgotten and started again past 65,536 values, so it never grows without bound."""
+    if len(_FLOATS) >= 65_536:
+        _FLOATS.clear()
+    return _FLOATS.setdefault(x, x)
+
+
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -135,10 +146,11 @@ class ClassState:
         self.slot = slot
         self.base = slot * 3  # FIELDS_PER_SLOT of the token store: tokens, ctokens, t_c
         self.cbase = slot * counter_fields
-        self.spb = 8.0 / p.rate  # seconds of rate-tokens per byte
-        self.cspb = 8.0 / p.ceil
-        self.buffer = p.burst * self.spb
-        self.cbuffer = p.cburst * self.cspb
+        # classes on the same plan share these four objects (32 bytes each, times 10,000 subscribers)
+        self.spb = shared_float(8.0 / p.rate)  # seconds of rate-tokens per byte
+        self.cspb = shared_float(8.0 / p.ceil)
+        self.buffer = shared_float(p.burst * self.spb)
+        self.cbuffer = shared_float(p.cburst * self.cspb)
 
     def set_leaf(self, q: Any, spec: LeafSpec | None, lazy: bool = False, passthrough: int = 0) -> None:
         """Install the leaf qdisc ``q`` (None: an inner class, or a lazy FIFO with nothing queued)."""

@@ -20,6 +20,7 @@ from imqd.links import LinkCosts
 from imqd.qdisc.tokens import LocalTokenStore, SlotMap
 from imqd.queue_worker import QueueWorker, WorkerOptions
 from imqd.shaper import NeedsWholeConfig, Shaper
+from imqd.worker_config import worker_config, worker_delta
 
 # -- token slots ------------------------------------------------------------------------------------
 
@@ -193,21 +194,22 @@ def worker_at_version_1() -> tuple[QueueWorker, Pipe, Config]:
     worker = QueueWorker(WorkerOptions(queue=0, cpu=None), Shaper(), pipe)
     worker._clock = lambda: 1.0
     config = base_config()
-    worker.handle_message(("config", 1, (), config, {c.name: i for i, c in enumerate(config.classes)}, True))
+    worker.handle_message(("config", 1, (), {c.name: i for i, c in enumerate(config.classes)}, worker_config(config),
+                           True))
     return worker, pipe, config
 
 
 def test_a_delta_is_applied_as_the_next_version() -> None:
     worker, pipe, config = worker_at_version_1()
     new = config.with_class_changed("k0", {"rate": "3mbit"})
-    worker.handle_message(("delta", 2, config.diff(new), {}, True))
+    worker.handle_message(("delta", 2, worker_delta(config.diff(new), new.overhead), {}, True))
     assert pipe.sent[-1] == ("applied", 2) and worker.shaper.version == 2
     packets = sample_packets(new)
     fresh = Shaper()
     fresh.apply(new, 0.0, {c.name: i for i, c in enumerate(config.classes)}, version=2)
     assert shaper_state(worker.shaper, packets) == shaper_state(fresh, packets)
     added = new.with_class_added({"name": "k9", "direction": "ingress", "parent": "down", "rate": "1mbit"})
-    worker.handle_message(("delta", 3, new.diff(added), {"k9": 7}, False))
+    worker.handle_message(("delta", 3, worker_delta(new.diff(added), added.overhead), {"k9": 7}, False))
     assert pipe.sent[-1] == ("applied", 3) and not worker.shaper.enabled
     assert worker.shaper.trees["ingress"].htb.class_stats(0.0)["k9"]["slot"] == 7
 
@@ -258,10 +260,10 @@ def test_push_delta_sends_only_the_delta_and_new_slots(supervisor: Any) -> None:
     (q0, msg0), (q1, msg1) = sup.sent
     assert (q0, q1) == (0, 1) and msg0 == msg1
     kind, version, sent_delta, added, enabled = msg0
-    assert (kind, version, sent_delta, enabled) == ("delta", 2, delta, True)
+    assert (kind, version, sent_delta, enabled) == ("delta", 2, worker_delta(delta, new.overhead), True)
     assert added == {"k9": len(before)} and "k0" not in sup.slots, "a never-used slot; the removed one freed"
     msg = sup._config_message()
-    assert sup.config is new and (msg[0], msg[1], msg[3]) == ("config", 2, new)
+    assert sup.config is new and (msg[0], msg[1], msg[4]) == ("config", 2, worker_config(new))
 
 
 def test_a_worker_that_asks_gets_the_whole_configuration(supervisor: Any) -> None:
@@ -271,7 +273,7 @@ def test_a_worker_that_asks_gets_the_whole_configuration(supervisor: Any) -> Non
     assert w.resync
     sup._receive(w)  # no connection: only the pending resync is served
     queue, msg = sup.sent[-1]
-    assert queue == 1 and (msg[0], msg[1], msg[3]) == ("config", 1, sup.config)
+    assert queue == 1 and (msg[0], msg[1], msg[4]) == ("config", 1, worker_config(sup.config))
 
 
 def test_a_delta_that_reorders_asks_for_the_whole_configuration_and_changes_nothing() -> None:

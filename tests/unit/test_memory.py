@@ -10,7 +10,7 @@ from imqd.config import dump_config, parse_config
 from imqd.journal import ConfigStore, compact
 from imqd.memtrim import mmap_large_blocks, trim
 from imqd.shaper import Shaper
-from imqd.supervisor import kept_strings
+from imqd.supervisor import config_message, kept_strings
 
 
 def subscribers(n: int) -> dict:
@@ -56,9 +56,12 @@ def test_the_worker_message_carries_every_kept_string_before_the_config() -> Non
     cfg = parse_config(subscribers(4))
     kept = kept_strings(cfg)
     assert {"subs", "s0", "s3", "198.18.128.1/32", "198.18.128.2/32", "2001:db8::2/128"} <= set(kept)
-    _, _, kept2, cfg2 = pickle.loads(pickle.dumps(("config", 1, kept, cfg)))
+    _, _, kept2, _, cfg2, _ = pickle.loads(pickle.dumps(config_message(1, cfg, {}, True)))
     names = {id(s) for s in kept2}
-    assert all(id(c.name) in names for c in cfg2.classes), "unpickled as the same objects, allocated first"
+    rows = list(cfg2.rows)
+    assert all(id(r[0]) in names for r in rows), "unpickled as the same objects, allocated first"
+    assert all(id(a) in names for r in rows[1:] for a in (r[4] if isinstance(r[4], tuple) else (r[4],)))
+    assert len({id(r[2]) for r in rows[1:]}) == 1, "subscribers on one plan share one Settings object"
     shaper = Shaper()
     shaper.apply(cfg2, 1.0)
     assert shaper.trees["egress"] is not None and len(shaper.trees["egress"].htb) == 5

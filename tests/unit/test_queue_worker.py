@@ -254,7 +254,7 @@ def test_live_change_that_shrinks_a_queue_drops_with_verdicts_and_keeps_the_rest
     held = worker.shaper.held
     assert held >= 18
     cfg = {"classes": [{"name": "a", "rate": "1mbit", "burst": 1600, "limit": 5, "default": True}]}
-    worker.handle_message(("config", 2, (), parse_config(cfg), {}, True))
+    worker.handle_message(("config", 2, (), {}, parse_config(cfg), True))
     assert worker.shaper.held == 5 and worker.shaper.version == 2
     dropped = [p for p in pkts if p.verdicts == ["drop"]]
     assert len(dropped) == held - 5
@@ -272,7 +272,7 @@ def test_removed_class_moves_its_packets_to_the_default_class() -> None:
         worker._on_packet(p)
     held = worker.shaper.held
     rest_only = parse_config({"classes": [{"name": "rest", "rate": "1mbit", "default": True}]})
-    worker.handle_message(("config", 2, (), rest_only, {}, True))
+    worker.handle_message(("config", 2, (), {}, rest_only, True))
     assert worker.shaper.held == held, "no packet lost or released early"
     assert worker.shaper.class_stats()["rest"]["backlog_packets"] == held
 
