@@ -19,10 +19,9 @@ Pure: the caller reads the nat table and the clock and passes them in.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,32 +48,38 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 @dataclass(frozen=True)
 class ClassTree:
     """What the checks need of a config, in one pass over its classes (Config.is_leaf costs ~10 us a call, too
-    much 10,000 times per GET /stats): the matching leaves, and every leaf's ancestors."""
+    much 10,000 times per GET /stats): the matching leaves, and every leaf's ancestors.
+
+    Kept for as long as the config runs, so per class it holds references only: ``ancestors[i]`` is the chain
+    of ``leaves[i]``, one tuple shared by all the leaves of a parent (10,000 subscribers: one chain)."""
 
     matching: tuple[ClassSpec, ...]  # leaves with a match, not default: ingress ones first, each in config order
-    chains: tuple[tuple[str, tuple[str, ...]], ...]  # (leaf, its ancestors nearest first)
+    leaves: tuple[str, ...]
+    ancestors: tuple[tuple[str, ...], ...]  # per leaf, its ancestors nearest first
     names: tuple[str, ...]
 
-    @functools.cached_property
-    def signed(self) -> tuple[tuple[ClassSpec, tuple[str, Any]], ...]:
-        """``matching`` with each class's (direction, match): what, when it changes, starts its wait over."""
-        return tuple((c, (c.direction, c.match)) for c in self.matching)
+    @property
+    def chains(self) -> Iterator[tuple[str, tuple[str, ...]]]:
+        """(leaf, its ancestors nearest first) for every leaf."""
+        return zip(self.leaves, self.ancestors)
 
     @classmethod
     def of(cls, config: Config) -> ClassTree:
         parent_of = {c.name: c.parent for c in config.classes}
         inner = set(parent_of.values())
         leaves = [c for c in config.classes if c.name not in inner]
-        chains = []
+        chains: dict[str | None, tuple[str, ...]] = {}  # parent -> the chain its leaves share
         for c in leaves:
-            up, p = [], c.parent
-            while p is not None and len(up) < len(parent_of):
-                up.append(p)
-                p = parent_of.get(p)
-            chains.append((c.name, tuple(up)))
+            if c.parent not in chains:
+                up, p = [], c.parent
+                while p is not None and len(up) < len(parent_of):
+                    up.append(p)
+                    p = parent_of.get(p)
+                chains[c.parent] = tuple(up)
         matching = tuple(c for d in ("ingress", "egress") for c in leaves
                          if c.direction == d and c.match is not None and not c.default)
-        return cls(matching, tuple(chains), tuple(parent_of))
+        return cls(matching, tuple(c.name for c in leaves), tuple(chains[c.parent] for c in leaves),
+                   tuple(parent_of))
 
 
 @dataclass(frozen=True)
@@ -260,15 +265,20 @@ def describe_match(c: ClassSpec) -> str:
     return ", ".join(parts) or "everything"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Quiet:
     """A class's state in the watch: since when (and since which direction packet count) it has not matched."""
 
-    signature: Any  # (direction, match): a changed match starts the class over
+    spec: ClassSpec  # the class as last seen: a changed direction or match starts it over
     matched: int
     since: float
     traffic: int
     ever: bool = False  # matched at least once with this match: its placement can see it
+
+
+def _same_match(a: ClassSpec, b: ClassSpec) -> bool:
+    """Whether ``b`` (a class now) has the direction and match ``a`` (as last seen) had."""
+    return a is b or (a.direction == b.direction and a.match == b.match)
 
 
 class MatchWatch:
@@ -287,12 +297,11 @@ class MatchWatch:
         self.started = started
         self.warn_after = warn_after
         self.min_packets = min_packets
-        self._initial = {c.name: (c.direction, c.match) for c in config.classes}
-        self._classes: dict[str, _Quiet] = {}
         self._traffic = {"ingress": 0, "egress": 0, "prerouting": 0}  # packets seen since start, monotone
         self._worker_seen: dict[Any, dict[str, int]] = {}  # queue -> its worker's counters last time
-        self._observed = False
-        self._tree: tuple[Config, ClassTree] | None = None
+        tree = ClassTree.of(config)
+        self._tree: tuple[Config, ClassTree] | None = (config, tree)
+        self._classes: dict[str, _Quiet] = {c.name: _Quiet(c, 0, started, 0) for c in tree.matching}
 
     def tree(self, config: Config) -> ClassTree:
         """``ClassTree.of(config)``, rebuilt only when the config changed (a Config is immutable)."""
@@ -324,26 +333,27 @@ class MatchWatch:
         matched = matched_counts(tree, classes if counters is None else counters)
         for name, st in classes.items():
             st["matched"] = matched.get(name, 0)
-        first, self._observed = not self._observed, True
         enabled = stats.get("enabled", True)
         quiet: list[tuple[ClassSpec, _Quiet]] = []
-        old_states, initial = self._classes, self._initial
+        old_states = self._classes
         states: dict[str, _Quiet] = {}
-        for c, sig in tree.signed:
+        for c in tree.matching:
             name = c.name
             state = old_states.get(name)
-            if state is not None and state.ever and enabled and (state.signature is sig or state.signature == sig):
-                states[name] = state  # matched before with this match: nothing to watch (most classes)
-                continue
+            if state is not None and _same_match(state.spec, c):
+                state.spec = c  # (the newest object: the next look is an identity test, the old one is freed)
+                if state.ever and enabled:
+                    states[name] = state  # matched before with this match: nothing to watch (most classes)
+                    continue
+            else:
+                state = None  # new, or its direction or match changed: it starts over
             traffic, n = self._traffic[c.direction], matched[name]
-            if state is None and first and initial.get(name) == sig:
-                state = _Quiet(sig, 0, self.started, 0)
-            if state is None or not enabled or state.signature != sig:
-                state = _Quiet(sig, n, now, traffic)  # new, changed, or not classifying: start over
+            if state is None or not enabled:
+                state = _Quiet(c, n, now, traffic)  # new, changed, or not classifying: start over
             elif n > state.matched:
                 state.matched, state.ever = n, True
             elif n < state.matched:  # a restarted worker's share is gone: it may have matched meanwhile
-                state = _Quiet(sig, n, now, traffic, state.ever)
+                state = _Quiet(c, n, now, traffic, state.ever)
             states[name] = state
             if not state.ever and now - state.since >= self.warn_after and \
                     traffic - state.traffic >= self.min_packets:

@@ -139,6 +139,17 @@ def test_matched_is_sent_plus_dropped_plus_queued_and_a_parent_sums_its_leaves()
     assert got == {"root": 20, "a": 15, "b": 5, "idle": 0}, "a parent's own packets count its leaves' sends again"
 
 
+def test_the_leaves_of_a_parent_share_one_chain_of_ancestors() -> None:
+    """The tree lives as long as the config: 10,000 subscribers under one parent hold one chain, not 10,000."""
+    config = cfg({"name": "top", "direction": "ingress", "rate": "30mbit"},
+                 {"name": "root", "direction": "ingress", "rate": "20mbit", "parent": "top"},
+                 down("a", "198.18.1.2/32", parent="root"), down("b", "198.18.1.3/32", parent="root"),
+                 {"name": "idle", "rate": "1mbit"})
+    tree = ClassTree.of(config)
+    assert dict(tree.chains) == {"a": ("root", "top"), "b": ("root", "top"), "idle": ()}
+    assert tree.ancestors[tree.leaves.index("a")] is tree.ancestors[tree.leaves.index("b")]
+
+
 def test_describe_match_reads_like_the_config() -> None:
     config = cfg({"name": "x", "rate": "1mbit", "match": {"dst": "198.18.1.0/24", "dport": "80-443", "sport": 53,
                                                           "mark": "0x10/0xff", "proto": "tcp"}},
