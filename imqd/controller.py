@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from imqd.config import MAX_CLASSES, Config, ConfigDelta, ConfigError, parse_config
+from imqd.gcpause import paused
 from imqd.journal import ConfigStore
 from imqd.stats_sampler import CounterSnapshot, LinkHistory
 from imqd.stats_view import SnapshotCounters, StatsQuery, class_entries, select
@@ -158,7 +159,7 @@ class Controller:
             raise ConfigError([{"loc": (k,), "msg": "unknown field (a typo?)"} for k in sorted(unknown)])
         if "classes" not in body:
             raise ConfigError.one(("classes",), "required: the complete list of classes")
-        with self._lock:
+        with self._lock, paused():
             new = parse_config({"overhead": body.get("overhead", self.config.overhead), "classes": body["classes"]})
             return self._summary(new)
 
@@ -169,10 +170,11 @@ class Controller:
         change."""
         from imqd.subscribers import DEFAULT_PREFIX, imported_config, read_circuits
 
-        circuits = read_circuits(text)  # every bad row, before the lock: nothing depends on the config yet
-        with self._lock:
-            new = imported_config(self.config, circuits, prefix=prefix or DEFAULT_PREFIX, parent=parent)
-            summary = self._summary(new, dry_run=dry_run)
+        with paused():  # 20,000 classes and more are built, none garbage before the end (imqd.gcpause)
+            circuits = read_circuits(text)  # every bad row, before the lock: nothing depends on the config yet
+            with self._lock:
+                new = imported_config(self.config, circuits, prefix=prefix or DEFAULT_PREFIX, parent=parent)
+                summary = self._summary(new, dry_run=dry_run)
         devices = sum(c.devices for c in circuits)
         return {"circuits": len(circuits), "devices": devices, **summary}
 

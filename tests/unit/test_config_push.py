@@ -7,6 +7,7 @@ token slots, overheads, classifier answers on packets hitting every address).
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 import pytest
@@ -241,7 +242,9 @@ def supervisor() -> Any:
 
     sup = Supervisor([0, 1], base_config())
     sent: list[tuple[int, tuple[Any, ...]]] = []
-    sup._send = lambda w, msg: sent.append((w.queue, msg)) or True  # type: ignore[method-assign]
+    # (a broadcast arrives pickled once for all workers: what the worker's recv() unpickles)
+    sup._send = lambda w, msg: sent.append(  # type: ignore[method-assign]
+        (w.queue, msg if isinstance(msg, tuple) else pickle.loads(msg))) or True
     sup.sent = sent  # type: ignore[attr-defined]
     yield sup
     sup.stop()
