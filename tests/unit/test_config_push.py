@@ -90,7 +90,7 @@ def changes(draw: Any) -> list[tuple[str, str, dict[str, Any]]]:
         name = draw(st.sampled_from(NAMES))
         direction = draw(st.sampled_from(["ingress", "egress"]))
         i = NAMES.index(name)
-        spec = {"direction": direction, "parent": draw(st.sampled_from([None, "down", "up"])),
+        spec = {"direction": direction, "parent": draw(st.sampled_from([None, "down", "up", "k2"])),  # k2: leaf or not
                 "rate": draw(st.sampled_from(["1mbit", "2mbit", "5mbit"])),
                 "ceil": draw(st.sampled_from([None, "10mbit", "50mbit"])),
                 "prio": draw(st.integers(0, 7)),
