@@ -101,9 +101,11 @@ class Controller:
         that call changed nothing (the response then has no X-Imqd-Apply-Seconds)."""
         return getattr(self._calls, "applied", None)
 
-    def _commit(self, new: Config, delta: ConfigDelta) -> dict[str, int]:
-        """Record and apply one validated change; what it added, changed and removed."""
-        counts = delta.counts(self.config)
+    def _commit(self, new: Config, delta: ConfigDelta, counts: dict[str, int] | None = None) -> dict[str, int]:
+        """Record and apply one validated change; what it added, changed and removed (``counts``: that, when the
+        caller has it already -- 40 ms for a 20,000-class import)."""
+        if counts is None:
+            counts = delta.counts(self.config)
         self._calls.applied = None
         if delta.empty:
             return counts
@@ -184,7 +186,7 @@ class Controller:
         unchanged = len(new.classes) - counts["added"] - counts["changed"]
         seconds = None
         if not dry_run and not delta.empty:
-            self._commit(new, delta)
+            self._commit(new, delta, counts)
             seconds = self.applied_seconds
         return {**counts, "unchanged": unchanged, "applied": not dry_run and not delta.empty,
                 "apply_seconds": seconds}
