@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from imqd.config import MAX_CLASSES, Config, ConfigDelta, ConfigError, parse_config
+from imqd.gcpause import paused
 from imqd.journal import ConfigStore
 from imqd.stats_sampler import CounterSnapshot, LinkHistory
 from imqd.stats_view import SnapshotCounters, StatsQuery, class_entries, select
@@ -100,9 +101,11 @@ class Controller:
         that call changed nothing (the response then has no X-Imqd-Apply-Seconds)."""
         return getattr(self._calls, "applied", None)
 
-    def _commit(self, new: Config, delta: ConfigDelta) -> dict[str, int]:
-        """Record and apply one validated change; what it added, changed and removed."""
-        counts = delta.counts(self.config)
+    def _commit(self, new: Config, delta: ConfigDelta, counts: dict[str, int] | None = None) -> dict[str, int]:
+        """Record and apply one validated change; what it added, changed and removed (``counts``: that, when the
+        caller has it already -- 40 ms for a 20,000-class import)."""
+        if counts is None:
+            counts = delta.counts(self.config)
         self._calls.applied = None
         if delta.empty:
             return counts
@@ -158,7 +161,7 @@ class Controller:
             raise ConfigError([{"loc": (k,), "msg": "unknown field (a typo?)"} for k in sorted(unknown)])
         if "classes" not in body:
             raise ConfigError.one(("classes",), "required: the complete list of classes")
-        with self._lock:
+        with self._lock, paused():
             new = parse_config({"overhead": body.get("overhead", self.config.overhead), "classes": body["classes"]})
             return self._summary(new)
 
@@ -169,10 +172,11 @@ class Controller:
         change."""
         from imqd.subscribers import DEFAULT_PREFIX, imported_config, read_circuits
 
-        circuits = read_circuits(text)  # every bad row, before the lock: nothing depends on the config yet
-        with self._lock:
-            new = imported_config(self.config, circuits, prefix=prefix or DEFAULT_PREFIX, parent=parent)
-            summary = self._summary(new, dry_run=dry_run)
+        with paused():  # 20,000 classes and more are built, none garbage before the end (imqd.gcpause)
+            circuits = read_circuits(text)  # every bad row, before the lock: nothing depends on the config yet
+            with self._lock:
+                new = imported_config(self.config, circuits, prefix=prefix or DEFAULT_PREFIX, parent=parent)
+                summary = self._summary(new, dry_run=dry_run)
         devices = sum(c.devices for c in circuits)
         return {"circuits": len(circuits), "devices": devices, **summary}
 
@@ -182,7 +186,7 @@ class Controller:
         unchanged = len(new.classes) - counts["added"] - counts["changed"]
         seconds = None
         if not dry_run and not delta.empty:
-            self._commit(new, delta)
+            self._commit(new, delta, counts)
             seconds = self.applied_seconds
         return {**counts, "unchanged": unchanged, "applied": not dry_run and not delta.empty,
                 "apply_seconds": seconds}

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from imqd.gcpause import paused
 from imqd.kernel_queues import PROC_PATH, read_nfqueue_table
 from imqd.links import REFRESH_S, LinkCosts
 from imqd.memtrim import mmap_large_blocks, trim
@@ -396,14 +397,15 @@ class QueueWorker:
     def _on_control(self) -> None:
         ctrl = self.control
         while ctrl.poll():
-            try:
-                msg = ctrl.recv()
-            except (EOFError, OSError):
-                self._stop = True  # supervisor gone: release everything and exit
-                return
-            whole = msg[0] == "config"
-            self.handle_message(msg)
-            del msg
+            with paused():  # unpickling and applying a big change: no collection until done (imqd.gcpause)
+                try:
+                    msg = ctrl.recv()
+                except (EOFError, OSError):
+                    self._stop = True  # supervisor gone: release everything and exit
+                    return
+                whole = msg[0] == "config"
+                self.handle_message(msg)
+                del msg
             if whole:  # the whole configuration, dropped now: give back what it used (imqd.memtrim)
                 trim()
 

@@ -285,8 +285,16 @@ def imported_config(config: Config, circuits: Sequence[Circuit], *, prefix: str 
     errors: list[dict[str, Any]] = []
     specs: dict[str, dict[str, Any]] = {}
     rows: dict[str, tuple[int, str]] = {}  # class name -> (line, direction) for errors
+    nodes: dict[str, tuple[str | None, str | None]] = {}  # Parent Node -> its classes (10,000 rows, a few nodes)
     for c in circuits:
-        down_parent, up_parent = _parents(c.parent or parent or "", config, c.line, errors)
+        node = c.parent or parent or ""
+        if node in nodes:
+            down_parent, up_parent = nodes[node]
+        else:
+            found = len(errors)
+            down_parent, up_parent = _parents(node, config, c.line, errors)
+            if len(errors) == found:  # (an unknown node is looked up again: every row naming it is reported)
+                nodes[node] = down_parent, up_parent
         down, up = class_names(c.id, prefix)
         for name in (down, up):
             if name in specs:

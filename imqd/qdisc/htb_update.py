@@ -2,20 +2,27 @@
 ``htb_change_class`` and ``htb_delete``, one class at a time, rather than ``tc qdisc replace``).
 
 An ISP changes subscribers all day: a plan upgrade re-rates one leaf, a new customer is one leaf more under
-an existing parent, a cancellation removes one.  :meth:`Incremental.update` does exactly those in place --
-the other 9,999 classes keep their queues, tokens, DRR state, scheduler placement and C lanes untouched --
-and hands anything that changes the tree's shape otherwise (a class moved to another parent, a child added
-under a leaf, an inner class removed, a new root) to the full :meth:`HTB.change`, which it is held to
-(tests/unit/test_htb_update.py: the same classes, the same token state, the same DRR order).
+an existing parent, a cancellation removes one, an import hangs 10,000 circuits under a site that was a
+leaf until then.  :meth:`Incremental.update` does those in place -- the other classes keep their queues,
+tokens, DRR state, scheduler placement and C lanes untouched -- and hands anything that changes the tree's
+shape otherwise (a class moved to another parent, an inner class removed, a new root, a tree grown too deep)
+to the full :meth:`HTB.change`, which it is held to (tests/unit/test_htb_update.py: the same classes, the
+same token state, the same DRR order, the same packets handed back or dropped).
 
-A new leaf takes a DRR position between its parent's last leaf and the next one (positions are
-``IDX_GAP`` apart, see ``ClassState``); only when a gap is used up is the tree renumbered, in O(n).
+A leaf that gets children becomes an inner class as ``change`` makes it one: its packets go to ``fallback``
+or are handed back, its deficits start at 0, its level becomes its depth's; its first new child takes its
+DRR position.  An inner class whose last child goes becomes a leaf (deficits at 0, level 0, a new leaf
+queue) at the position of its first child.
+
+New leaves take DRR positions between their parent's last leaf and the next one, spread evenly over the gap
+(positions are ``IDX_GAP`` apart, see ``ClassState``); only when a gap is used up is the tree renumbered,
+in O(n).
 """
 
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from heapq import heappop, heappush
@@ -24,9 +31,9 @@ from typing import TYPE_CHECKING
 
 from imqd.qdisc.base import QueuedPacket
 from imqd.qdisc.counters import C_DROPS, FIELDS_PER_COUNTER_SLOT, zero_row
-from imqd.qdisc.htb_class import IDX_GAP, ClassState, HTBClassParams
+from imqd.qdisc.htb_class import IDX_GAP, MAX_DEPTH, ClassState, HTBClassParams
 from imqd.qdisc.htb_plan import ChangePlan, NewLeaf, build_leaf, check_slot, plan_change, tree_positions
-from imqd.qdisc.leaves import change_leaf
+from imqd.qdisc.leaves import LeafSpec, change_leaf
 
 if TYPE_CHECKING:
     from imqd.qdisc.htb import HTB
@@ -42,6 +49,8 @@ class UpdatePlan:
     added: list[HTBClassParams] = field(default_factory=list)
     slot_of: dict[str, int] = field(default_factory=dict)  # new or moved slots
     new_leaves: dict[str, NewLeaf] = field(default_factory=dict)
+    to_inner: list[str] = field(default_factory=list)  # leaves that get their first children, definition order
+    to_leaf: list[str] = field(default_factory=list)  # inner classes that lose their last child
 
 
 class Incremental:
@@ -99,13 +108,18 @@ class Incremental:
                 raise ValueError(f"class {p.name!r}: both removed and changed")
             seen.add(p.name)
         added_under: dict[str, int] = {}
+        to_inner: set[str] = set()
         for p in upserts:
             old = classes.get(p.name)
             if old is None:
                 par = classes.get(p.parent) if p.parent is not None else None
-                if par is None or par.spec is not None or p.parent in removed:
-                    return None  # a new root, a child under a leaf or under a new/removed class
-                added_under[p.parent] = added_under.get(p.parent, 0) + 1  # type: ignore[index]
+                if par is None or p.parent in removed:
+                    return None  # a new root, a child under a new or a removed class
+                if par.spec is not None:  # a leaf gets its first child: it becomes an inner class
+                    if len(par.chain) >= MAX_DEPTH:
+                        return None  # too deep for an inner class: change() says so
+                    to_inner.add(par.name)
+                added_under[par.name] = added_under.get(par.name, 0) + 1
                 plan.added.append(p)
             else:
                 if p.parent != old.parent_name:
@@ -117,19 +131,25 @@ class Incremental:
             if cl.spec is None:
                 return None  # an inner class (with its children): the shape changes
             removed_under[cl.parent_name] = removed_under.get(cl.parent_name, 0) + 1
-        for parent, n in removed_under.items():
-            if parent is not None and classes[parent].nchildren - n + added_under.get(parent, 0) < 1:
-                return None  # the parent would become a leaf
+        to_leaf = {parent for parent, n in removed_under.items()
+                   if parent is not None and classes[parent].nchildren - n + added_under.get(parent, 0) < 1}
         if fallback is not None and not (
-            (fallback in self._leaf_map and fallback not in removed) or any(p.name == fallback for p in plan.added)
+            (fallback in self._leaf_map and fallback not in removed and fallback not in to_inner)
+            or fallback in to_leaf or any(p.name == fallback for p in plan.added)
         ):
             raise ValueError(f"fallback: {fallback!r} is not a leaf class of the new tree")
 
+        leaf_params = {name: classes[name].params for name in to_leaf}
         for p in upserts:  # (before the stores grow below, so a bad leaf changes nothing at all)
             old = classes.get(p.name)
-            is_leaf = old is None or old.spec is not None
-            if is_leaf and (old is None or old.spec != p.leaf):
+            if old is None or (old.spec is not None and old.spec != p.leaf and p.name not in to_inner):
                 plan.new_leaves[p.name] = build_leaf(p)
+            elif p.name in to_leaf:
+                leaf_params[p.name] = p
+        for name, p in leaf_params.items():
+            plan.new_leaves[name] = build_leaf(p)
+        plan.to_inner = sorted(to_inner, key=lambda n: classes[n].defined)
+        plan.to_leaf = sorted(to_leaf, key=lambda n: classes[n].defined)
 
         # Slots: explicit ones must be free (or freed by this delta); new classes without one get a free one.
         owner = self._slot_owner
@@ -174,6 +194,8 @@ class Incremental:
         dropped = self._dq_dropped
         orphans: list[QueuedPacket] = []
         lanes_for: set[str] = set()
+        for name in plan.to_inner:  # (change() meets them first, so their packets come first too)
+            self._make_inner(classes[name], orphans)
         gone = sorted((classes[name] for name in plan.removed), key=_DEFINED)  # as change() meets them
         for cl in gone:  # first their packets and their place in the scheduler ...
             if cl.q is not None:
@@ -184,6 +206,12 @@ class Incremental:
             cl.q = None
             self._set_backlog(cl)
             self._lanes.pop(cl.name, None)
+        if plan.to_leaf:  # (their children are out of the scheduler now)
+            ups = {p.name: p for p in plan.changed}
+            for name in plan.to_leaf:
+                cl = classes[name]
+                self._make_leaf(cl, plan.new_leaves[name], ups.get(name, cl.params).leaf)
+                lanes_for.add(name)
 
         for p in plan.changed:
             cl = classes[p.name]
@@ -196,7 +224,7 @@ class Incremental:
                 self._take_slot(slot, cl.name)
                 zero_row(cvals, slot)
             cl.set_params(p, cl.level, slot, FIELDS_PER_COUNTER_SLOT)
-            if p.name in plan.new_leaves:
+            if p.name in plan.new_leaves and p.name not in plan.to_leaf:
                 self._replace_leaf(cl, p, plan.new_leaves[p.name], now)
             self._fill_slot(cl, now)
             self._set_backlog(cl)
@@ -216,7 +244,7 @@ class Incremental:
                 lanes_for.update(self._leaves_under(cl))
                 sched.refresh(cl, now)
 
-        renumber = False
+        new_under: dict[str, list[ClassState]] = {}
         for p in plan.added:
             par = classes[p.parent]  # type: ignore[index]
             cl = ClassState(p.name)
@@ -238,16 +266,28 @@ class Incremental:
                     self.tokens.reset(slot)  # in use by another worker that applied this change first)
             self._fill_slot(cl, now)
             self._set_backlog(cl)
-            if not self._place_new_leaf(cl, par):
-                renumber = True
+            new_under.setdefault(par.name, []).append(cl)
             lanes_for.add(p.name)
-        for cl in gone:  # ... their positions and slots once the new leaves have theirs (a parent whose only
-            self._drop_position(cl)  # leaf is replaced keeps a span throughout)
+        renumber = False
+        for parent, kids in new_under.items():
+            if not self._place_new_leaves(classes[parent], kids):
+                renumber = True
+        # ... the removed leaves' positions and slots once the new leaves have theirs (a parent whose only leaf is
+        # replaced keeps a span throughout); a parent left without children takes its first child's position
+        keep = {classes[name].lo: classes[name] for name in plan.to_leaf}
+        for cl in gone:
+            heir = keep.get(cl.idx)
+            if heir is not None:
+                self._at[cl.idx] = heir
+            else:
+                self._drop_position(cl)
             if cl.parent is not None:
                 cl.parent.nchildren -= 1
             del classes[cl.name]
             del self._leaf_map[cl.name]
             self._free_slot(cl.slot, cl.name)
+        for at, heir in keep.items():
+            heir.idx = heir.lo = heir.hi = at
         self._pick_scheduler(None, now)  # the tree may have grown past or shrunk below AUTO_SCAN_LEAVES
         if renumber:
             self._renumber()
@@ -341,24 +381,64 @@ class Incremental:
         self._at = {cl.idx: cl for cl in self._classes.values() if cl.spec is not None}
         self._pos = sorted(self._at)
 
-    def _place_new_leaf(self: HTB, cl: ClassState, par: ClassState) -> bool:
-        """Give new leaf ``cl`` the position after its parent's last leaf; False if no gap is left there."""
+    def _place_new_leaves(self: HTB, par: ClassState, kids: list[ClassState]) -> bool:
+        """Give the new leaves ``kids`` of ``par`` (definition order) positions after its last leaf, spread
+        evenly over the gap up to the next leaf; a parent that was a leaf until now hands its own position to
+        the first of them.  False if the gap is too small: they get placeholders (the caller renumbers)."""
         pos = self._pos
+        at = self._at
+        if at.get(par.idx) is par:  # it was a leaf: its first child takes its place in the DRR order
+            first = kids[0]
+            first.idx = first.lo = first.hi = par.idx
+            at[par.idx] = first
+            kids = kids[1:]
+            if not kids:
+                return True
         hi = par.hi
         i = bisect_right(pos, hi)
-        nxt = pos[i] if i < len(pos) else hi + 2 * IDX_GAP
-        if nxt - hi < 2:
-            cl.idx = cl.lo = cl.hi = -1  # placeholder: _renumber gives everything its position
+        k = len(kids)
+        nxt = pos[i] if i < len(pos) else hi + (k + 1) * IDX_GAP
+        step = min(IDX_GAP, (nxt - hi) // (k + 1))
+        if step < 1:
+            for cl in kids:
+                cl.idx = cl.lo = cl.hi = -1  # placeholder: _renumber gives everything its position
             return False
-        new = hi + min(IDX_GAP, (nxt - hi) // 2)
-        cl.idx = cl.lo = cl.hi = new
+        new = range(hi + step, hi + step * (k + 1), step)
+        for cl, x in zip(kids, new):
+            cl.idx = cl.lo = cl.hi = x
+            at[x] = cl
+        last = new[-1]
         for a in par.chain:
             if a.hi != hi:
                 break
-            a.hi = new
-        insort(pos, new)
-        self._at[new] = cl
+            a.hi = last
+        pos[i:i] = new
         return True
+
+    def _make_inner(self: HTB, cl: ClassState, orphans: list[QueuedPacket]) -> None:
+        """Leaf ``cl`` gets children: as ``change`` turns a leaf into an inner class (its packets to
+        ``orphans``, deficits from 0, the level of its depth); it keeps its position until a child takes it."""
+        if cl.q is not None:
+            orphans.extend(cl.q.drain())
+            self._collect_dropped(cl, self._dq_dropped)
+        if cl.active:
+            self._deactivate(cl)
+        cl.set_leaf(None, None)
+        cl.deficit = [0] * MAX_DEPTH
+        cl.level = MAX_DEPTH - len(cl.chain)  # depth len(chain) - 1: level 7 - depth
+        del self._leaf_map[cl.name]
+        self._lanes.pop(cl.name, None)
+        self._set_backlog(cl)
+
+    def _make_leaf(self: HTB, cl: ClassState, new: NewLeaf, spec: LeafSpec) -> None:
+        """Inner class ``cl`` lost its last child (all out of the scheduler): a leaf, as ``change`` makes it."""
+        cl.level = 0
+        cl.deficit = [0] * MAX_DEPTH
+        cl.feeds = None
+        cl.prios = 0
+        cl.set_leaf(None if new.lazy else new.q, spec, new.lazy, new.passthrough)
+        self._leaf_map[cl.name] = cl
+        self._set_backlog(cl)
 
     def _drop_position(self: HTB, cl: ClassState) -> None:
         """Forget removed leaf ``cl``'s position; its ancestors' spans shrink to their remaining leaves."""

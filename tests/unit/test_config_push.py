@@ -7,6 +7,7 @@ token slots, overheads, classifier answers on packets hitting every address).
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 import pytest
@@ -90,7 +91,7 @@ def changes(draw: Any) -> list[tuple[str, str, dict[str, Any]]]:
         name = draw(st.sampled_from(NAMES))
         direction = draw(st.sampled_from(["ingress", "egress"]))
         i = NAMES.index(name)
-        spec = {"direction": direction, "parent": draw(st.sampled_from([None, "down", "up"])),
+        spec = {"direction": direction, "parent": draw(st.sampled_from([None, "down", "up", "k2"])),  # k2: leaf or not
                 "rate": draw(st.sampled_from(["1mbit", "2mbit", "5mbit"])),
                 "ceil": draw(st.sampled_from([None, "10mbit", "50mbit"])),
                 "prio": draw(st.integers(0, 7)),
@@ -243,7 +244,9 @@ def supervisor() -> Any:
 
     sup = Supervisor([0, 1], base_config())
     sent: list[tuple[int, tuple[Any, ...]]] = []
-    sup._send = lambda w, msg: sent.append((w.queue, msg)) or True  # type: ignore[method-assign]
+    # (a broadcast arrives pickled once for all workers: what the worker's recv() unpickles)
+    sup._send = lambda w, msg: sent.append(  # type: ignore[method-assign]
+        (w.queue, msg if isinstance(msg, tuple) else pickle.loads(msg))) or True
     sup.sent = sent  # type: ignore[attr-defined]
     yield sup
     sup.stop()

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from test_htb_rows import Pair, big_trees
 
 from imqd.qdisc.base import QueuedPacket
+from imqd.qdisc.counters import C_BACKLOG_PACKETS
 from imqd.qdisc.htb import HTB, HTBClassParams
 from imqd.qdisc.htb_update import merged_params
 from imqd.qdisc.leaves import LeafSpec
@@ -30,7 +31,8 @@ MTU = 1500
 @st.composite
 def deltas(draw: Any, classes: list[HTBClassParams]) -> tuple[list[HTBClassParams], list[str]]:
     """Usually what an ISP does (re-rate, add a leaf under an inner class, remove a leaf), sometimes a change
-    of shape (a class moved, a child under a leaf, an inner class re-rated)."""
+    of shape (a class moved, children under a leaf, every child of an inner class removed, an inner class
+    re-rated)."""
     by_name = {p.name: p for p in classes}
     parents = {p.parent for p in classes if p.parent is not None}
     leaves = [p.name for p in classes if p.name not in parents]
@@ -38,7 +40,8 @@ def deltas(draw: Any, classes: list[HTBClassParams]) -> tuple[list[HTBClassParam
     upserts: list[HTBClassParams] = []
     removals: list[str] = []
     for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["rate", "rate", "add", "add", "remove", "prio", "leaf", "move", "under_leaf"]))
+        kind = draw(st.sampled_from(["rate", "rate", "add", "add", "remove", "prio", "leaf", "move", "under_leaf",
+                                     "under_leaf", "empty"]))
         taken = {p.name for p in upserts} | set(removals)
         if kind in ("rate", "prio", "leaf"):
             name = draw(st.sampled_from(sorted(by_name)))
@@ -67,17 +70,24 @@ def deltas(draw: Any, classes: list[HTBClassParams]) -> tuple[list[HTBClassParam
                 p = by_name[name]
                 upserts.append(HTBClassParams(p.name, draw(st.sampled_from(inner)), p.rate, p.ceil, p.burst,
                                               p.cburst, p.prio, p.quantum, leaf=p.leaf))
-        elif kind == "under_leaf" and leaves:
-            name = f"sub{draw(st.integers(0, 10**6))}"
-            if name not in by_name:
-                upserts.append(HTBClassParams(name, draw(st.sampled_from(leaves)), 1e5, 1e5, 3000, 3000))
+        elif kind == "under_leaf" and leaves:  # (one or several: an import hangs its circuits under a leaf)
+            parent = draw(st.sampled_from(leaves))
+            for _ in range(draw(st.integers(1, 3))):
+                name = f"sub{draw(st.integers(0, 10**6))}"
+                if name not in by_name:
+                    upserts.append(HTBClassParams(name, parent, 1e5, 1e5, 3000, 3000))
+        elif kind == "empty":  # every child of an inner class whose children are leaves: it becomes a leaf
+            emptied = [n for n in inner if all(p.name in leaves for p in classes if p.parent == n)]
+            if emptied:
+                parent = draw(st.sampled_from(emptied))
+                removals.extend(p.name for p in classes if p.parent == parent and p.name not in taken)
     upserts = [p for p in upserts if p.name != p.parent and (p.name in by_name or p.name not in parents)]
     upserts = [p for p in upserts if not (p.name not in by_name and p.name in {q.name for q in classes})]
     names = [p.name for p in upserts]
     if len(set(names)) != len(names):
         upserts = list({p.name: p for p in upserts}.values())
     # Removing every child of a parent, or the parent of a new child, is a change of shape too: keep it valid.
-    gone = set(removals)
+    removals = list(dict.fromkeys(removals))
     removals = [r for r in removals if not any(p.parent == r for p in upserts)]
     gone = set(removals)
     if any(p.parent in gone for p in classes if p.name not in gone) or not set(by_name) - gone:
@@ -137,6 +147,11 @@ def test_update_ends_where_change_with_the_merged_list_ends(classes: list[HTBCla
         assert a.busy == b.busy and a.backlog_packets == b.backlog_packets
         a._sched.check()  # noqa: SLF001
         assert set(a.lanes) == set(b.lanes)
+        # The updated tree's C lanes (built for the classes the update touched) against the reference in Python
+        # on the changed tree: the same answer and the same charges up the (maybe new) path.
+        for leaf in data.draw(st.lists(st.sampled_from(sorted(a.leaves())), max_size=4)):
+            assert a.send_now(leaf, MTU, now) == b.send_now_reference(leaf, MTU, now)
+            assert per_class(a) == per_class(b)
         current = merged
 
 
@@ -244,9 +259,49 @@ def test_shape_changes_go_through_change() -> None:
     h = HTB(subscribers(4), 0.0)
     h.update([C("s1", "b", 1e6, 2e6)], now=0.0)  # moved to another parent
     assert h._classes["s1"].parent_name == "b"  # noqa: SLF001
-    h.update([C("t", "s0")], now=0.0)  # a child under a leaf: s0 becomes an inner class
+    h.update([C("t", "s0")], now=0.0)  # a child under a leaf: s0 becomes an inner class (in place)
     assert not h.is_leaf("s0") and h.is_leaf("t")
     assert drr_order(h) == drr_order(HTB(list(h.classes), 0.0))
+
+
+def test_an_import_under_a_site_that_was_a_leaf_is_applied_in_place_and_undone_in_place() -> None:
+    """10,000 circuits under a leaf (the first subtree: a gap of IDX_GAP before the next leaf) in one update:
+    the site becomes an inner class, its packets go to the fallback, nothing else is rebuilt or renumbered;
+    removing them all makes it a leaf again at its old place."""
+    classes = [C("root", None, 1e10), C("site", "root", 5e9)] + subscribers(100)[1:]
+    h = HTB(classes, 0.0, scheduler="rows")
+    for k in range(3):
+        h.enqueue(QueuedPacket(MTU, None, 0.0, k), "site", 0.0)
+    h.enqueue(QueuedPacket(MTU, None, 0.0, 9), "s5", 0.0)
+    built: list[str] = []
+    real = h._build_lane  # noqa: SLF001
+
+    def counting(cl: Any) -> Any:
+        built.append(cl.name)
+        return real(cl)
+
+    def never(*a: Any, **k: Any) -> Any:
+        raise AssertionError("not in place")
+
+    h._build_lane = counting  # type: ignore[method-assign]  # noqa: SLF001
+    h.change = h._renumber = never  # type: ignore[method-assign]  # noqa: SLF001
+    subs = [C(f"c{i}", "site", 1e5) for i in range(10_000)]
+    assert h.update(subs, now=0.5, fallback="s5") == []
+    assert not h.is_leaf("site") and h._classes["site"].level == 6  # noqa: SLF001  # (depth 1)
+    assert h.leaf("s5").backlog_packets == 4 and h.counter("site", C_BACKLOG_PACKETS) == 0
+    assert sorted(built) == (sorted(p.name for p in subs) if h.accelerated else [])
+    fresh = HTB(list(h.classes), 0.0)
+    assert drr_order(h) == drr_order(fresh) and drr_order(h)[:2] == ["c0", "c1"]
+    h._sched.check()  # noqa: SLF001
+    assert [p.flow for p in iter(lambda: h.dequeue(1.0), None)] == [9, 0, 1, 2]
+
+    built.clear()
+    assert h.update(removals=[p.name for p in subs], now=2.0) == []
+    assert h.is_leaf("site") and h._classes["site"].level == 0  # noqa: SLF001
+    assert drr_order(h) == drr_order(HTB(classes, 0.0)) and built == (["site"] if h.accelerated else [])
+    h._sched.check()  # noqa: SLF001
+    h.enqueue(QueuedPacket(MTU, None, 2.0, 10), "site", 2.0)
+    assert h.dequeue(2.0).flow == 10
 
 
 def test_one_update_in_10000_classes_does_not_look_at_the_others() -> None:
