@@ -30,8 +30,10 @@ class TreeIndex:
     """What a sample needs from one configuration: slots, subtree order and each direction's classes."""
 
     slots: Mapping[str, int]
-    #: (slot, parent's slot), deepest classes first: adding each to its parent sums backlogs over subtrees
-    child_parent: Sequence[tuple[int, int]]
+    #: slots of the classes that have a parent, deepest first, and their parents' slots (arrays: 16 bytes a
+    #: class for as long as the config runs, not a tuple each): adding each to its parent sums subtrees
+    children: array[int]
+    parents: array[int]
     roots: Mapping[str, Sequence[int]]  # direction -> slots of its top-level classes
     members: Mapping[str, Sequence[int]]  # direction -> slots of all its classes
     rows: int  # 1 + the highest slot in use
@@ -59,11 +61,17 @@ class TreeIndex:
         known = [c for c in config.classes if c.name in slots]
         return cls(
             slots=dict(slots),
-            child_parent=[(s, p) for _, s, p in pairs],
+            children=array("q", [s for _, s, _ in pairs]),
+            parents=array("q", [p for _, _, p in pairs]),
             roots={d: [slots[c.name] for c in known if c.direction == d and c.parent is None] for d in DIRECTIONS},
             members={d: [slots[c.name] for c in known if c.direction == d] for d in DIRECTIONS},
             rows=max(slots.values(), default=-1) + 1,
         )
+
+    @property
+    def child_parent(self) -> zip[tuple[int, int]]:
+        """(slot, parent's slot) pairs, deepest classes first."""
+        return zip(self.children, self.parents)
 
 
 class RateMeter:

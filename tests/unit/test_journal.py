@@ -236,3 +236,18 @@ def test_a_deleted_file_is_not_found_even_with_an_empty_journal(tmp_path: Path) 
     with pytest.raises(ConfigError, match="file not found"):
         load_config(path)
     assert load_config(path, missing_ok=True) == Config()
+
+
+def test_a_loaded_config_holds_one_object_per_distinct_number() -> None:
+    """The copy journal.compact makes shares equal ints between classes (pickle makes each a new object) and
+    is equal to what it copied."""
+    data = {"classes": [{"name": "subs", "rate": "10gbit"}]
+            + [{"name": f"s{i}", "parent": "subs", "rate": 1_000_000 + (i % 2), "ceil": "1gbit",
+                "match": {"dst": f"198.18.1.{i}/32"}} for i in range(6)]}
+    config = parse_config(data)
+    copy = journal_mod.compact(config)
+    assert copy == config and copy is not config
+    leaves = copy.classes[1:]
+    assert len({id(c.rate) for c in leaves}) == 2, "two plans, two rate objects"
+    assert len({id(c.ceil) for c in leaves}) == 1 and len({id(c.limit) for c in leaves}) == 1
+    assert [c.rate for c in leaves] == [1_000_000, 1_000_001] * 3
