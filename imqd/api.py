@@ -24,7 +24,6 @@ import json
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Annotated, Any, Literal
 
-import orjson
 from fastapi import Body, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -36,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imqd.config import ClassSpec, ConfigError
 from imqd.dashboard import ChangeLog, ChangeRecorder, mount_dashboard
+from imqd.json_body import dumps, dumps_ascii
 from imqd.metrics import ClassSeries, metrics_registry
 from imqd.stats_view import MAX_TOP, StatsQuery
 
@@ -242,7 +242,7 @@ class JSON(JSONResponse):
     """JSON with non-ASCII escaped: a stray lone surrogate (e.g. from a hand-edited YAML file) still encodes."""
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+        return dumps_ascii(content)
 
 
 class FastJSON(JSON):
@@ -250,10 +250,7 @@ class FastJSON(JSON):
     refuses (a lone surrogate) falls back to ``JSON``."""
 
     def render(self, content: Any) -> bytes:
-        try:
-            return orjson.dumps(content)
-        except orjson.JSONEncodeError:
-            return super().render(content)
+        return dumps(content)
 
 
 # -- errors -----------------------------------------------------------------------
@@ -535,7 +532,8 @@ def create_app(controller: Any, *, token: str | None, open_reads: bool, max_body
         # The stats are plain JSON types already; FastAPI's jsonable_encoder took half of a request's
         # time with 1,000 classes (~20 ms) to copy them unchanged.
         refuse_unknown_query(request, {"class", "parent", "direction", "top"})
-        return FastJSON(controller.stats(StatsQuery(tuple(class_ or ()), parent, direction, top)))
+        return Response(controller.stats_json(StatsQuery(tuple(class_ or ()), parent, direction, top)),
+                        media_type="application/json")
 
     @app.get("/enabled", response_model=EnabledOut, dependencies=read_deps, responses=read_401, tags=["state"],
              summary="Whether shaping is on")

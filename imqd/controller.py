@@ -16,6 +16,7 @@ at ``close()``; a change meanwhile waits only for the quick switch-over.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -23,11 +24,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
+
 from imqd.config import MAX_CLASSES, Config, ConfigDelta, ConfigError, parse_config
 from imqd.gcpause import paused
 from imqd.journal import ConfigStore
+from imqd.json_body import dumps_ascii
 from imqd.stats_sampler import CounterSnapshot, LinkHistory
-from imqd.stats_view import SnapshotCounters, StatsQuery, class_entries, select
+from imqd.stats_view import SnapshotCounters, StatsQuery, class_entries_json, select
 
 __all__ = ["Controller", "Workers", "MAX_CLASSES", "IDLE_COMPACT_S"]
 
@@ -56,12 +60,21 @@ class Workers(Protocol):
     link_history: LinkHistory
 
 
+class StatsHook(Protocol):
+    """Adds to each stats answer (``imqd run``'s :class:`~imqd.run_checks.RunChecks`: the no-match and placement
+    warnings); given the answer and every class's counters (a mapping name -> counters), whatever classes the
+    query selected; ``matched``: per class, the packets classified into it, written into each class's entry."""
+
+    def __call__(self, config: Config, stats: dict[str, Any], counters: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    @property
+    def matched(self) -> Mapping[str, int]: ...
+
+
 class Controller:
     """Serialises changes: validate -> record -> apply to all workers."""
 
-    #: adds to each stats answer (``imqd run``: the no-match and placement warnings); given the answer and every
-    #: class's counters (a mapping name -> counters), whatever classes the query selected
-    stats_hook: Callable[[Config, dict[str, Any], Mapping[str, Any]], dict[str, Any]] | None = None
+    stats_hook: StatsHook | None = None
 
     def __init__(self, config: Config, path: Path | None, workers: Workers,
                  on_change: Callable[[Config], None] | None = None, store: ConfigStore | None = None) -> None:
@@ -255,13 +268,26 @@ class Controller:
         return [c.model_dump(mode="json") for c in self.config.classes]
 
     def stats(self, query: StatsQuery = StatsQuery()) -> dict[str, Any]:
-        """Counters of the classes ``query`` selects (ConfigError naming a bad parameter), link totals
-        per direction and the workers, all from the supervisor's latest sample."""
+        """:meth:`stats_json` as data."""
+        return orjson.loads(self.stats_json(query))  # type: ignore[no-any-return]
+
+    def stats_json(self, query: StatsQuery = StatsQuery()) -> bytes:
+        """``GET /stats``: counters of the classes ``query`` selects (ConfigError naming a bad parameter), link
+        totals per direction and the workers, all from the supervisor's latest sample, as JSON.  The classes'
+        part is written a piece at a time (:func:`~imqd.stats_view.class_entries_json`)."""
         snap = self.workers.counter_snapshot()
         classes = select(self.config, snap, query)
-        out = {"enabled": self.workers.enabled, "time": round(snap.wall, 3), "directions": snap.directions,
-               "classes": class_entries(classes, snap), "workers": self.workers.worker_stats(),
-               "last_apply_seconds": self.last_apply_s}
+        out: dict[str, Any] = {"enabled": self.workers.enabled, "time": round(snap.wall, 3),
+                               "directions": snap.directions, "classes": {},
+                               "workers": self.workers.worker_stats(), "last_apply_seconds": self.last_apply_s}
+        matched = None
         if self.stats_hook is not None:  # (it watches every class, whatever the query shows)
             out = self.stats_hook(self.config, out, SnapshotCounters(snap))
-        return out
+            matched = self.stats_hook.matched
+        entries = class_entries_json(classes, snap, matched)
+        out["classes"] = orjson.Fragment(entries)
+        try:
+            return orjson.dumps(out)
+        except orjson.JSONEncodeError:  # a lone surrogate (see imqd.json_body): the slow way, whole
+            out["classes"] = json.loads(entries)
+            return dumps_ascii(out)

@@ -298,6 +298,7 @@ class MatchWatch:
         self.warn_after = warn_after
         self.min_packets = min_packets
         self._traffic = {"ingress": 0, "egress": 0, "prerouting": 0}  # packets seen since start, monotone
+        self.matched: Mapping[str, int] = {}  # per class, what the last observe() counted
         self._worker_seen: dict[Any, dict[str, int]] = {}  # queue -> its worker's counters last time
         tree = ClassTree.of(config)
         self._tree: tuple[Config, ClassTree] | None = (config, tree)
@@ -330,7 +331,7 @@ class MatchWatch:
         self._count_traffic(stats.get("workers") or [])
         classes = stats.get("classes") or {}
         tree = self.tree(config)
-        matched = matched_counts(tree, classes if counters is None else counters)
+        matched = self.matched = matched_counts(tree, classes if counters is None else counters)
         for name, st in classes.items():
             st["matched"] = matched.get(name, 0)
         enabled = stats.get("enabled", True)

@@ -84,6 +84,11 @@ class RunChecks:
                 lines.append(memo[key])
         return capped(lines, PLACEMENT_MORE)
 
+    @property
+    def matched(self) -> Mapping[str, int]:
+        """Per class, the packets classified into it as the last call counted them."""
+        return self.watch.matched
+
     def __call__(self, config: Config, stats: dict[str, Any], counters: Mapping[str, Any] | None = None
                  ) -> dict[str, Any]:
         """Add ``matched`` to ``stats``'s classes and the warnings; ``counters``: every class's counters (the

@@ -125,3 +125,54 @@ def test_a_misspelt_filter_is_refused(api: Any) -> None:
     r = api[0].get("/stats?tpo=5")
     assert r.status_code == 422
     assert r.json()["detail"][0]["loc"] == ["query", "tpo"] and "top" in r.json()["detail"][0]["msg"]
+
+
+@pytest.mark.parametrize("n", [0, 1, 255, 256, 257, 600])
+def test_the_classes_part_written_in_pieces_is_the_whole_answer(n: int) -> None:
+    """class_entries_json (the answer's classes, JSON_CHUNK at a time) is class_entries (at once) with each class's
+    matched count, in the same order, across piece boundaries."""
+    import json
+    from array import array
+
+    from imqd.config import parse_config
+    from imqd.shared_counters import FIELDS_PER_COUNTER_SLOT
+    from imqd.stats_sampler import TreeIndex, build_snapshot
+    from imqd.stats_view import JSON_CHUNK, class_entries, class_entries_json
+
+    assert JSON_CHUNK == 256
+    config = parse_config({"classes": [{"name": "root", "rate": "1gbit"}] + [
+        {"name": f"c{i}", "parent": "root", "rate": "1mbit", "match": {"dst": f"198.18.{i // 250}.{i % 250}/32"}}
+        for i in range(n)]})
+    slots = {c.name: i for i, c in enumerate(config.classes)}
+    tree = TreeIndex.of(config, slots)
+    totals = [(7 * s + f) * 1000 for s in range(len(slots)) for f in range(FIELDS_PER_COUNTER_SLOT)]
+    snap = build_snapshot(tree, totals, array("d", [float(s) for s in range(len(slots))]), 1.0, 2.0, {})
+    classes = config.classes[::-1]  # any order the query chose
+    matched = {c.name: i for i, c in enumerate(config.classes) if i % 3}
+    want = class_entries(classes, snap)
+    for name, entry in want.items():
+        entry["matched"] = matched.get(name, 0)
+    got = json.loads(class_entries_json(classes, snap, matched))
+    assert list(got) == [c.name for c in classes] and got == want
+    assert json.loads(class_entries_json(classes, snap)) == class_entries(classes, snap), "no hook: no matched"
+
+
+def test_stats_answer_holds_what_orjson_refuses(tmp_path: Path) -> None:
+    """A hook's warning with a lone surrogate (orjson refuses it) is written escaped, with every class's entry."""
+    import json
+
+    controller, _, _ = make_controller(tmp_path, CLASSES)
+
+    class Hook:
+        matched = {"web": 7}
+
+        def __call__(self, config: Any, stats: dict[str, Any], counters: Any) -> dict[str, Any]:
+            stats["warnings"] = ["bad\udc80"]
+            return stats
+
+    controller.stats_hook = Hook()
+    body = controller.stats_json()
+    assert b'"bad\\udc80"' in body
+    out = json.loads(body)
+    assert list(out["classes"]) == [c["name"] for c in CLASSES]
+    assert out["classes"]["web"]["matched"] == 7 and out["classes"]["bulk"]["matched"] == 0
