@@ -57,8 +57,14 @@ def test_quick_benchmark_writes_page_chart_and_json(tmp_path: Path) -> None:
         assert 0.8 < r["ratio"]["median"] < 1.2, r
 
     assert {li["pps"] for li in summary["latency_idle"].values()} == {100, 1000}
+    for li in summary["latency_idle"].values():
+        assert all(m["median"] > 0 for m in li["median_us"].values()), li
+    # At 1,000/s the CPUs stay awake and imqd's pass through userspace shows over plain forwarding; at 100/s
+    # each packet mostly waits for a sleeping CPU, whose wake-up varies by more than that on a VM (plain alone
+    # 58-89 us, imqd - plain -1..107 us in one full run), so no order between them can be asserted there.
+    warm = summary["latency_idle"]["1000/s same CPU"]["median_us"]
+    assert warm["imqd x1"]["median"] > warm["plain"]["median"] > 0
     idle = summary["latency_idle"]["100/s same CPU"]["median_us"]
-    assert idle["imqd x1"]["median"] > idle["plain"]["median"] > 0
     if os.path.exists("/dev/cpu_dma_latency"):  # the same with idle CPUs polling (imqd run --cpu-latency 0)
         polled = {f"{s}{report.LOW_LATENCY}" for s in ("plain", "bare-loop x1", "imqd x1")}
         assert polled <= set(idle), set(idle)
