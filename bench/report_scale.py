@@ -150,6 +150,19 @@ def scale_notes(s: dict[str, Any] | None) -> list[str]:
         return []
     out = [f"{note}." for note in s.get("load_notes", [])]
     pps = {r["classes"]: med(r["pps"]) for r in s["pps"]}
+    top = s["pps"][-1] if s["pps"] else None
+    ratio = med(top["of_base"]) if top else None
+    if top and ratio is not None and ratio < SCALE_TARGETS["pps_ratio"] and "generator" in top["stopped"]:
+        out.append(f"Packets/s with {top['classes']:,} classes ({ratio:.3f} of 1 class): that search ended because "
+                   f"the generator could offer no more ({pps[top['classes']]:,.0f} packets/s, no loss yet), so the "
+                   "figure is a lower bound of what imqd forwards, not its ceiling.")
+    for r in _subject_rows(s):
+        worst, dropped = med(r["worst"]), med(r["nfqueue_drops"])
+        if worst is not None and worst < SCALE_TARGETS["worst"] and dropped:
+            out.append(f"{r['subscribers']:,} subscribers backlogged, {r['system']}: the worst subscriber got "
+                       f"{worst:.2f} of its plan while the kernel dropped {dropped:,.0f} packets before a worker "
+                       "saw them (a full socket drops per packet, not per class, so the unluckiest subscriber "
+                       "loses more than its share of the excess).")
     lo = SCALE_TARGETS["of_plans"][0]
     for r in _subject_rows(s):
         got, offered = med(r["of_plans"]), med(r["offered_pps"])
@@ -181,7 +194,7 @@ def render_scale(s: dict[str, Any] | None, params: dict[str, Any] | None) -> lis
     if not s:
         return L + ["Not measured in this run (see `--sections`).", ""]
     p = params or {}
-    L += [f"**Packets/s by class count:** imqd x1 with one 10gbit parent and N leaves, leaf i matching "
+    L += ["**Packets/s by class count:** imqd x1 with one 10gbit parent and N leaves, leaf i matching "
           "`dst: 198.18.128.i/32` (rate 10gbit/N, ceil 10gbit); 64-byte UDP frames to the address of the *last* "
           "leaf in config order, the rising-then-bisecting search of the Ceiling section (no full-speed step; a "
           "search that loses at its first step runs once more from half the rate it forwarded; counted by a "

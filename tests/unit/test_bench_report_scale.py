@@ -169,3 +169,20 @@ def test_a_kernel_reference_that_could_not_be_built_is_said_not_counted() -> Non
     assert s["scale"]["backlog"][0]["of_kernel"] is None
     md = report.render_markdown(s, meta, png=None)
     assert 'kernel-htb with 4 classes could not be built: tc: Unknown filter "u32".' in md
+
+
+def test_notes_say_when_the_generator_bounds_the_figure_and_socket_drops_hit_the_worst() -> None:
+    from bench.report_scale import SCALE_TARGETS, scale_notes
+
+    three = lambda v: {"min": v, "median": v, "max": v}  # noqa: E731
+    s = {"load_notes": [], "base": 1,
+         "pps": [{"classes": 1, "pps": three(230_000.0), "of_base": three(1.0), "stopped": ["loss"]},
+                 {"classes": 10_000, "pps": three(200_000.0), "of_base": three(0.87), "stopped": ["generator"]}],
+         "backlog": [{"shape": "classes", "system": "imqd x2", "subscribers": 10_000, "worst": three(0.8),
+                      "nfqueue_drops": three(900_000.0), "of_plans": three(0.99), "offered_pps": three(70_000.0)}]}
+    notes = scale_notes(s)
+    assert any("generator could offer no more (200,000 packets/s" in n for n in notes), notes
+    assert any("worst subscriber got 0.80" in n and "900,000 packets" in n for n in notes), notes
+    s["pps"][1]["stopped"] = ["loss"]  # a real ceiling: no excuse
+    s["backlog"][0]["worst"] = three(SCALE_TARGETS["worst"])  # met: nothing to explain
+    assert scale_notes(s) == []
