@@ -267,10 +267,6 @@ class Controller:
     def list_classes(self) -> list[dict[str, Any]]:
         return [c.model_dump(mode="json") for c in self.config.classes]
 
-    def stats(self, query: StatsQuery = StatsQuery()) -> dict[str, Any]:
-        """:meth:`stats_json` as data."""
-        return orjson.loads(self.stats_json(query))  # type: ignore[no-any-return]
-
     def stats_json(self, query: StatsQuery = StatsQuery()) -> bytes:
         """``GET /stats``: counters of the classes ``query`` selects (ConfigError naming a bad parameter), link
         totals per direction and the workers, all from the supervisor's latest sample, as JSON.  The classes'
