@@ -21,6 +21,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from imqd.stats_view import in_pieces
+
 __all__ = ["StatsCollector", "metrics_registry", "ClassSeries"]
 
 CLASS_LABELS = ["class", "direction"]
@@ -132,14 +134,12 @@ def _escape(value: str) -> str:
 
 
 class ClassSeries:
-    """Writes every class's series, ``CHUNK`` classes at a time.
+    """Writes every class's series, ``stats_view.PIECE`` classes at a time.
 
     Why in pieces: 10,000 classes' label texts and values at once are a few MB of small strings and ints that
     live for one scrape, and the API process's long-lived objects made meanwhile land among them, so the memory
     stays after the scrape (~200 bytes a class of RSS after a few).  A piece's are freed before the next piece
     is made, which reuses their memory; what stays until the end is one string per family and piece."""
-
-    CHUNK = 256
 
     def text(self, config: Any, snap: Any) -> str:
         """Counters, backlogs and configured rate/ceil in the text format (HELP/TYPE per family)."""
@@ -153,8 +153,7 @@ class ClassSeries:
         heads = [(name, kind, doc) for name, kind, doc, _ in counted]
         heads += [(rate, "gauge", "configured (guaranteed) rate"), (ceil, "gauge", "configured ceiling")]
         parts: list[list[str]] = [[f"# HELP {name} {doc}\n# TYPE {name} {kind}\n"] for name, kind, doc in heads]
-        for i in range(0, len(classes), self.CHUNK):
-            chunk = classes[i:i + self.CHUNK]
+        for chunk in in_pieces(classes):
             labels = [f'{{class="{_escape(c.name)}",direction="{c.direction}"}} ' for c in chunk]
             where = [slots.get(c.name, known) for c in chunk]
             for (name, _, _, column), out in zip(counted, parts):

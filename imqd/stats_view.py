@@ -9,17 +9,25 @@ small dict per class, no call to any worker.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from imqd.config import ClassSpec, Config, ConfigError
 from imqd.json_body import dumps
 from imqd.stats_sampler import DIRECTIONS, CounterSnapshot
 
 MAX_TOP = 100_000
-#: classes per piece of a JSON answer (:func:`class_entries_json`)
-JSON_CHUNK = 256
+#: classes per piece of a big answer, ``/stats`` and ``/metrics`` (why: :func:`class_entries_json`)
+PIECE = 256
+
+T = TypeVar("T")
+
+
+def in_pieces(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    """``items``, ``PIECE`` at a time."""
+    for i in range(0, len(items), PIECE):
+        yield items[i:i + PIECE]
 
 
 @dataclass(frozen=True)
@@ -93,15 +101,15 @@ def class_entries(classes: Sequence[ClassSpec], snap: CounterSnapshot) -> dict[s
 def class_entries_json(classes: Sequence[ClassSpec], snap: CounterSnapshot,
                        matched: Mapping[str, int] | None = None) -> bytes:
     """:func:`class_entries` as one JSON object (with each class's ``matched`` count when given), made
-    ``JSON_CHUNK`` classes at a time.
+    ``PIECE`` classes at a time.
 
     Why in pieces: the entries of 10,000 classes at once are ~6 MB of small dicts that live for one request,
     and the API process's long-lived objects made meanwhile (a counter sample, a worker's report) land among
     them, so that memory stays in the process after the request (~500 bytes a class of its RSS after a few
     requests).  A piece's dicts are freed before the next piece is made, and the next reuses their memory."""
     pieces = []
-    for i in range(0, len(classes), JSON_CHUNK):
-        entries = class_entries(classes[i:i + JSON_CHUNK], snap)
+    for piece in in_pieces(classes):
+        entries = class_entries(piece, snap)
         if matched is not None:
             for name, entry in entries.items():
                 entry["matched"] = matched.get(name, 0)

@@ -129,7 +129,7 @@ def test_a_misspelt_filter_is_refused(api: Any) -> None:
 
 @pytest.mark.parametrize("n", [0, 1, 255, 256, 257, 600])
 def test_the_classes_part_written_in_pieces_is_the_whole_answer(n: int) -> None:
-    """class_entries_json (the answer's classes, JSON_CHUNK at a time) is class_entries (at once) with each class's
+    """class_entries_json (the answer's classes, PIECE at a time) is class_entries (at once) with each class's
     matched count, in the same order, across piece boundaries."""
     import json
     from array import array
@@ -137,9 +137,9 @@ def test_the_classes_part_written_in_pieces_is_the_whole_answer(n: int) -> None:
     from imqd.config import parse_config
     from imqd.shared_counters import FIELDS_PER_COUNTER_SLOT
     from imqd.stats_sampler import TreeIndex, build_snapshot
-    from imqd.stats_view import JSON_CHUNK, class_entries, class_entries_json
+    from imqd.stats_view import PIECE, class_entries, class_entries_json
 
-    assert JSON_CHUNK == 256
+    assert PIECE == 256
     config = parse_config({"classes": [{"name": "root", "rate": "1gbit"}] + [
         {"name": f"c{i}", "parent": "root", "rate": "1mbit", "match": {"dst": f"198.18.{i // 250}.{i % 250}/32"}}
         for i in range(n)]})
