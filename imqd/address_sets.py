@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from imqd.config_fields import cidr_family
+
 if TYPE_CHECKING:
     from imqd.config import Config
 
@@ -66,10 +68,6 @@ def keys(direction: str, families: tuple[int, ...] = FAMILIES) -> list[SetKey]:
     return [SetKey(direction, f, fam) for f in FIELDS for fam in families]
 
 
-def _family(cidr: str) -> int:
-    return 6 if ":" in cidr else 4
-
-
 def plan(config: Config, direction: str, families: tuple[int, ...] = FAMILIES) -> SetPlan:
     """The address sets `direction` needs under `config`, or why it cannot use them (see the module docstring).
 
@@ -91,7 +89,7 @@ def plan(config: Config, direction: str, families: tuple[int, ...] = FAMILIES) -
                 continue
             if cidr.endswith("/0"):
                 return SetPlan(direction, None, f"class {c.name!r} matches every address ({cidr})")
-            fam = _family(cidr)
+            fam = cidr_family(cidr)
             if fam in families:
                 members[SetKey(direction, field, fam)].add(cidr)
     return SetPlan(direction, {k: frozenset(v) for k, v in members.items()})

@@ -67,6 +67,7 @@ from imqd.config_fields import (
     Rate,
     Time,
     address_pairs,
+    cidr_family,
     cidr_list,
 )
 from imqd.config_tree import (
@@ -340,9 +341,10 @@ def _class_errors(c: ClassSpec) -> list[tuple[tuple[Any, ...], str]]:
     if m is None:
         return errs
     srcs, dsts = cidr_list(m.src), cidr_list(m.dst)
-    if srcs and dsts and not {_family(s) for s in srcs} & {_family(d) for d in dsts}:
+    if srcs and dsts and not {cidr_family(s) for s in srcs} & {cidr_family(d) for d in dsts}:
         if len(srcs) == 1 and len(dsts) == 1:
-            errs.append((("match", "dst"), f"dst {m.dst} is IPv{_family(m.dst)} but src {m.src} is IPv{_family(m.src)}"))
+            errs.append((("match", "dst"),
+                         f"dst {m.dst} is IPv{cidr_family(m.dst)} but src {m.src} is IPv{cidr_family(m.src)}"))
         else:
             errs.append((("match", "dst"), "no src and dst address of the same IP family: the match can never hit"))
     elif len(srcs) * len(dsts) > MAX_MATCH_ADDRESSES:
@@ -359,11 +361,6 @@ def _class_errors(c: ClassSpec) -> list[tuple[tuple[Any, ...], str]]:
     if c.direction == "ingress" and m.oif is not None:
         errs.append((("match", "oif"), "ingress (PREROUTING) packets have no output interface yet"))
     return errs
-
-
-def _family(cidr: str | None) -> int:
-    """IP version of a stored (normalised) CIDR, 0 for none."""
-    return 0 if cidr is None else 6 if ":" in cidr else 4
 
 
 class Config(BaseModel):

@@ -218,13 +218,18 @@ def cidr_list(v: str | tuple[str, ...] | None) -> tuple[str, ...]:
     return (v,) if isinstance(v, str) else v
 
 
+def cidr_family(cidr: str | None) -> int:
+    """IP version of a stored (normalised) CIDR, 0 for none."""
+    return 0 if cidr is None else 6 if ":" in cidr else 4
+
+
 def address_pairs(src: str | tuple[str, ...] | None, dst: str | tuple[str, ...] | None
                   ) -> Iterator[tuple[str | None, str | None]]:
     """The single-address ``(src, dst)`` pairs a stored src/dst stand for: one per pair of the same IP family
     (None: any address).  A classifier that takes one address per rule gives each the same class."""
     for s in cidr_list(src) or (None,):
         for d in cidr_list(dst) or (None,):
-            if s is None or d is None or (":" in s) == (":" in d):
+            if s is None or d is None or cidr_family(s) == cidr_family(d):
                 yield s, d
 
 
