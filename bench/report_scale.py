@@ -96,6 +96,7 @@ def _backlog(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "of_kernel": None if system == KERNEL or KERNEL not in delivered
                 else three(paired(delivered[system], delivered[KERNEL])),
                 "nfqueue_drops": three(sum(r["nfqueue_drops"].values()) for r, _ in sel if "nfqueue_drops" in r),
+                "pool_drops": three(r["pool_drops"] for r, _ in sel if r.get("pool_drops") is not None),
                 "build_s": three(r.get("build_s") for r, _ in sel),
             })
     return rows
@@ -161,8 +162,8 @@ def scale_notes(s: dict[str, Any] | None) -> list[str]:
         if worst is not None and worst < SCALE_TARGETS["worst"] and dropped:
             out.append(f"{r['subscribers']:,} subscribers backlogged, {r['system']}: the worst subscriber got "
                        f"{worst:.2f} of its plan while the kernel dropped {dropped:,.0f} packets before a worker "
-                       "saw them (a full socket drops per packet, not per class, so the unluckiest subscriber "
-                       "loses more than its share of the excess).")
+                       "saw them (a full queue or socket drops per packet, not per class, so the unluckiest "
+                       "subscriber loses more than its share of the excess).")
     lo = SCALE_TARGETS["of_plans"][0]
     for r in _subject_rows(s):
         got, offered = med(r["of_plans"]), med(r["offered_pps"])
@@ -177,7 +178,7 @@ def scale_notes(s: dict[str, Any] | None) -> list[str]:
         dropped = med(r["nfqueue_drops"])
         if dropped:
             note += (f"; the kernel dropped {dropped:,.0f} packets before a worker saw them (its NFQUEUE queue "
-                     "held `--max-len` packets, or the worker's socket buffer was full)")
+                     "was full -- `--max-len`, or this kernel's own 65,536 -- or the worker's socket buffer was)")
         out.append(note + ".")
     return out
 
@@ -221,15 +222,18 @@ def render_scale(s: dict[str, Any] | None, params: dict[str, Any] | None) -> lis
           "`pfifo limit 1000` leaves) and a u32 hash table on the destination's last byte, one `/32` filter per "
           "leaf. Jain's index is over each subscriber's delivered / plan (not given for one class: there the "
           "subscribers share one FIFO). *Kernel drops before imqd*: packets the kernel dropped because an NFQUEUE "
-          "queue held `--max-len` packets or a worker's socket buffer was full.", ""]
+          "queue was full (`--max-len`, or this kernel's bound of 65,536 packets a queue) or a worker's socket "
+          "buffer was. *imqd's pool drops*: arrivals imqd refused because their class held more than its share of "
+          "what a worker may hold (`--max-held`: the longest queues drop first).", ""]
     L += table(["subscribers", "system", "plan bit/s", "window s", "datagrams per plan", "delivered / plans",
-                "worst", "Jain", "/ one class", "/ kernel HTB", "kernel drops before imqd"],
+                "worst", "Jain", "/ one class", "/ kernel HTB", "kernel drops before imqd", "imqd's pool drops"],
                ([f"{r['subscribers']:,}", r["system"], _median_cell(r["rate_bps"], "{:,.0f}"),
                  _median_cell(r["window_s"], "{:.1f}"), _median_cell(r["packets_each"], "{:.0f}"), cell(r["of_plans"]),
                  cell(r["worst"]) if r["shape"] != "one class" else "(FIFO)",
                  cell(r["jain"]) if r["shape"] != "one class" else "(FIFO)",
                  cell(r["of_one_class"]), cell(r["of_kernel"]),
-                 "" if r["system"] == KERNEL else cell(r["nfqueue_drops"], "{:,.0f}")] for r in s["backlog"]))
+                 "" if r["system"] == KERNEL else cell(r["nfqueue_drops"], "{:,.0f}"),
+                 "" if r["pool_drops"] is None else cell(r["pool_drops"], "{:,.0f}")] for r in s["backlog"]))
     L += [""] + [f"{why}.\n" for why in s.get("unbuilt", [])]
     for r in (r for r in s["backlog"] if r["build_s"]):
         L += [f"Kernel HTB with {r['subscribers']:,} leaves and their filters was built by one `tc -batch` in "

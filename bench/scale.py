@@ -279,6 +279,9 @@ class Scale:
             finally:
                 sent = Bench.finish([gen])
         queues1 = read_queues(self.topo)
+        pool_drops = None
+        if isinstance(system, Imqd) and system.inst is not None:  # what imqd itself refused (longest queues first)
+            pool_drops = sum(w.get("pool_drops") or 0 for w in system.inst.stats().get("workers", []))
         window = s1.t - s0.t
         delivered = [b - a for a, b in zip(s0.counts, s1.counts)]
         drops = {k: sum(q[k] for q in queues1.values()) - sum(q[k] for q in queues0.values())
@@ -286,7 +289,7 @@ class Scale:
         rec = {"rep": rep, "system": system.name, "subscribers": n, "plan": plan.as_dict(), "window_s": window,
                "expected_each": plan.plan_pps * window, "delivered": delivered, "sent": sent["sent"],
                "gen_seconds": sent["seconds"], "snap0": snapshot_data(s0), "snap1": snapshot_data(s1),
-               "nfqueue_drops": drops}
+               "nfqueue_drops": drops, "pool_drops": pool_drops}
         got = sum(delivered) / (n * rec["expected_each"]) if n and rec["expected_each"] else 0.0
         self.log(f"  backlog  {system.name:<18} {n:>6} subscribers at {plan.rate_bps:,} bit/s: delivered "
                  f"{got:.3f} of the plans, worst {min(delivered) / rec['expected_each']:.2f} "

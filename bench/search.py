@@ -2,7 +2,7 @@
 
 The load rises geometrically until the system loses packets in ``lossy_steps`` steps in a row (one lossy
 step may be a noise dip) or the senders cannot offer the step (if the system already lost at a lower load,
-that ends the rise by loss); then ``refine_steps`` bisections
+that ends the rise by loss; if it lost part of what the senders did offer, that is a loss at that load); then ``refine_steps`` bisections
 (geometric midpoints) between the highest lossless load and the lowest lossy one above it.  Without the
 refinement a factor of 1.4 leaves the figure up to 40% under the true ceiling -- coarser than the 10%
 the target is about (a faster machine showed imqd at one grid step and the bare loop at the next).
@@ -40,7 +40,12 @@ class CeilingSearch:
 
     def record(self, target: float, offered: float, forwarded: float) -> None:
         """The result of the step at ``target``: what the senders managed to offer, what arrived."""
-        if offered < self.loss_stop * target:  # the senders' limit, not the system's
+        if offered < self.loss_stop * target and forwarded < self.loss_stop * offered:
+            # The senders fell short, but the system lost even what they managed: a loss at that load.  (An
+            # overloaded path takes the senders' CPU too -- their packets' softirq work runs on their CPU -- so
+            # near the ceiling they fall short *because* the system is overloaded.)
+            target = offered
+        elif offered < self.loss_stop * target:  # the senders' limit, not the system's
             if self._rising and self._good is not None and self._bad is not None and self.refine_steps > 0:
                 # ... but the system already lost at a load the senders could offer: bisect below that
                 self._rising = False

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from imqd.config import Config, ConfigError
+from imqd.kernel_queues import DEFAULT_HELD_MAX
 
 EXIT_USAGE = 2
 EXIT_FAIL = 1
@@ -114,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-len", type=int, default=20000,
                      help="kernel queue length per worker: packets it holds plus those not yet read; each pins "
                           "its packet's memory, up to ~64 KB for a GSO super-packet (default 20000)")
+    run.add_argument("--max-held", type=int, default=DEFAULT_HELD_MAX, metavar="N",
+                     help="packets a worker's classes may hold together; when many are backlogged each may hold "
+                          "up to the room left, so the longest queues drop first (default %(default)s: this "
+                          "kernel holds at most 65536 per queue, and unread packets count too)")
     run.add_argument("--on-overflow", choices=("drop", "accept"), default="drop",
                      help="a packet that finds its worker's kernel queue or socket full: 'drop' it (default), "
                           "or 'accept' it unshaped (NFQA_CFG_F_FAIL_OPEN)")
@@ -266,6 +271,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config, store = load_run_store(config_path)  # validated before any rule or worker starts
     if args.max_len < 1:
         raise CliError(f"--max-len {args.max_len}: must be at least 1")
+    if args.max_held < 1:
+        raise CliError(f"--max-held {args.max_held}: must be at least 1")
     if not 20 <= args.copy_range <= 65535:
         raise CliError(f"--copy-range {args.copy_range}: must be between 20 and 65535 bytes")
     if args.idle_tick != 0 and not MIN_IDLE_TICK_US <= args.idle_tick <= MAX_IDLE_TICK_US:
@@ -285,8 +292,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         first, last = args.queues
         fail_open = args.on_overflow == "accept"
         sup = Supervisor(list(range(first, last + 1)), config,
-                         max_len=kernel_queue_len(config, args.max_len, fail_open), copy_range=args.copy_range,
-                         idle_tick=args.idle_tick / 1e6, gso=not args.no_gso, fail_open=fail_open)
+                         max_len=kernel_queue_len(config, args.max_len, args.max_held),
+                         copy_range=args.copy_range,
+                         idle_tick=args.idle_tick / 1e6, gso=not args.no_gso, fail_open=fail_open,
+                         held_max=args.max_held)
         stop = threading.Event()
         try:
             sup.start()
@@ -386,18 +395,20 @@ def hold_cpu_latency(us: int | None) -> contextlib.AbstractContextManager[Any]:
     return request
 
 
-def kernel_queue_len(config: Config, requested: int, fail_open: bool = False) -> int:
-    """The kernel queue must hold every packet a worker may hold: all leaf limits plus some slack.
+def kernel_queue_len(config: Config, requested: int, held_max: int = DEFAULT_HELD_MAX) -> int:
+    """The kernel queue must hold every packet a worker may hold -- all leaf limits, at most ``held_max``
+    (what they may hold together) -- plus everything its socket buffer can hold unread, and some slack.
 
-    With ``--on-overflow accept`` it also holds everything the worker's socket buffer can: then the socket
-    always overflows before the queue does, and the kernel gives every packet it passes unshaped an id the
-    worker can count (``unshaped_overflow``); a packet that finds the queue full is passed uncounted.  It
-    costs no memory the socket would not let the kernel pin anyway (queued = unread, at most the socket's
-    worth, + held)."""
-    from imqd.queue_worker import SOCKET_MESSAGES_MAX
+    So the socket always overflows before the queue does: the kernel then gives every packet it drops
+    (``user_dropped``) or, with ``--on-overflow accept``, passes unshaped an id the worker can count
+    (``unshaped_overflow``); a packet that finds the queue full would be passed uncounted.  It costs no
+    memory the socket would not let the kernel pin anyway (queued = unread, at most the socket's worth, +
+    held).  The default ``held_max`` and the socket's worth add up to this kernel's bound of a queue
+    (:data:`imqd.kernel_queues.KERNEL_QUEUE_MAX`)."""
+    from imqd.kernel_queues import SOCKET_MESSAGES_MAX
 
-    held = sum(c.limit for c in config.classes if config.is_leaf(c.name))
-    return max(requested, held + 1024 + (SOCKET_MESSAGES_MAX if fail_open else 0))
+    held = min(held_max, sum(c.limit for c in config.classes if config.is_leaf(c.name)))
+    return max(requested, held + 1024 + SOCKET_MESSAGES_MAX)
 
 
 def serve_api(controller: Any, api: tuple[str, int], *, token: str | None, open_stats: bool) -> None:

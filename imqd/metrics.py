@@ -56,6 +56,8 @@ WORKER_COUNTERS = {
     "lost_on_crash": "held packets lost when the worker died",
     "gso_packets": "GSO/GRO super-packets the worker charged as several segments",
     "gso_segments": "the wire segments those super-packets stand for",
+    "pool_drops": "packets refused because their class held more than its share of what the worker may hold "
+                  "(--max-held; the longest queues drop first)",
     "queue_dropped": "packets the kernel dropped because the worker's queue was full",
     "user_dropped": "packets the kernel dropped because the worker's socket buffer was full",
     "unshaped_overflow": "packets the kernel passed unshaped because the socket buffer was full "
@@ -105,6 +107,8 @@ class StatsCollector:
         counters = {key: CounterMetricFamily("imqd_worker_" + key, doc, labels=labels)
                     for key, doc in WORKER_COUNTERS.items()}
         held = GaugeMetricFamily("imqd_worker_held_packets", "packets the worker holds now", labels=labels)
+        held_max = GaugeMetricFamily("imqd_worker_held_max_packets", "packets the worker's classes may hold "
+                                     "together (--max-held)", labels=labels)
         up = GaugeMetricFamily("imqd_worker_up", "1 when the worker is alive and bound to its queue", labels=labels)
         flags = {key: GaugeMetricFamily("imqd_worker_" + key, doc, labels=labels) for key, doc in WORKER_FLAGS.items()}
         for w in workers:
@@ -112,11 +116,14 @@ class StatsCollector:
             for key, fam in counters.items():
                 fam.add_metric(lv, float(w.get(key) or 0))
             held.add_metric(lv, float(w.get("held") or 0))
+            if w.get("held_max") is not None:
+                held_max.add_metric(lv, float(w["held_max"]))
             up.add_metric(lv, 1.0 if w.get("alive", True) and w.get("ready", True) else 0.0)
             flags["gso"].add_metric(lv, 1.0 if w.get("gso") else 0.0)
             flags["fail_open"].add_metric(lv, 1.0 if w.get("on_overflow") == "accept" else 0.0)
         yield from counters.values()
         yield held
+        yield held_max
         yield up
         yield from flags.values()
 

@@ -32,12 +32,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from imqd.gcpause import paused
-from imqd.kernel_queues import PROC_PATH, read_nfqueue_table
+from imqd.kernel_queues import DEFAULT_HELD_MAX, PROC_PATH, SOCK_LEN, read_nfqueue_table
 from imqd.links import REFRESH_S, LinkCosts
 from imqd.memtrim import mmap_large_blocks, trim
 from imqd.nfnetlink import NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_GSO, VerdictBatch
 from imqd.packet import MalformedPacket
 from imqd.qdisc.base import QueuedPacket
+from imqd.qdisc.held_pool import HeldPool
 from imqd.queue_flags import QueueFlags, Replay, describe_answer, lost_messages, request_flag
 from imqd.rules import HOOK_NAMES
 from imqd.shaper import NeedsWholeConfig, Shaper
@@ -56,11 +57,6 @@ IDLE_TICK_S = 0.001  # default WorkerOptions.idle_tick
 KEEP_WARM_S = 1.0  # the idle tick runs while a packet came within this long (not on a router with no traffic)
 
 EXIT_FATAL = 3  # the supervisor must not restart: bad queue number, queue busy, no permission
-SOCK_LEN = 8 * 1024 * 1024  # the netlink socket's receive buffer (the kernel doubles it: 16 MiB)
-# The most packet messages that buffer can hold: each costs at least ~512 bytes of skb (830 measured with a
-# 128-byte copy: 20,164 messages).  A kernel queue longer than this plus what the worker holds never fills
-# before the socket does.
-SOCKET_MESSAGES_MAX = 2 * SOCK_LEN // 512
 
 
 class DrainPause(BaseException):
@@ -90,6 +86,7 @@ class WorkerOptions:
     counters_block: int = 0
     gso: bool = True  # ask the kernel for whole GSO/GRO super-packets (NFQA_CFG_F_GSO); False: --no-gso
     fail_open: bool = False  # a full queue or socket passes packets unshaped (NFQA_CFG_F_FAIL_OPEN), else drops
+    held_max: int = DEFAULT_HELD_MAX  # packets the worker's classes may hold together (imqd.qdisc.held_pool)
 
 
 @dataclass(slots=True)
@@ -490,6 +487,10 @@ class QueueWorker:
             # per_host caps that found the shared table's set full and fell back to this worker's own bucket
             "host_bucket_overflows": hosts.overflows if (hosts := self.shaper.host_buckets) is not None else 0,
             "held": self.shaper.held,
+            # what its classes may hold together, and the arrivals refused because their class had more than
+            # its share of that (imqd.qdisc.held_pool): the longest queues' drops, counted in "drops" too
+            "held_max": self.shaper.pool.capacity,
+            "pool_drops": self.shaper.pool.drops,
             "version": self.shaper.version,
             "enabled": self.shaper.enabled,
             # per-class counters are in shared memory (imqd.shared_counters); only the few non-FIFO leaves'
@@ -600,7 +601,7 @@ def worker_main(opts: WorkerOptions, control: Any, lock: Any) -> None:
             shared["tokens"] = store
         if counters is not None:  # HTB writes its per-class counters straight into this worker's block
             shared["counters"] = counters.block(opts.counters_block)
-        shaper = Shaper(**shared)
+        shaper = Shaper(**shared, pool=HeldPool(opts.held_max))
         shaper.host_buckets = hosts.table if hosts is not None else None
         worker = QueueWorker(opts, shaper, control)
         signal.signal(signal.SIGTERM, lambda *_: worker.stop())

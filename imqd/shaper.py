@@ -23,6 +23,7 @@ from imqd.config import Config, ConfigDelta
 from imqd.packet import parse_headers
 from imqd.qdisc.base import QueuedPacket
 from imqd.qdisc.counters import CounterStore, LocalCounters
+from imqd.qdisc.held_pool import HeldPool
 from imqd.qdisc.host_buckets import HostBucketTable, class_tag
 from imqd.qdisc.htb import HTB, HTBClassParams
 from imqd.qdisc.htb_class import shared_float
@@ -184,6 +185,8 @@ class Shaper:
     overhead: int | None = None
     defaults: dict[str, str | None] = field(default_factory=dict)
     _next_order: int = 0  # the classifier order of the next class a delta adds (after every config position)
+    #: the packets this worker may hold, shared by both trees' classes (imqd.qdisc.held_pool); no bound by default
+    pool: HeldPool = field(default_factory=HeldPool)
 
     def apply(self, config: WorkerConfig | Config, now: float, slots: dict[str, int] | None = None,
               version: int | None = None) -> list[QueuedPacket]:
@@ -213,7 +216,7 @@ class Shaper:
                     released.extend(old.htb.drain())
                 continue
             if old is None:
-                htb = HTB(params, now, tokens=self.tokens, counters=self.counters)
+                htb = HTB(params, now, tokens=self.tokens, counters=self.counters, pool=self.pool)
             else:
                 htb = old.htb
                 pending.append((htb, params, default))

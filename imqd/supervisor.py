@@ -30,7 +30,7 @@ from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from imqd.config import Config, ConfigDelta
-from imqd.kernel_queues import PROC_PATH, read_nfqueue_table
+from imqd.kernel_queues import DEFAULT_HELD_MAX, PROC_PATH, read_nfqueue_table
 from imqd.qdisc.tokens import SlotMap
 from imqd.queue_worker import EXIT_FATAL, IDLE_TICK_S, WorkerOptions, worker_main
 from imqd.shared_counters import FIELD, FIELDS_PER_COUNTER_SLOT, SharedCounters
@@ -177,7 +177,7 @@ class Supervisor:
 
     def __init__(self, queues: list[int], config: Config, *, max_len: int = 20000, copy_range: int = 128,
                  idle_tick: float = IDLE_TICK_S, cpus: list[int] | None = None, gso: bool = True,
-                 fail_open: bool = False) -> None:
+                 fail_open: bool = False, held_max: int = DEFAULT_HELD_MAX) -> None:
         if not queues:
             raise SupervisorError("no queues given")
         self.ctx = start_forkserver()
@@ -207,6 +207,7 @@ class Supervisor:
         self.idle_tick = idle_tick
         self.gso = gso  # ask for whole GSO super-packets (False: --no-gso)
         self.fail_open = fail_open  # --on-overflow accept
+        self.held_max = held_max  # --max-held
         self._refusals_logged: set[str] = set()  # queue flags the kernel refused, logged once each
         self._cond = threading.Condition()
         self._stopping = False
@@ -249,7 +250,7 @@ class Supervisor:
                              hosts_shm_name=self.hosts.name if self.hosts is not None else None,
                              counters_shm_name=self.counters.name, counters_workers=self.counters.workers,
                              counters_slots=self.counters.slots, counters_block=self.block_of[w.queue],
-                             gso=self.gso, fail_open=self.fail_open)
+                             gso=self.gso, fail_open=self.fail_open, held_max=self.held_max)
         proc = self.ctx.Process(target=worker_main, args=(opts, child, self.worker_lock), name=f"imqd-q{w.queue}",
                                 daemon=True)
         proc.start()

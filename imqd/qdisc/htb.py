@@ -38,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from imqd.qdisc.base import QueuedPacket
+from imqd.qdisc.held_pool import HeldPool
 from imqd.qdisc.counters import (
     C_BACKLOG_BYTES,
     C_BACKLOG_PACKETS,
@@ -98,8 +99,8 @@ class HTB(Incremental):
     Configured by :meth:`change` (the whole class set) or :meth:`update` (a few classes, in place)."""
 
     def __init__(self, classes: Sequence[HTBClassParams], now: float, tokens: TokenStore | None = None,
-                 accelerate: bool = True, scheduler: str | None = None, counters: CounterStore | None = None
-                 ) -> None:
+                 accelerate: bool = True, scheduler: str | None = None, counters: CounterStore | None = None,
+                 pool: HeldPool | None = None) -> None:
         scheduler = DEFAULT_SCHEDULER if scheduler is None else scheduler
         if scheduler not in SCHEDULERS and scheduler != "auto":
             raise ValueError(f"scheduler: {scheduler!r} is not one of auto, {', '.join(SCHEDULERS)}")
@@ -118,6 +119,10 @@ class HTB(Incremental):
         self._slot_top = 0
         self._defined = 0
         self._nactive = 0  # backlogged leaves
+        # The packets this worker may hold, shared with its other trees (dynamic thresholds); `held` counts
+        # this tree's share of pool.held, both kept exact by _pool_sync.  Own, unbounded pool by default.
+        self.pool = pool if pool is not None else HeldPool()
+        self.held = 0
         # The fast path's gate, read by the C lanes: [open_until, bypasses].  While some leaf is backlogged a packet
         # may skip the queue only before open_until, the scheduler's last next_event (none of the backlogged
         # leaves can be sent before it, so enqueue + dequeue would release the new packet first as well);
@@ -210,6 +215,7 @@ class HTB(Incremental):
             if name not in classes and cl.q is not None:
                 orphans.extend(cl.q.drain())
                 self._collect_dropped(cl, dropped)
+                self._pool_sync(cl, 0)
 
         for cl in order:
             cl.parent = classes[cl.parent_name] if cl.parent_name is not None else None
@@ -347,9 +353,19 @@ class HTB(Incremental):
         b = cl.cbase
         if q is None:
             cv[b + C_BACKLOG_PACKETS] = cv[b + C_BACKLOG_BYTES] = 0
+            n = 0
         else:
-            cv[b + C_BACKLOG_PACKETS] = q.backlog_packets
+            cv[b + C_BACKLOG_PACKETS] = n = q.backlog_packets
             cv[b + C_BACKLOG_BYTES] = q.backlog_bytes
+        if n != cl.pooled:
+            self._pool_sync(cl, n)
+
+    def _pool_sync(self, cl: ClassState, n: int) -> None:
+        """Leaf ``cl`` holds ``n`` packets now: the tree's and the pool's counts follow."""
+        d = n - cl.pooled
+        cl.pooled = n
+        self.held += d
+        self.pool.held += d
 
     def _activate(self, cl: ClassState, now: float) -> None:
         cl.active = True
@@ -371,6 +387,11 @@ class HTB(Incremental):
     def enqueue(self, pkt: QueuedPacket, leaf: str, now: float) -> list[QueuedPacket]:
         """Queue ``pkt`` in leaf class ``leaf``; return what its leaf qdisc dropped (maybe ``pkt``)."""
         cl = self._leaf_map.get(leaf) or self._no_leaf(leaf, "enqueue")
+        pool = self.pool
+        if pool.capacity is not None and not pool.admits(cl.pooled):
+            pool.drops += 1  # over its share of what the worker may hold: the longest queues drop first
+            self._cvals[cl.cbase + C_DROPS] += 1
+            return [pkt]
         q = cl.q
         if q is None:
             q = cl.q = make_leaf(cl.spec)  # type: ignore[arg-type]  # a lazy FIFO gets its first packet
@@ -381,6 +402,8 @@ class HTB(Incremental):
             cv[b + C_DROPS] += len(dropped)
         cv[b + C_BACKLOG_PACKETS] = n = q.backlog_packets
         cv[b + C_BACKLOG_BYTES] = q.backlog_bytes
+        if n != cl.pooled:
+            self._pool_sync(cl, n)
         if not cl.active:
             if n:
                 self._activate(cl, now)
@@ -468,6 +491,8 @@ class HTB(Incremental):
                 b = cl.cbase
                 cv[b + C_BACKLOG_PACKETS] = n = q.backlog_packets
                 cv[b + C_BACKLOG_BYTES] = q.backlog_bytes
+                if n != cl.pooled:
+                    self._pool_sync(cl, n)
                 if pkt is None:
                     # The leaf said it had something and then had not (it dropped it, or is not
                     # work-conserving): move on, as htb_dequeue_tree does.
@@ -604,7 +629,8 @@ class HTB(Incremental):
 
     @property
     def backlog_packets(self) -> int:
-        return sum(cl.q.backlog_packets for cl in self._leaf_map.values() if cl.active)
+        """Packets held (O(1): kept by every change of a leaf's backlog)."""
+        return self.held
 
     @property
     def busy(self) -> bool:

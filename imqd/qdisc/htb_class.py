@@ -110,6 +110,7 @@ class ClassState:
         "name", "params", "idx", "lo", "hi", "level", "prio", "quantum", "slot", "base", "cbase",
         "buffer", "cbuffer", "spb", "cspb", "chain", "parent", "parent_name", "nchildren",
         "q", "spec", "lazy", "wc", "passthrough", "take_dropped", "active", "deficit", "key", "defined",
+        "pooled",  # the packets of this leaf the worker's HeldPool counts (HTB._pool_sync keeps it = the backlog)
         # the row scheduler's cache (imqd/qdisc/htb_rows.py)
         "mode", "feeds", "prios", "wait_seq", "wait_at", "hold",
     )  # fmt: skip
@@ -123,6 +124,7 @@ class ClassState:
         self.passthrough = 0
         self.take_dropped: Any = None
         self.active = False
+        self.pooled = 0
         self.deficit = [0] * MAX_DEPTH
         self.key = NO_KEY
         self.chain: tuple[ClassState, ...] = ()

@@ -85,6 +85,7 @@ def test_bad_flags_name_the_flag(topology: Topology) -> None:
     for args, word in ((["run", "--queues", "3:1"], "--queues"), (["run", "--queues", "0", "--api", "x"], "--api"),
                        (["rules", "apply", "--queues", "0:1", "--in-iface", "bad name!"], "in_iface"),
                        (["run", "--queues", "0", "--max-len", "0", "--api", "none"], "--max-len"),
+                       (["run", "--queues", "0", "--max-held", "0", "--api", "none"], "--max-held"),
                        (["run", "--queues", "0", "--idle-tick", "5", "--api", "none"], "--idle-tick"),
                        (["run", "--queues", "0", "--cpu-latency", "-1", "--api", "none"], "--cpu-latency")):
         res = imqd(topology, *args)

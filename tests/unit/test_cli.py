@@ -9,7 +9,7 @@ import pytest
 
 from imqd.cli import host_port_arg, kernel_queue_len, main
 from imqd.config import parse_config
-from imqd.queue_worker import SOCKET_MESSAGES_MAX
+from imqd.kernel_queues import DEFAULT_HELD_MAX, SOCKET_MESSAGES_MAX
 
 
 @pytest.fixture(autouse=True)
@@ -33,14 +33,17 @@ def test_api_address_parsing() -> None:
             host_port_arg(bad)
 
 
-def test_kernel_queue_holds_every_leaf_limit() -> None:
+def test_kernel_queue_holds_every_leaf_limit_and_what_the_socket_holds() -> None:
     cfg = parse_config({"classes": [{"name": "p", "rate": "10mbit"},
                                     {"name": "a", "parent": "p", "rate": "5mbit", "limit": 30000},
                                     {"name": "b", "parent": "p", "rate": "5mbit", "limit": 5000}]})
-    assert kernel_queue_len(cfg, 100) == 35000 + 1024, "inner classes hold nothing"
-    assert kernel_queue_len(parse_config({"classes": []}), 20000) == 20000
-    # failing open, the socket must overflow first (the kernel only counts what overflows the socket)
-    assert kernel_queue_len(cfg, 100, fail_open=True) == 35000 + 1024 + SOCKET_MESSAGES_MAX
+    # the socket must overflow first: the kernel gives an id (to count) only to what overflows the socket
+    assert kernel_queue_len(cfg, 100, held_max=40000) == 35000 + 1024 + SOCKET_MESSAGES_MAX, \
+        "inner classes hold nothing"
+    assert kernel_queue_len(parse_config({"classes": []}), 50000) == 50000
+    # ... but no more held than the classes may hold together (--max-held)
+    assert kernel_queue_len(cfg, 100) == DEFAULT_HELD_MAX + 1024 + SOCKET_MESSAGES_MAX
+    assert kernel_queue_len(cfg, 100, held_max=10) == 10 + 1024 + SOCKET_MESSAGES_MAX
 
 
 def test_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
