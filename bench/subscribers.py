@@ -2,7 +2,7 @@
 the fairness figures and a LibreQoS-style subscriber table.  Pure: no I/O (the measurements are
 :mod:`bench.scale` and :mod:`bench.control_scale`).
 
-Addresses: subscriber i is ``SUBSCRIBERS[i]`` (198.18.128.0/18, free in :mod:`imqd.netns`'s plan, up to 16,384
+Addresses: subscriber i is ``SUBSCRIBERS[i]`` (198.18.128.0/18, free in :mod:`imqd.netns_plan`'s plan, up to 16,384
 subscribers); classes added during a run and imported tables use ``EXTRA`` (198.18.192.0/18).  The traffic
 flows client -> router -> server: the server namespace answers for both prefixes, so subscriber i is a
 destination and its class is an egress class shaped on the router's wan interface.
