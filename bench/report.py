@@ -340,8 +340,11 @@ def _render_core(s: dict[str, Any], meta: dict[str, Any]) -> list[str]:
     a = s["accuracy"]
     L += ["## Accuracy: TCP goodput, imqd / kernel HTB", "",
           f"iperf3 goodput through a class at the configured rate; {a['subject']} vs kernel HTB ({a['reference']}: "
-          "HTB + `pfifo limit 1000` on the wan egress for uploads, on an IFB fed from the wan ingress for "
-          "downloads). The other direction is left unshaped. Each run lasts "
+          "HTB + `pfifo limit 1000` on the wan egress for uploads, on the lan egress for downloads: there, as "
+          "in imqd's queue and behind any real router, the server's packets no longer belong to its socket; an "
+          "IFB at the wan ingress would hold them before, and the server's TCP would see them in a queue of its "
+          "own host and hold back its spurious retransmissions). The other direction is left unshaped. Each run "
+          "lasts "
           f"{p.get('tcp_seconds', '?')} s (5 s at 1 Mbit/s: at least 400 full-size packets) after "
           f"{p.get('omit', '?')} s omitted for slow start. " + _gso_sentence(meta)
           + "Overall ratio: " + _f(a["overall"]) + ".", ""]

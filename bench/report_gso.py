@@ -201,7 +201,8 @@ def render_gso(s: dict[str, Any] | None, params: dict[str, Any] | None, meta: di
           f"Flows are split over two iperf3 clients, one per client address ({', '.join(sources.values()) or '?'}: "
           "the NFQUEUE flow hash sends them to queues 0 and 1; one flow uses the first only), so x2 systems get "
           "work on both queues. *plain*: forwarding only; *kernel-htb*: HTB at the class rate on the wan egress "
-          "and on an IFB for the wan ingress, `pfifo limit 1000`; *bare-loop x1*: a netfilterqueue accept loop "
+          "for uploads and on the lan egress for downloads, `pfifo limit 1000`; *bare-loop x1*: a netfilterqueue "
+          "accept loop "
           "(one verdict per packet, imqd's bind parameters and wan rules) that asks for whole GSO packets "
           "(`--no-gso`: does not); *imqd xN SHAPE*: `imqd run --apply-rules --queues 0[:1]` with GSO, its "
           "default, or `--no-gso`. Rule shapes:", ""]

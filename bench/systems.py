@@ -2,9 +2,9 @@
 
 * :class:`Plain` -- forwarding only, no shaping: the ceiling of the machine.
 * :class:`KernelHtb` -- the in-kernel reference: HTB on the router's egress interface for uploads (wan) and
-  HTB on an IFB fed from the wan ingress for downloads, each with an explicit ``pfifo limit 1000`` leaf (imqd's
-  default FIFO length; the kernel's implicit leaf would be ``txqueuelen`` long, 32 on an IFB) or an
-  ``fq_codel`` leaf.
+  on the client-side (lan) egress for downloads, each with an explicit ``pfifo limit 1000`` leaf (imqd's
+  default FIFO length; the kernel's implicit leaf would be ``txqueuelen`` long) or an ``fq_codel`` leaf.
+  Not an IFB fed from the wan ingress: see :class:`KernelHtb`.
 * :class:`BareLoop` -- ``bench.bare_loop`` processes, one per queue, behind exactly the NFQUEUE rules imqd
   installs for the benchmark's classes (``imqd.rules.for_config``: the wan interface only, so a forwarded
   packet crosses the queue once): the ceiling of the NFQUEUE-in-Python architecture.
@@ -75,7 +75,17 @@ class Plain(System):
 
 
 class KernelHtb(System):
-    """Kernel HTB + a pfifo (or fq_codel) leaf; `set_rate` installs/replaces it for one direction."""
+    """Kernel HTB + a pfifo (or fq_codel) leaf; `set_rate` installs/replaces it for one direction.
+
+    Downloads are shaped on the lan egress, where the packets wait *after* ``ip_rcv`` dropped their socket
+    reference (``skb_orphan``), as they do in imqd's PREROUTING queue and in any router a remote server sends
+    through.  An IFB fed from the wan ingress holds them before that: since veth keeps ``skb->sk`` across
+    namespaces (Linux 5.7), the server's TCP on this one-host topology then sees its packets still "in a host
+    queue", so TCP small queues throttle it and its spurious tail-loss probes and RTO retransmissions are
+    suppressed (``TCPSpuriousRtxHostQueues``) instead of taking the class's bandwidth.  At 1 Mbit/s x8
+    (0.15-0.5 s of queue) that lifted the reference to 1.005 of ideal while the same HTB on the lan egress and
+    imqd both carried 0.962, each with ~27 retransmitted segments (all reported back as duplicates by DSACK).
+    """
 
     shapes = True
 
@@ -86,31 +96,30 @@ class KernelHtb(System):
         self.leaf = leaf
         self.name = "kernel-htb" if leaf == "pfifo" else "kernel-htb+fq_codel"
         self._ifaces: set[str] = set()
-        self._ifb: str | None = None
 
     def set_rate(self, direction: str, bps: int) -> None:
         """A fresh HTB (empty queue) at `bps`: the old root qdisc of that direction is deleted first, because
         ``tc qdisc replace`` cannot change an existing HTB root (and a fresh queue makes runs independent)."""
         topo = self.topo
         if direction == UP:
-            topo.exec(topo.router_ns, ["tc", "qdisc", "del", "dev", topo.wan_iface, "root"], check=False)
-            topo.htb(topo.router_ns, topo.wan_iface, bps)
             dev = topo.wan_iface
         elif direction == DOWN:
-            if self._ifb is not None:
-                topo.exec(topo.router_ns, ["tc", "qdisc", "del", "dev", self._ifb, "root"], check=False)
-            dev = self._ifb = topo.ingress_htb(topo.wan_iface, bps)
+            if len(topo.clients) != 1:  # one lan egress carries the whole download only with one client
+                raise ValueError(f"KernelHtb shapes downloads on the lan egress: expected a topology with one "
+                                 f"client, got {len(topo.clients)}")
+            dev = topo.clients[0].router_iface
         else:
             raise ValueError(f"direction: expected {UP!r} or {DOWN!r}, got {direction!r}")
-        self._ifaces.add(topo.wan_iface)
+        topo.exec(topo.router_ns, ["tc", "qdisc", "del", "dev", dev, "root"], check=False)
+        topo.htb(topo.router_ns, dev, bps)
+        self._ifaces.add(dev)
         leaf = ["pfifo", "limit", str(FIFO_LIMIT)] if self.leaf == "pfifo" else ["fq_codel"]
         topo.exec(topo.router_ns, ["tc", "qdisc", "replace", "dev", dev, "parent", "1:1", "handle", "10:", *leaf])
 
     def stop(self) -> None:
         for iface in self._ifaces:
-            self.topo.clear_tc(self.topo.router_ns, iface)  # root, ingress and the ifb made for it
+            self.topo.clear_tc(self.topo.router_ns, iface)
         self._ifaces.clear()
-        self._ifb = None
 
 
 def read_queues(topo: Topology) -> dict[int, dict[str, int]]:
