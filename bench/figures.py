@@ -31,7 +31,6 @@ from imqd.supervisor import worker_cpus
 __all__ = ["Params", "QUICK", "FULL", "Bench"]
 
 UDP_PORT = 9
-MIN_PACKETS = 400  # full-size packets an accuracy run carries at least (low rates run longer)
 WINDOW_S = 0.2  # accuracy runs: TCP windows add up to this much of the class rate ...
 WINDOW_MIN = 64 * 1024  # ... but at least this many bytes
 PROBES = 5  # datagrams per address when finding which queue an address hashes to
@@ -61,6 +60,10 @@ class Params:
     api_seconds: float
     apply_count: int
     profile_seconds: float
+    # Full-size packets an accuracy run carries at least (low rates run longer).  800: a shaper releases a GSO
+    # super-packet whole (20-30 KB here), so at 1 Mbit/s the goodput of a run comes in steps of ~0.2 s of data;
+    # 400 packets (5 s) left a run's figure on one of two levels ~5% apart by timing alone.
+    min_packets: int = 800
 
     def as_dict(self) -> dict[str, Any]:
         """The parameters as JSON-ready values (recorded in each run's raw results)."""
@@ -74,7 +77,7 @@ FULL = Params(reps=3, rates=(1_000_000, 5_000_000, 20_000_000, 100_000_000), flo
 QUICK = Params(reps=1, rates=(20_000_000,), flows=(1,), directions=(UP, DOWN), tcp_seconds=2, omit=1,
                step_warm=0.25, step_window=0.4, step_factor=2.5, lossy_steps=1,
                refine_steps=1, ceiling_tcp_seconds=1, ping_count=30, load_seconds=2,
-               api_seconds=1.0, apply_count=5, profile_seconds=0)
+               api_seconds=1.0, apply_count=5, profile_seconds=0, min_packets=400)
 START_PPS = 10_000  # the first offered load of the ceiling search (and the load the CPU cost is read at)
 # A sanity bound only: the search ends when the system loses packets or the generator cannot offer the step.
 # (It was 400,000 until a faster machine forwarded that without loss: the figure was then the bound's.)
@@ -224,7 +227,7 @@ class Bench:
     def accuracy(self, system: System, rep: int) -> list[dict[str, Any]]:
         """Goodput at each configured rate, flow count and direction; the other direction left unshaped.
 
-        A run lasts at least MIN_PACKETS full-size packets at the configured rate (5 s at 1 Mbit/s): iperf3's
+        A run lasts at least ``min_packets`` full-size packets at the configured rate (10 s at 1 Mbit/s): iperf3's
         goodput over a few hundred packets is too coarse to resolve 2%.  The TCP window is capped
         (:func:`accuracy_window`), so the class's queue holds at most ~WINDOW_S of data: the shaper stays
         saturated, but a run does not end with seconds of queue that iperf3's closing exchange waits behind."""
@@ -237,7 +240,7 @@ class Bench:
                 system.set_rate(other, ABOVE_CAPACITY_BPS)
             for rate in self.p.rates:
                 system.set_rate(direction, rate)
-                seconds = max(self.p.tcp_seconds, math.ceil(MIN_PACKETS * 1514 * 8 / rate))
+                seconds = max(self.p.tcp_seconds, math.ceil(self.p.min_packets * 1514 * 8 / rate))
                 for flows in self.p.flows:
                     window = accuracy_window(rate, flows)
                     bps = self.iperf(direction, flows, seconds=seconds, window=window)

@@ -8,6 +8,7 @@ moves both sides of a ratio together instead of widening it.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from typing import Any
 
@@ -321,6 +322,11 @@ def render_markdown(s: dict[str, Any], meta: dict[str, Any], *, png: str | None 
     return "\n".join(L).rstrip() + "\n"
 
 
+def _low_rate_seconds(min_packets: int) -> int:
+    """How long an accuracy run at 1 Mbit/s lasts (bench.figures.Bench.accuracy)."""
+    return math.ceil(min_packets * 1514 * 8 / 1e6)
+
+
 def _gso_sentence(meta: dict[str, Any]) -> str:
     """Whether imqd had whole GSO super-packets in the accuracy runs (the kernel's answer, from /stats)."""
     status = meta.get("imqd_gso_status")
@@ -345,7 +351,8 @@ def _render_core(s: dict[str, Any], meta: dict[str, Any]) -> list[str]:
           "IFB at the wan ingress would hold them before, and the server's TCP would see them in a queue of its "
           "own host and hold back its spurious retransmissions). The other direction is left unshaped. Each run "
           "lasts "
-          f"{p.get('tcp_seconds', '?')} s (5 s at 1 Mbit/s: at least 400 full-size packets) after "
+          f"{p.get('tcp_seconds', '?')} s ({_low_rate_seconds(p.get('min_packets', 400))} s at 1 Mbit/s: at least "
+          f"{p.get('min_packets', 400)} full-size packets) after "
           f"{p.get('omit', '?')} s omitted for slow start. " + _gso_sentence(meta)
           + "Overall ratio: " + _f(a["overall"]) + ".", ""]
     L += _table(["direction", "rate", "flows", "kernel HTB Mbit/s", "imqd Mbit/s", "imqd / kernel",
