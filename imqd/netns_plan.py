@@ -69,9 +69,15 @@ class Client:
         return self.addrs6[0]
 
 
+_BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
 def make_prefix() -> str:
-    """A prefix unique to this process and call: ``imq<pid % 100000>x<n>``."""
-    return f"imq{os.getpid() % 100000}x{next(_COUNTER)}"
+    """A prefix unique to this process and call: ``imq<pid % 100000>x<n>``, n in base 36 and wrapping after
+    1,296 calls, so it never passes 11 characters (interface names are ``<prefix><letter><digits>``); a
+    collision would need 1,296 labs of one process alive at once."""
+    n = next(_COUNTER) % 36**2
+    return f"imq{os.getpid() % 100000}x{_BASE36[n // 36] if n >= 36 else ''}{_BASE36[n % 36]}"
 
 
 class LabPlan:

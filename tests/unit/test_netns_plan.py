@@ -86,3 +86,11 @@ def test_sysctls_forward_only_in_the_router_and_v6_only_with_ipv6(ipv6: bool) ->
         assert "net.ipv4.conf.default.rp_filter=0" in values
         assert ("net.ipv4.ip_forward=1" in values) == (ns == plan.router_ns)
         assert any(v.startswith("net.ipv6.") for v in values) == ipv6
+
+
+def test_made_prefixes_stay_valid_and_distinct_over_many_labs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("imqd.netns_plan.os.getpid", lambda: 99_999)
+    made = [make_prefix() for _ in range(1296)]
+    assert len(set(made)) == len(made)
+    for prefix in made:
+        LabPlan(prefix=prefix)  # raises ValueError for a prefix it cannot use
