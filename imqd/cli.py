@@ -283,7 +283,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if api is not None and not is_loopback(api[0]) and token is None:
         raise CliError(f"--api {api[0]}:{api[1]} is not a loopback address: writes need --token-file")
 
-    from imqd.queue_worker import has_net_admin
+    from imqd.bind_errors import has_net_admin
 
     if not has_net_admin():
         raise CliError("imqd run needs CAP_NET_ADMIN (NFQUEUE and iptables): run as root or grant the capability")

@@ -1,4 +1,4 @@
-"""The worker's view of the network devices: MTUs and GSO sizes, cached -- and what a packet costs on them.
+"""The worker's view of the network devices: names, MTUs and GSO sizes, cached -- and what a packet costs on them.
 
 :class:`LinkCosts` is what :meth:`imqd.shaper.DirectionTree.admit` asks about a packet longer than the
 smallest MTU (``floor``): :meth:`LinkCosts.charge` looks up the MTU of the device the packet was queued
@@ -14,6 +14,9 @@ forgotten every ``REFRESH_S`` so a changed MTU is seen; ``floor`` is the smalles
 (recomputed then too).  A device that appears with an MTU below ``floor`` is only looked up once one
 of its packets is longer than ``floor``; until the next refresh (at most ``REFRESH_S``), its packets
 between its MTU and ``floor`` are charged as one segment, short of the headers of the others.
+
+Device names for the classifier's ``iif``/``oif`` matches come from :class:`IfaceNames` (ifindex -> name,
+asked of the kernel once per device).
 
 The largest GSO/GRO size of a device (``gso_max_size``, ``gro_max_size`` and their IPv4 versions: BIG
 TCP) is asked of rtnetlink only when a packet without a length in its header (BIG TCP) turns up.
@@ -89,6 +92,23 @@ def read_gso_max(index: int) -> int:
 def read_all_mtus(sock: socket.socket) -> list[int]:
     """The MTU of every device in ``sock``'s network namespace."""
     return [m for _, name in socket.if_nameindex() if (m := read_mtu(sock, name)) is not None]
+
+
+class IfaceNames(dict[int, "str | None"]):
+    """ifindex -> name, cached (interfaces rarely change); a miss asks the kernel once.
+
+    A dict with ``__missing__`` so the per-packet lookup is a plain subscript."""
+
+    def __init__(self) -> None:
+        super().__init__({0: None})
+
+    def __missing__(self, index: int) -> str | None:
+        try:
+            name: str | None = socket.if_indextoname(index)
+        except OSError:
+            name = None
+        self[index] = name
+        return name
 
 
 class LinkCosts:

@@ -74,6 +74,14 @@ class VerdictBatch:
         return self._prefix + _BE32.pack(max_id & 0xFFFFFFFF)
 
 
+def id_before(a: int, b: int) -> bool:
+    """Whether kernel packet id ``a`` came before ``b`` (32-bit ids that wrap, as the kernel's nfq_id_after).
+
+    A batch up to ``max_id`` sweeps every waiting packet with an id not after it: the worker sends one only
+    when no packet it holds is older (:meth:`imqd.queue_worker.QueueWorker.flush`)."""
+    return 0 < ((b - a) & 0xFFFFFFFF) < 0x80000000
+
+
 def queue_flags_message(queue: int, flags: int, mask: int, seq: int) -> bytes:
     """``NFQNL_MSG_CONFIG`` that sets the bits of ``mask`` in queue ``queue``'s flags to those of ``flags``.
 

@@ -13,10 +13,17 @@ control pipe with the scheduler's next release time as the timeout
 what is due.  Verdicts are issued in release order, which is arrival order
 within a flow, so a flow is never reordered.  While traffic flows, the loop
 also wakes every ``idle_tick`` (1 ms) so that the CPU and the worker's code stay
-warm for the next packet (:func:`sleep_time`).
+warm for the next packet (:func:`imqd.worker_timing.sleep_time`).
 
 Nothing a packet contains may crash the worker: malformed headers are counted
 and accepted; any unexpected error in the callback accepts the packet.
+
+Here is the worker itself: the per-packet path, the verdicts, the loop and the
+control channel.  Around it, with no netfilterqueue: :mod:`imqd.worker_process`
+(the process: signals, CPU, shared memory, first configuration),
+:mod:`imqd.worker_options` (options and counters), :mod:`imqd.worker_timing`
+(the loop's timeout), :mod:`imqd.worker_stats` (the stats message) and
+:mod:`imqd.bind_errors` (why a bind failed).
 """
 
 from __future__ import annotations
@@ -24,24 +31,23 @@ from __future__ import annotations
 import functools
 import os
 import select
-import signal
-import socket
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from imqd import worker_stats
+from imqd.bind_errors import WorkerError, describe_bind_error
 from imqd.gcpause import paused
-from imqd.kernel_queues import DEFAULT_HELD_MAX, PROC_PATH, SOCK_LEN, read_nfqueue_table
-from imqd.links import REFRESH_S, LinkCosts
-from imqd.memtrim import mmap_large_blocks, trim
-from imqd.nfnetlink import NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_GSO, VerdictBatch
+from imqd.kernel_queues import read_nfqueue_table
+from imqd.links import REFRESH_S, IfaceNames, LinkCosts
+from imqd.memtrim import trim
+from imqd.nfnetlink import NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_GSO, VerdictBatch, id_before
 from imqd.packet import MalformedPacket
 from imqd.qdisc.base import QueuedPacket
-from imqd.qdisc.held_pool import HeldPool
-from imqd.queue_flags import QueueFlags, Replay, describe_answer, lost_messages, request_flag
-from imqd.rules import HOOK_NAMES
+from imqd.queue_flags import QueueFlags, Replay, describe_answer, request_flag
 from imqd.shaper import NeedsWholeConfig, Shaper
+from imqd.worker_options import WorkerCounters, WorkerOptions
+from imqd.worker_timing import KEEP_WARM_S, STATS_INTERVAL_S, sleep_time
 
 BATCH_MAX = 64  # packets whose accept may wait for one batch verdict (bounds the added delay)
 SOLO_MAX = 3  # the first packets of each socket drain are accepted one by one (low latency at light load)
@@ -51,95 +57,11 @@ SOLO_MAX = 3  # the first packets of each socket drain are accepted one by one (
 DRAIN_MAX = 2048
 NO_LIMIT = sys.maxsize  # outside drain_socket (tests, a packet handled on its own): no pause
 
-STATS_INTERVAL_S = 0.5
-MAX_SLEEP_S = 0.25
-IDLE_TICK_S = 0.001  # default WorkerOptions.idle_tick
-KEEP_WARM_S = 1.0  # the idle tick runs while a packet came within this long (not on a router with no traffic)
-
-EXIT_FATAL = 3  # the supervisor must not restart: bad queue number, queue busy, no permission
-
 
 class DrainPause(BaseException):
     """Raised by the packet callback to end a socket drain early (``DRAIN_MAX``); netfilterqueue passes the
     callback's exception out of ``run()`` after the packet it was handling. A BaseException so that the
     callback's own ``except Exception`` (a worker never dies of one packet) does not swallow it."""
-
-
-@dataclass
-class WorkerOptions:
-    """What a worker needs to start (picklable: sent to a spawned process)."""
-
-    queue: int
-    cpu: int | None
-    max_len: int = 20000
-    copy_range: int = 128
-    sock_len: int = SOCK_LEN
-    shm_name: str | None = None
-    hosts_shm_name: str | None = None  # the per-host bucket table (imqd.shared_hosts); None: one worker
-    # While traffic flows, an idle worker wakes at least this often (s; 0 = only for the scheduler's events).
-    # A CPU left idle for milliseconds makes the next packet's wake-up and Python code cold: see sleep_time.
-    idle_tick: float = IDLE_TICK_S
-    # The per-class counter segment (imqd.shared_counters) and which of its blocks is this worker's
-    counters_shm_name: str | None = None
-    counters_workers: int = 1
-    counters_slots: int = 0
-    counters_block: int = 0
-    gso: bool = True  # ask the kernel for whole GSO/GRO super-packets (NFQA_CFG_F_GSO); False: --no-gso
-    fail_open: bool = False  # a full queue or socket passes packets unshaped (NFQA_CFG_F_FAIL_OPEN), else drops
-    held_max: int = DEFAULT_HELD_MAX  # packets the worker's classes may hold together (imqd.qdisc.held_pool)
-
-
-@dataclass(slots=True)
-class WorkerCounters:
-    packets: int = 0
-    accepted: int = 0
-    dropped: int = 0
-    malformed: int = 0
-    errors: int = 0
-    batches: int = 0  # batch verdict messages sent
-    drain_pauses: int = 0  # socket drains ended after DRAIN_MAX packets to serve control messages and stats
-    # packets per NF_INET hook (imqd.rules.HOOK_NAMES order): which direction saw traffic, and where ingress is
-    # taken (imqd.hook_checks reports classes that match nothing although their direction saw packets)
-    by_hook: list[int] = field(default_factory=lambda: [0] * len(HOOK_NAMES))
-
-
-class IfaceNames(dict[int, "str | None"]):
-    """ifindex -> name, cached (interfaces rarely change); a miss asks the kernel once.
-
-    A dict with ``__missing__`` so the per-packet lookup is a plain subscript."""
-
-    def __init__(self) -> None:
-        super().__init__({0: None})
-
-    def __missing__(self, index: int) -> str | None:
-        try:
-            name: str | None = socket.if_indextoname(index)
-        except OSError:
-            name = None
-        self[index] = name
-        return name
-
-
-def sleep_time(now: float, wake: float | None, warm_until: float, tick: float) -> float:
-    """How long the worker's select() may sleep at ``now``.
-
-    Until the scheduler's next event ``wake`` (None: nothing held), at most MAX_SLEEP_S (stats, control),
-    and at most ``tick`` while ``now < warm_until`` -- that is, while packets keep coming.  On a VM (and on
-    hardware with deep C-states) a CPU that sleeps for milliseconds wakes slowly and finds the worker's
-    code and data out of its caches: even plain kernel forwarding takes ~30 us longer per router crossing
-    at 100 packets/s than at 1,000/s, and imqd's longer path pays more (docs/benchmarks.md).  A wake-up
-    every ``tick`` that does nothing keeps the next packet's path warm for ~1,000 cheap wake-ups a second
-    (~25-30 us less per packet at 100 packets/s); a router with no traffic is left to sleep.
-    """
-    timeout = MAX_SLEEP_S if wake is None else min(max(wake - now, 0.0), MAX_SLEEP_S)
-    if 0.0 < tick < timeout and now < warm_until:
-        return tick
-    return timeout
-
-
-def id_before(a: int, b: int) -> bool:
-    """Whether kernel packet id ``a`` came before ``b`` (32-bit ids that wrap, as the kernel's nfq_id_after)."""
-    return 0 < ((b - a) & 0xFFFFFFFF) < 0x80000000
 
 
 class QueueWorker:
@@ -466,162 +388,25 @@ class QueueWorker:
             self._stop = True
 
     def stats(self) -> dict[str, Any]:
-        c = self.counters
+        """The stats message's body (:mod:`imqd.worker_stats`)."""
         now = self._clock()  # one reading: the tokens are projected to the time the stats report
-        return {
-            "queue": self.opts.queue,
-            "cpu": self.opts.cpu,
-            "pid": os.getpid(),
-            "packets": c.packets,
-            "verdicts": c.accepted + c.dropped,
-            "accepted": c.accepted,
-            "drops": c.dropped,
-            "malformed": c.malformed,
-            "errors": c.errors,
-            "batch_verdicts": c.batches,
-            "drain_pauses": c.drain_pauses,
-            "hook_packets": dict(zip(HOOK_NAMES, c.by_hook)),
-            **self.flag_stats(),
-            **self.links.counters(),
-            **self.overflow_stats(),
-            # per_host caps that found the shared table's set full and fell back to this worker's own bucket
-            "host_bucket_overflows": hosts.overflows if (hosts := self.shaper.host_buckets) is not None else 0,
-            "held": self.shaper.held,
-            # what its classes may hold together, and the arrivals refused because their class had more than
-            # its share of that (imqd.qdisc.held_pool): the longest queues' drops, counted in "drops" too
-            "held_max": self.shaper.pool.capacity,
-            "pool_drops": self.shaper.pool.drops,
-            "version": self.shaper.version,
-            "enabled": self.shaper.enabled,
-            # per-class counters are in shared memory (imqd.shared_counters); only the few non-FIFO leaves'
-            # own details (top hosts, flows, CoDel) travel
-            "leaves": leaf_details(self.shaper),
-            "time": now,
-        }
+        return {"queue": self.opts.queue, "cpu": self.opts.cpu, "pid": os.getpid(),
+                **worker_stats.counter_stats(self.counters),
+                **self.flag_stats(), **self.links.counters(), **self.overflow_stats(),
+                **worker_stats.shaper_stats(self.shaper),
+                "time": now}
 
     def flag_stats(self) -> dict[str, Any]:
-        f = self.flags
-        return {"gso": f.gso, "gso_status": f.gso_status, "on_overflow": "drop" if f.fail_open is False else "accept",
-                "overflow_status": f.overflow_status}
+        return worker_stats.flag_stats(self.flags)
 
     def overflow_stats(self) -> dict[str, int]:
-        """What the kernel could not queue for this worker (see :func:`lost_messages` and docs).
-
-        ``socket_overflows``: packets whose message found the socket buffer full (exact); with
-        ``--on-overflow accept`` they passed unshaped (``unshaped_overflow``), else the kernel dropped them
-        (its ``user_dropped``).  A packet that finds the *queue* full gets no id: the kernel counts it in
-        ``queue_dropped`` when it drops it and nowhere when it accepts it, so ``queue_full_samples`` counts
-        the stats samples (every STATS_INTERVAL_S) that found the queue full."""
-        row = read_nfqueue_table().get(self.opts.queue)
-        if row is None or self._nfq is None:
-            return {"socket_overflows": 0, "unshaped_overflow": 0, "queue_full_samples": self.queue_full_samples}
-        held = self.shaper.held + len(self._ok)
-        lost = lost_messages(row["last_id"], self.counters.packets, row["waiting"], held)
-        if row["waiting"] >= self.opts.max_len:
+        """What the kernel could not queue for this worker (:func:`imqd.worker_stats.overflow_stats`); a sample
+        that finds the queue at its max length is counted in ``queue_full_samples``."""
+        row = read_nfqueue_table().get(self.opts.queue) if self._nfq is not None else None
+        if row is not None and row["waiting"] >= self.opts.max_len:
             self.queue_full_samples += 1
-        return {"socket_overflows": lost, "unshaped_overflow": lost if self.flags.fail_open else 0,
-                "queue_full_samples": self.queue_full_samples}
+        return worker_stats.overflow_stats(row, self.counters.packets, self.shaper.held + len(self._ok),
+                                           self.flags.fail_open, self.queue_full_samples)
 
     def send_stats(self) -> None:
         self._send(("stats", self.stats()))
-
-
-def leaf_details(shaper: Shaper) -> dict[str, dict[str, Any]]:
-    """``stats()`` of every leaf that has more to say than its counters: fq_codel, sfq, per_host, delay."""
-    out: dict[str, dict[str, Any]] = {}
-    for tree in shaper.trees.values():
-        if tree is None:
-            continue
-        for name in tree.needs_info:  # exactly the leaves that are not a plain FIFO
-            stats = getattr(tree.htb.leaf(name), "stats", None)
-            if stats is not None:
-                out[name] = stats()
-    return out
-
-
-class WorkerError(Exception):
-    """A worker cannot start; the message is one line for the operator."""
-
-
-def describe_bind_error(queue: int, exc: OSError) -> str:
-    """Turn netfilterqueue's bind failure into one line that says what to do."""
-    if not has_net_admin():
-        return f"queue {queue}: binding NFQUEUE needs CAP_NET_ADMIN (run as root or grant the capability)"
-    if not os.path.exists(PROC_PATH):
-        return f"queue {queue}: the kernel has no nfnetlink_queue support (modprobe nfnetlink_queue)"
-    if queue_is_bound(queue):
-        return f"queue {queue}: already bound by another process (is another imqd running?)"
-    return f"queue {queue}: cannot bind NFQUEUE: {exc}"
-
-
-def has_net_admin() -> bool:
-    """True if this process has CAP_NET_ADMIN in its effective set."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) & (1 << 12))
-    except OSError:
-        pass
-    return False
-
-
-def queue_is_bound(queue: int) -> bool:
-    """Whether some process is bound to ``queue`` in this network namespace."""
-    return queue in read_nfqueue_table()
-
-
-def pin_to_cpu(cpu: int | None) -> None:
-    if cpu is None:
-        return
-    try:
-        os.sched_setaffinity(0, {cpu})
-    except OSError:
-        pass
-
-
-def worker_main(opts: WorkerOptions, control: Any, lock: Any) -> None:
-    """Entry point of a worker process (spawned by the supervisor)."""
-    from imqd.shared_counters import SharedCounters
-    from imqd.shared_hosts import SharedHostTable
-    from imqd.shared_tokens import SharedTokenStore
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
-    mmap_large_blocks()  # (imqd.memtrim)
-    pin_to_cpu(opts.cpu)
-    store = SharedTokenStore.attach(opts.shm_name, lock) if opts.shm_name else None
-    hosts = (SharedHostTable.attach(opts.hosts_shm_name, lock, opts.counters_workers, opts.counters_block)
-             if opts.hosts_shm_name else None)  # worker i of n: the same numbering as the counter blocks
-    counters = (SharedCounters.attach(opts.counters_shm_name, opts.counters_workers, opts.counters_slots)
-                if opts.counters_shm_name else None)
-    worker: QueueWorker | None = None
-    try:  # however this ends (a fatal bind exits here): unmap the segments before the interpreter tears down
-        shared: dict[str, Any] = {}
-        if store is not None:
-            shared["tokens"] = store
-        if counters is not None:  # HTB writes its per-class counters straight into this worker's block
-            shared["counters"] = counters.block(opts.counters_block)
-        shaper = Shaper(**shared, pool=HeldPool(opts.held_max))
-        shaper.host_buckets = hosts.table if hosts is not None else None
-        worker = QueueWorker(opts, shaper, control)
-        signal.signal(signal.SIGTERM, lambda *_: worker.stop())
-        # Take the first configuration before binding, so no packet is ever seen unconfigured.
-        worker.handle_message(control.recv())  # (not kept here: the configuration is dropped once applied)
-        trim()  # what it used (imqd.memtrim)
-        try:
-            worker.bind()
-        except WorkerError as exc:
-            worker._send(("fatal", str(exc)))
-            sys.exit(EXIT_FATAL)
-        worker._send(("ready", opts.queue, os.getpid(), worker.flags.refused()))
-        worker.run()
-        worker.send_stats()
-    finally:
-        if worker is not None:
-            worker.links.close()
-        if store is not None:
-            store.close()
-        if hosts is not None:
-            hosts.close()
-        if counters is not None:
-            counters.close()

@@ -32,13 +32,15 @@ from typing import Any
 from imqd.config import Config, ConfigDelta
 from imqd.kernel_queues import DEFAULT_HELD_MAX, PROC_PATH, read_nfqueue_table
 from imqd.qdisc.tokens import SlotMap
-from imqd.queue_worker import EXIT_FATAL, IDLE_TICK_S, WorkerOptions, worker_main
 from imqd.shared_counters import FIELD, FIELDS_PER_COUNTER_SLOT, SharedCounters
 from imqd.shared_hosts import SharedHostTable
 from imqd.shared_tokens import SharedTokenStore, free_if_stuck
 from imqd.stats_sampler import (SAMPLE_INTERVAL_S, CounterSnapshot, LinkHistory, RateMeter, TreeIndex,
                                 build_snapshot, empty_snapshot)
 from imqd.worker_config import worker_config, worker_delta
+from imqd.worker_options import WorkerOptions
+from imqd.worker_process import EXIT_FATAL, worker_main
+from imqd.worker_timing import IDLE_TICK_S
 
 log = logging.getLogger("imqd.supervisor")
 
@@ -50,7 +52,8 @@ MAX_BACKOFF_S = 5.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-WORKER_MODULES = ["imqd.queue_worker", "imqd.shaper", "imqd.shared_tokens", "imqd.shared_hosts", "netfilterqueue"]
+WORKER_MODULES = ["imqd.worker_process", "imqd.queue_worker", "imqd.shaper", "imqd.shared_tokens", "imqd.shared_hosts",
+                  "netfilterqueue"]
 
 
 def start_forkserver() -> Any:

@@ -212,7 +212,7 @@ def test_run_checks_the_placement_it_installs_else_the_one_installed(
 def test_gso_and_overflow_flags_reach_the_workers(flags: tuple[str, ...], gso: bool, fail_open: bool,
                                                    monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    import imqd.queue_worker
+    import imqd.bind_errors
     import imqd.supervisor
 
     seen: dict[str, object] = {}
@@ -228,7 +228,7 @@ def test_gso_and_overflow_flags_reach_the_workers(flags: tuple[str, ...], gso: b
             pass
 
     monkeypatch.setattr(imqd.supervisor, "Supervisor", Recorder)
-    monkeypatch.setattr(imqd.queue_worker, "has_net_admin", lambda: True)
+    monkeypatch.setattr(imqd.bind_errors, "has_net_admin", lambda: True)
     assert main(["run", "--queues", "0", "--api", "none", *flags]) == 1
     assert "stop here" in capsys.readouterr().err
     assert (seen["gso"], seen["fail_open"]) == (gso, fail_open)

@@ -7,9 +7,11 @@ import errno
 import struct
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from imqd.nfnetlink import (NF_ACCEPT, NF_DROP, NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_GSO, VerdictBatch, find_ack,
-                            queue_flags_message)
+                            id_before, queue_flags_message)
 
 
 def test_batch_verdict_layout() -> None:
@@ -26,6 +28,17 @@ def test_batch_verdict_layout() -> None:
 
 def test_ids_wrap_like_the_kernels_and_drop_is_possible() -> None:
     assert struct.unpack_from("!II", VerdictBatch(0, NF_DROP).message((1 << 32) + 5), 24) == (NF_DROP, 5)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 2**31 - 1))
+def test_id_before_is_the_kernels_order_across_the_wrap(a: int, gap: int) -> None:
+    b = (a + gap) & 0xFFFFFFFF  # up to half the id space later, wrapped or not
+    assert id_before(a, b) and not id_before(b, a) and not id_before(a, a)
+
+
+def test_id_before_at_the_wrap() -> None:
+    assert id_before(0xFFFFFFFF, 0) and id_before(0xFFFFFFF0, 3) and not id_before(3, 0xFFFFFFF0)
+    assert not id_before(0, 0x80000000) and not id_before(0x80000000, 0), "half the space apart: neither"
 
 
 @pytest.mark.parametrize(("queue", "verdict"), [(-1, NF_ACCEPT), (65536, NF_ACCEPT), (True, NF_ACCEPT), (0, 2)])

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from scapy.all import IP, TCP, UDP, IPv6
 
 from imqd.config import parse_config
-from imqd.queue_worker import (BATCH_MAX, DRAIN_MAX, MAX_SLEEP_S, SOLO_MAX, QueueWorker, WorkerOptions,
-                               describe_bind_error, sleep_time)
+from imqd.bind_errors import describe_bind_error
+from imqd.queue_worker import BATCH_MAX, DRAIN_MAX, SOLO_MAX, QueueWorker, WorkerOptions
+from imqd.worker_timing import MAX_SLEEP_S, sleep_time
 from imqd.shaper import Shaper
 
 
@@ -278,17 +279,17 @@ def test_removed_class_moves_its_packets_to_the_default_class() -> None:
 
 
 def test_bind_errors_say_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    import imqd.queue_worker as qw
+    import imqd.bind_errors as bind_errors
 
-    monkeypatch.setattr(qw, "has_net_admin", lambda: False)
+    monkeypatch.setattr(bind_errors, "has_net_admin", lambda: False)
     assert "CAP_NET_ADMIN" in describe_bind_error(0, OSError("x"))
-    monkeypatch.setattr(qw, "has_net_admin", lambda: True)
-    real_exists = qw.os.path.exists
-    monkeypatch.setattr(qw.os.path, "exists",
+    monkeypatch.setattr(bind_errors, "has_net_admin", lambda: True)
+    real_exists = bind_errors.os.path.exists
+    monkeypatch.setattr(bind_errors.os.path, "exists",
                         lambda p: False if p.endswith("nfnetlink_queue") else real_exists(p))
     assert "no nfnetlink_queue support" in describe_bind_error(0, OSError("x"))
-    monkeypatch.setattr(qw.os.path, "exists", real_exists)
-    monkeypatch.setattr(qw, "queue_is_bound", lambda q: q == 5)
+    monkeypatch.setattr(bind_errors.os.path, "exists", real_exists)
+    monkeypatch.setattr(bind_errors, "queue_is_bound", lambda q: q == 5)
     assert describe_bind_error(5, OSError("x")) == "queue 5: already bound by another process (is another imqd running?)"
 
 
@@ -415,7 +416,7 @@ def test_every_packet_gets_one_verdict_and_flows_keep_their_order(steps: list[tu
 
 
 def test_interface_names_are_looked_up_once_and_unknown_ones_are_none(monkeypatch: pytest.MonkeyPatch) -> None:
-    import imqd.queue_worker as qw
+    import imqd.links as links
 
     asked: list[int] = []
 
@@ -425,8 +426,8 @@ def test_interface_names_are_looked_up_once_and_unknown_ones_are_none(monkeypatc
             return "wan0"
         raise OSError(6, "No such device or address")
 
-    monkeypatch.setattr(qw.socket, "if_indextoname", fake)
-    names = qw.IfaceNames()
+    monkeypatch.setattr(links.socket, "if_indextoname", fake)
+    names = links.IfaceNames()
     assert names[0] is None, "index 0: the hook has no such device (PREROUTING has no outdev)"
     assert names[7] == "wan0" and names[7] == "wan0" and names[9] is None and names[9] is None
     assert asked == [7, 9], "each index is asked once"
@@ -518,3 +519,21 @@ def test_a_drain_of_an_overloaded_socket_pauses_so_the_loop_serves_control_messa
     worker.drain_socket()  # the next turn takes the rest; a drain that empties the socket does not pause
     assert not waiting and worker.counters.drain_pauses == 1
     assert worker._drain_limit > len(pkts), "outside a drain no pause: a packet handled alone is never cut"
+
+
+def test_only_the_queue_worker_imports_netfilterqueue() -> None:
+    """The rest of imqd runs (and is tested) without it: the worker's helpers live beside it, not in it."""
+    import ast
+    from pathlib import Path
+
+    import imqd
+
+    root = Path(imqd.__file__).parent
+    importers = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n.split(".")[0] == "netfilterqueue" for n in names):
+                importers.add(path.relative_to(root).as_posix())
+    assert importers == {"queue_worker.py"}
