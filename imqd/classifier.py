@@ -201,6 +201,10 @@ class _Keep:
 
 _KEEP = _Keep()
 
+#: Rule orders are configuration positions times this: a class that gains a match by a live change takes an
+#: order between its neighbours' (:meth:`imqd.shaper.Shaper.apply_delta`), where its position says.
+ORDER_STRIDE = 1 << 20
+
 #: ``(class name, Match or Matches, order)``: a class's rule to add.  Several Matches are alternatives (a class
 #: that lists several addresses: ``MatchSpec.alternatives``): the class matches when any of them does.
 NewRule = tuple[str, "Match | tuple[Match, ...]", int]
@@ -253,13 +257,13 @@ class Classifier:
     def from_config(cls, config: WorkerConfig | Config, direction: Direction) -> Classifier:
         """Rules from the leaf classes of ``direction`` that have a match (a match listing several addresses
         gives one alternative per address, ``MatchSpec.alternatives``); a class's order is its position in
-        the configuration.  A ``Config`` is read as a worker reads it (:func:`~imqd.worker_config.worker_config`)."""
+        the configuration times :data:`ORDER_STRIDE`.  A ``Config`` is read as a worker reads it (:func:`~imqd.worker_config.worker_config`)."""
         if not isinstance(config, WorkerConfig):
             config = worker_config(config)
         parents = {r[1] for r in config.rows}  # (the config allows a match on leaves only)
         # i counts here: a worker keeps the orders, and ints of its own do not pin the memory of the config it
         # drops after applying (see supervisor.kept_strings)
-        rules = [(r[0], matches_of(r), i) for i, r in enumerate(config.rows)
+        rules = [(r[0], matches_of(r), i * ORDER_STRIDE) for i, r in enumerate(config.rows)
                  if r[2].match is not None and r[2].direction == direction and r[0] not in parents]
         new = cls([], None)
         new.update(add=rules, default=config.default(direction))

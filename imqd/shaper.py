@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from imqd.classifier import Classifier, matches_of
+from imqd.classifier import ORDER_STRIDE, Classifier, matches_of
 from imqd.config import Config, ConfigDelta
 from imqd.packet import parse_headers
 from imqd.qdisc.base import QueuedPacket
@@ -238,7 +238,7 @@ class Shaper:
         self._index_hooks()
         self.overhead = config.overhead
         self.defaults = {d: config.default(d) for d in DIRECTIONS}
-        self._next_order = len(config.rows)  # classifier orders are config positions; later classes follow
+        self._next_order = len(config.rows) * ORDER_STRIDE  # orders: config positions x stride; later ones follow
         if version is not None:
             self.version = version
         return released
@@ -320,6 +320,35 @@ class Shaper:
             return "the delta removes the last class of a direction"
         return None
 
+    def _orders_between(self, tree: DirectionTree, names: set[str]) -> dict[str, int]:
+        """Rule orders for classes of ``tree`` that gain a match: between the rules of their neighbours in
+        configuration order (the tree's definition order), so the first match is the one the configuration
+        says -- not the end, where a class new to the configuration goes.  One pass over the tree (a rare
+        change); :class:`NeedsWholeConfig` if no order is left between two rules."""
+        cls = tree.classifier
+        out: dict[str, int] = {}
+        waiting: list[str] = []
+        below = -1  # the order of the last rule passed
+
+        def spread(above: int) -> None:
+            step = (above - below) // (len(waiting) + 1)
+            if step < 1:
+                raise NeedsWholeConfig(f"no rule order is left for class {waiting[0]!r} between its neighbours'")
+            out.update((n, below + step * (i + 1)) for i, n in enumerate(waiting))
+            waiting.clear()
+
+        for p in tree.htb.classes:
+            if p.name in names:
+                waiting.append(p.name)
+            elif p.name in cls:
+                above = cls.order(p.name)
+                if waiting:
+                    spread(above)
+                below = above
+        if waiting:
+            spread(self._next_order)
+        return out
+
     def _tree_delta(self, direction: str, delta: WorkerDelta, slots_added: dict[str, int], default: str | None
                     ) -> TreeDelta | None:
         """One direction's part of a delta (None when it has none)."""
@@ -334,14 +363,18 @@ class Shaper:
         cls = tree.classifier
         drop = [n for n in gone if n in cls]
         add = []
+        gaining = {r[0] for r in ups if r[2].match is not None and r[0] not in cls and r[0] in htb}
+        between = self._orders_between(tree, gaining) if gaining else {}
         for row in ups:
             name = row[0]
             if row[2].match is not None:  # (the config allows a match on leaves only)
                 if name in cls:
                     order = cls.order(name)
+                elif name in between:
+                    order = between[name]
                 else:
                     order = self._next_order
-                    self._next_order += 1
+                    self._next_order += ORDER_STRIDE
                 add.append((name, matches_of(row), order))
             elif name in cls:
                 drop.append(name)

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imqd.classifier import MAX_LINEAR_RULES, Classifier, LinearClassifier, Match
+from imqd.classifier import MAX_LINEAR_RULES, ORDER_STRIDE, Classifier, LinearClassifier, Match
 from imqd.config import parse_config
 from imqd.packet import MalformedPacket, PacketInfo, parse_headers
 
@@ -408,7 +408,7 @@ def test_from_config_orders_classes_by_their_position() -> None:
         }
     )  # fmt: skip
     ingress = Classifier.from_config(cfg, "ingress")
-    assert [ingress.order(n) for n, _ in ingress.rules] == [2, 4]
+    assert [ingress.order(n) for n, _ in ingress.rules] == [2 * ORDER_STRIDE, 4 * ORDER_STRIDE]
     assert _cls(ingress, "198.18.1.1") == "net"
     ingress.update(remove=["net"])
     assert _cls(ingress, "198.18.1.1") == "host"

@@ -156,6 +156,34 @@ def test_a_delta_message_ends_where_the_whole_new_message_does(old: Config, new:
     assert shaper_state(worker, packets) == shaper_state(fresh, packets)
 
 
+def classes_of(*specs: tuple[str, str | None, dict[str, Any] | None]) -> Config:
+    """Ingress classes under one parent: (name, parent, match)."""
+    return parse_config({"classes": [{"name": "down", "direction": "ingress", "rate": "100mbit"}] + [
+        {"name": n, "direction": "ingress", "parent": p, "rate": "1mbit", **({} if m is None else {"match": m})}
+        for n, p, m in specs]})
+
+
+@pytest.mark.parametrize("gaining", [["c0"], ["c0", "c1"], ["c1"], ["c3"]])
+def test_a_class_that_gains_a_match_by_a_delta_keeps_its_place_in_first_match_order(gaining: list[str]) -> None:
+    """Found by the property above: c0 had no match and gained a catch-all by a delta, while c2 kept one.
+    The whole new configuration says c0 matches first; the delta used to give c0's rule an order after every
+    class (where a class new to the configuration goes), so c2 won."""
+    before = [("c0", "down", None), ("c1", "down", None), ("c2", "down", {}), ("c3", "down", None)]
+    after = [(n, p, {} if n in gaining else m) for n, p, m in before]
+    old, new = classes_of(*before), classes_of(*after)
+    slots = {c.name: i for i, c in enumerate(old.classes)}
+    worker, fresh = Shaper(), Shaper()
+    worker.apply(received(old, slots)[4], 0.0, slots, 1)
+    delta = worker_delta(old.diff(new), new.overhead)
+    worker.apply_delta(delta, 1.0, {}, 2)  # in place: no NeedsWholeConfig
+    fresh.apply(received(new, slots, 2)[4], 0.0, slots, 2)
+    packets = sample_packets(new)
+    assert shaper_state(worker, packets) == shaper_state(fresh, packets)
+    first = worker.trees["ingress"].classifier.classify_bytes(bytes(IP(src="198.18.0.1", dst="198.18.0.2") / UDP()),
+                                                              0, None, None)[1]
+    assert first == (gaining[0] if gaining[0] < "c2" else "c2")
+
+
 def test_subscribers_on_one_plan_share_their_settings_and_the_message_stays_small() -> None:
     n = 1000
     config = parse_config({"classes": [{"name": "subs", "rate": "10gbit"}] + [
