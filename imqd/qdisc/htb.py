@@ -323,7 +323,8 @@ class HTB(Incremental):
 
     @property
     def exact_next_event(self) -> bool:
-        """Whether :meth:`next_event` is exactly the first time ``dequeue`` succeeds (else: never later)."""
+        """Whether :meth:`next_event` is exactly the first time ``dequeue`` succeeds (else: never later), as
+        long as no other worker charges the token store."""
         return self._sched.exact_next_event
 
     @property
@@ -592,8 +593,9 @@ class HTB(Incremental):
 
     def next_event(self, now: float) -> float | None:
         """A time >= ``now`` at which ``dequeue`` may succeed, never after the first at which it will;
-        ``None`` when empty.  Exact with the reference scheduler; the row scheduler may answer earlier (a
-        mode change that lets nothing go yet: the caller finds nothing and asks again)."""
+        ``None`` when empty.  Exact with the reference scheduler, unless another worker charged the shared
+        buckets since its cached answer (then early); the row scheduler may answer earlier (a mode change
+        that lets nothing go yet).  Early costs a wake-up: the caller finds nothing and asks again."""
         t = self._sched.next_event(now)
         if self._nactive:
             self._gate[0] = -math.inf if t is None else t  # the fast path may skip the queue until then
