@@ -23,7 +23,8 @@ What is kept from the kernel, and why it differs where it does:
 * Mode tests are written as time comparisons -- ``now >= t_c - tokens`` means ``tokens + (now - t_c) >= 0``.
 
 ``__init__`` is "empty tree + :meth:`HTB.change`", like ``htb_init``: one validated, all-or-nothing path
-configures the tree at start and at run time.
+configures the tree at start and at run time (:mod:`imqd.qdisc.htb_change`; :mod:`imqd.qdisc.htb_update`
+changes a few classes in place).
 
 Packets leave the HTB three ways, and the caller owes each a verdict: ``dequeue`` (send), ``enqueue``'s
 return value and :meth:`HTB.take_dropped` (drop), and :meth:`HTB.change`'s / :meth:`HTB.drain`'s return
@@ -47,11 +48,8 @@ from imqd.qdisc.counters import (
     C_DROPS,
     C_LENDS,
     C_PACKETS,
-    FIELDS_PER_COUNTER_SLOT,
     CounterStore,
     LocalCounters,
-    zero_backlog,
-    zero_row,
 )
 from imqd.qdisc.htb_class import (
     CAN_SEND,
@@ -65,7 +63,7 @@ from imqd.qdisc.htb_class import (
     ClassState,
     HTBClassParams,
 )
-from imqd.qdisc.htb_plan import ChangePlan, plan_change
+from imqd.qdisc.htb_change import AUTO_SCAN_LEAVES, FullChange
 from imqd.qdisc.htb_rows import RowScheduler
 from imqd.qdisc.htb_scan import ScanScheduler
 from imqd.qdisc.htb_stats import class_stats, mode_name
@@ -78,22 +76,19 @@ try:  # send_now's common case in C (imqd/qdisc/_htbfast.c); optional: without i
 except ImportError:  # pragma: no cover - depends on whether the extension was compiled
     Lane = Shared = None
 
-__all__ = ["HTB", "HTBClassParams", "ACCELERATED", "SCHEDULERS", "CAN_SEND", "MAY_BORROW", "CANT_SEND",
-           "MAX_DEPTH", "NUM_PRIO", "MBUFFER"]
+__all__ = ["HTB", "HTBClassParams", "ACCELERATED", "SCHEDULERS", "AUTO_SCAN_LEAVES", "CAN_SEND", "MAY_BORROW",
+           "CANT_SEND", "MAX_DEPTH", "NUM_PRIO", "MBUFFER"]
 
 #: Whether the C fast path was compiled and imported (HTB(..., accelerate=False) turns it off per tree).
 ACCELERATED = Lane is not None
 
 #: The ways to choose the next leaf: "rows" (O(depth x log n)) and "scan" (O(backlogged leaves), the reference).
 SCHEDULERS = {"rows": RowScheduler, "scan": ScanScheduler}
-#: "auto": the scan for trees of up to AUTO_SCAN_LEAVES leaves, where looking at every backlogged leaf costs
-#: less than keeping the rows current (measured: ~1.5x less per packet with 1-3 busy leaves, break-even near 8),
-#: the rows above.  Both answer the same (tests/unit/test_htb_rows.py); HTB switches when a change crosses it.
+#: "auto": the scan for trees of up to AUTO_SCAN_LEAVES leaves, the rows above (see imqd.qdisc.htb_change).
 DEFAULT_SCHEDULER = "auto"
-AUTO_SCAN_LEAVES = 8
 
 
-class HTB(Incremental):
+class HTB(FullChange, Incremental):
     """An HTB tree: classify elsewhere, then ``enqueue`` into a leaf, ``dequeue`` when ``next_event`` says.
 
     Configured by :meth:`change` (the whole class set) or :meth:`update` (a few classes, in place)."""
@@ -147,134 +142,7 @@ class HTB(Incremental):
         self._started = True
         assert not dropped  # an empty tree holds nothing to give back
 
-    # -- configuration ---------------------------------------------------------------
-
-    def change(
-        self, classes: Sequence[HTBClassParams], now: float, fallback: str | None = None
-    ) -> list[QueuedPacket]:
-        """Replace the whole class set; all-or-nothing.
-
-        Packets of classes that still exist as leaves stay queued (moved into
-        the new leaf if its kind changes); token state of surviving classes is
-        kept.  Packets of removed classes, or of leaves that became inner
-        classes, are re-enqueued into the leaf ``fallback`` if given, else
-        *returned*: the caller must release them.  Packets a leaf drops in the
-        process (a smaller limit, a full fallback) go to :meth:`take_dropped`.
-        Raises ``ValueError`` and changes nothing if the new tree is invalid.
-        """
-        plan = plan_change(self._classes, classes, fallback, self.tokens, self.counters)
-        return self._commit(plan, now, fallback)
-
-    def _commit(self, plan: ChangePlan, now: float, fallback: str | None) -> list[QueuedPacket]:
-        params = plan.params
-        kids = plan.kids
-        depth = plan.depth
-        slot_of = plan.slot_of
-        new_leaves = plan.new_leaves
-        positions = plan.positions
-        returned: list[QueuedPacket] = []
-        orphans: list[QueuedPacket] = []
-        dropped = self._dq_dropped  # drops are reported through take_dropped(), never lost
-        old_classes = self._classes
-        self._vals = self.tokens.values
-        cvals = self._cvals = self.counters.values
-
-        classes: dict[str, ClassState] = {}
-        for rank, p in enumerate(params):
-            cl = old_classes.get(p.name)
-            is_new = cl is None
-            if cl is None:
-                cl = ClassState(p.name)
-            is_leaf = p.name not in kids
-            old_slot = -1 if is_new else cl.slot
-            cl.set_params(p, 0 if is_leaf else MAX_DEPTH - 1 - depth[p.name], slot_of[p.name],
-                          FIELDS_PER_COUNTER_SLOT)
-            cl.lo, cl.hi = positions[p.name]
-            cl.idx = cl.lo
-            cl.defined = rank
-            cl.nchildren = len(kids.get(p.name, ()))
-            if not self._started:
-                zero_backlog(cvals, cl.slot)  # a new worker holds nothing; its totals continue
-            elif is_new or old_slot != cl.slot:
-                zero_row(cvals, cl.slot)  # a class new to this tree starts counting at 0
-            old_q = cl.q
-            if not is_leaf:
-                if old_q is not None:  # a leaf became an inner class: its packets have to go elsewhere
-                    orphans.extend(old_q.drain())
-                    self._collect_dropped(cl, dropped)
-                if cl.spec is not None:
-                    cl.deficit = [0] * MAX_DEPTH
-                cl.set_leaf(None, None)
-            elif p.name in new_leaves:
-                if cl.spec is None:  # new, or an inner class that became a leaf
-                    cl.deficit = [0] * MAX_DEPTH
-                self._replace_leaf(cl, p, new_leaves[p.name], now)
-            classes[p.name] = cl
-        order = list(classes.values())
-        for name, cl in old_classes.items():
-            if name not in classes and cl.q is not None:
-                orphans.extend(cl.q.drain())
-                self._collect_dropped(cl, dropped)
-                self._pool_sync(cl, 0)
-
-        for cl in order:
-            cl.parent = classes[cl.parent_name] if cl.parent_name is not None else None
-        for cl in order:
-            chain = [cl]
-            while chain[-1].parent is not None:
-                chain.append(chain[-1].parent)  # type: ignore[arg-type]
-            cl.chain = tuple(chain)
-
-        vals = self._vals
-        with self._locked():
-            for s in plan.fresh:
-                self.tokens.reset(s)
-            for cl in order:
-                b = cl.base
-                if vals[b + 2] != vals[b + 2]:  # fresh slot: both buckets full
-                    vals[b] = cl.buffer
-                    vals[b + 1] = cl.cbuffer
-                    vals[b + 2] = now
-                else:  # a smaller burst takes effect at once
-                    if vals[b] > cl.buffer:
-                        vals[b] = cl.buffer
-                    if vals[b + 1] > cl.cbuffer:
-                        vals[b + 1] = cl.cbuffer
-
-        self._classes = classes
-        self._leaf_map = {cl.name: cl for cl in order if cl.spec is not None}
-        self._index_positions()
-        self._index_slots()
-        self._defined = len(order)  # the rank the next class update() adds gets
-        active = []
-        for cl in order:
-            cl.active = cl.q is not None and cl.q.backlog_packets > 0
-            if cl.active:
-                active.append(cl)
-            self._set_backlog(cl)
-        self._nactive = len(active)
-        self._gate[0] = -math.inf if active else math.inf  # in place: the lanes hold it
-        self._ptr[:] = [0] * NO_KEY  # in place: the lanes hold it
-        self._last_now = now
-        if not self._pick_scheduler(active, now):
-            self._sched.rebuild(active, now)
-        self._lanes.clear()  # in place: DirectionTree keeps this dict (see lanes)
-        if self._accelerate:
-            try:
-                self._gate.bind(self._vals, self._cvals, self._ptr, self._lock)
-            except (TypeError, ValueError):  # what C cannot hold: Python does it all (never fail a change here)
-                pass
-            else:
-                self._lanes.update(self._build_lanes())
-
-        if orphans:
-            orphans.sort(key=lambda pk: pk.enqueued_at)  # stable: keeps each queue's order
-            if fallback is None:
-                returned.extend(orphans)
-            else:
-                for pkt in orphans:
-                    dropped.extend(self.enqueue(pkt, fallback, now))
-        return returned
+    # -- configuration (change() and _commit(): imqd.qdisc.htb_change; update(): imqd.qdisc.htb_update) --
 
     def _build_lanes(self) -> dict[str, Any]:
         """One C Lane per leaf that packets may skip (send_now), over this tree's current state objects."""
@@ -303,19 +171,6 @@ class HTB(Incremental):
             # stays with the Python code -- never let a change fail after the tree is in place
             return None
 
-    def _pick_scheduler(self, active: list[ClassState] | None, now: float) -> bool:
-        """With "auto", switch to the scheduler the tree's size calls for; whether it switched (and rebuilt)."""
-        if self._scheduler_choice != "auto":
-            return False
-        want = ScanScheduler if len(self._leaf_map) <= AUTO_SCAN_LEAVES else RowScheduler
-        if isinstance(self._sched, want):
-            return False
-        self._sched = want(self)
-        if active is None:
-            active = [c for c in self._leaf_map.values() if c.active]
-        self._sched.rebuild(active, now)
-        return True
-
     @property
     def scheduler(self) -> str:
         """The scheduler in use now: "rows" or "scan"."""
@@ -323,7 +178,8 @@ class HTB(Incremental):
 
     @property
     def exact_next_event(self) -> bool:
-        """Whether :meth:`next_event` is exactly the first time ``dequeue`` succeeds (else: never later)."""
+        """Whether :meth:`next_event` is exactly the first time ``dequeue`` succeeds (else: never later), as
+        long as no other worker charges the token store."""
         return self._sched.exact_next_event
 
     @property
@@ -592,8 +448,9 @@ class HTB(Incremental):
 
     def next_event(self, now: float) -> float | None:
         """A time >= ``now`` at which ``dequeue`` may succeed, never after the first at which it will;
-        ``None`` when empty.  Exact with the reference scheduler; the row scheduler may answer earlier (a
-        mode change that lets nothing go yet: the caller finds nothing and asks again)."""
+        ``None`` when empty.  Exact with the reference scheduler, unless another worker charged the shared
+        buckets since its cached answer (then early); the row scheduler may answer earlier (a mode change
+        that lets nothing go yet).  Early costs a wake-up: the caller finds nothing and asks again."""
         t = self._sched.next_event(now)
         if self._nactive:
             self._gate[0] = -math.inf if t is None else t  # the fast path may skip the queue until then

@@ -35,7 +35,7 @@ _IDX = attrgetter("idx")
 class ScanScheduler:
     """Selection by scanning the backlogged leaves (kept sorted by DRR position)."""
 
-    exact_next_event = True  # next_event is the time dequeue succeeds, never earlier
+    exact_next_event = True  # next_event is the time dequeue succeeds (early only after a foreign charge)
 
     def __init__(self, htb: HTB) -> None:
         self.htb = htb
@@ -123,14 +123,28 @@ class ScanScheduler:
         """Earliest time >= ``now`` at which ``select`` may find a leaf; ``None`` when nothing is backlogged.
 
         Cached until this tree's state changes (a leaf becomes backlogged, a non-work-conserving leaf gets a
-        packet, a release, a change), so a worker may call it after every arrival at no cost."""
-        active = self.active
-        if not active:
+        packet, a release, a change), so a worker may call it after every arrival at no cost.  Another
+        worker's charge since the answer was cached is not seen: it can only make the true answer later, so
+        the cached one is then early (the caller finds nothing and asks again, past it), never late.
+        :meth:`fresh_next_event` is the answer from the token slots as they are now."""
+        if not self.active:
             return None
         cached = self._ne_cache
         stamp = self.htb._gate[1]  # send_now's charges since the answer was cached make it early: recompute
         if cached is not None and now < cached and stamp == self._ne_stamp:
             return cached
+        best = self.fresh_next_event(now)
+        if best is not None and best > now:
+            self._ne_cache = best
+            self._ne_stamp = stamp
+        return best
+
+    def fresh_next_event(self, now: float) -> float | None:
+        """:meth:`next_event` computed afresh: exactly the first time >= ``now`` at which ``select`` finds a
+        leaf, given the token slots as they are now (and no charge before it)."""
+        active = self.active
+        if not active:
+            return None
         vals = self.htb._vals
         inf = math.inf
         best = inf
@@ -164,6 +178,4 @@ class ScanScheduler:
                 best = t
         if best == inf:
             return None
-        self._ne_cache = best
-        self._ne_stamp = stamp
         return best
