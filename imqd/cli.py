@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from imqd.config import Config, ConfigError
-from imqd.kernel_queues import DEFAULT_HELD_MAX
+from imqd.kernel_queues import DEFAULT_HELD_MAX, SOCKET_MESSAGES_MAX
 
 EXIT_USAGE = 2
 EXIT_FAIL = 1
@@ -405,8 +405,6 @@ def kernel_queue_len(config: Config, requested: int, held_max: int = DEFAULT_HEL
     memory the socket would not let the kernel pin anyway (queued = unread, at most the socket's worth, +
     held).  The default ``held_max`` and the socket's worth add up to this kernel's bound of a queue
     (:data:`imqd.kernel_queues.KERNEL_QUEUE_MAX`)."""
-    from imqd.kernel_queues import SOCKET_MESSAGES_MAX
-
     held = min(held_max, sum(c.limit for c in config.classes if config.is_leaf(c.name)))
     return max(requested, held + 1024 + SOCKET_MESSAGES_MAX)
 

@@ -46,10 +46,5 @@ class HeldPool:
         cap = self.capacity
         return cap is None or backlog < self.alpha * (cap - self.held)
 
-    def threshold(self) -> float:
-        """The backlog at which a class stops being admitted now (inf without a bound)."""
-        cap = self.capacity
-        return float("inf") if cap is None else max(0.0, self.alpha * (cap - self.held))
-
     def __repr__(self) -> str:
         return f"HeldPool(capacity={self.capacity}, alpha={self.alpha}, held={self.held}, drops={self.drops})"
