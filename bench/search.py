@@ -2,8 +2,9 @@
 
 The load rises geometrically until the system loses packets in ``lossy_steps`` steps in a row (one lossy
 step may be a noise dip) or the senders cannot offer the step (if the system already lost at a lower load,
-that ends the rise by loss; if it lost part of what the senders did offer, that is a loss at that load); then ``refine_steps`` bisections
-(geometric midpoints) between the highest lossless load and the lowest lossy one above it.  Without the
+that ends the rise by loss; if it lost part of what the senders did offer, that is a loss at that load);
+then ``refine_steps`` bisections (geometric midpoints) between the highest lossless load and the lowest lossy
+one above it.  Without the
 refinement a factor of 1.4 leaves the figure up to 40% under the true ceiling -- coarser than the 10%
 the target is about (a faster machine showed imqd at one grid step and the bare loop at the next).
 """

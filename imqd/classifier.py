@@ -257,7 +257,8 @@ class Classifier:
     def from_config(cls, config: WorkerConfig | Config, direction: Direction) -> Classifier:
         """Rules from the leaf classes of ``direction`` that have a match (a match listing several addresses
         gives one alternative per address, ``MatchSpec.alternatives``); a class's order is its position in
-        the configuration times :data:`ORDER_STRIDE`.  A ``Config`` is read as a worker reads it (:func:`~imqd.worker_config.worker_config`)."""
+        the configuration times :data:`ORDER_STRIDE`.  A ``Config`` is read as a worker reads it
+        (:func:`~imqd.worker_config.worker_config`)."""
         if not isinstance(config, WorkerConfig):
             config = worker_config(config)
         parents = {r[1] for r in config.rows}  # (the config allows a match on leaves only)
