@@ -25,6 +25,7 @@ from bench import owd, udpgen
 from bench.report import top_frames
 from bench.search import CeilingSearch
 from bench.systems import ABOVE_CAPACITY_BPS, DOWN, REPO, UP, Imqd, KernelHtb, Plain, System, read_queues
+from bench.tcp_windows import sample_windows
 from imqd.netns import Topology
 from imqd.supervisor import worker_cpus
 
@@ -393,7 +394,8 @@ class Bench:
     def latency_loaded(self, system: System, rep: int, label: str, rate_bps: int = LOAD_RATE_BPS,
                        seconds: float | None = None) -> dict[str, Any]:
         """ping RTTs through a class at `rate_bps` saturated by LOAD_FLOWS TCP uploads (bufferbloat) for
-        `seconds` (default Params.load_seconds) after a warm-up."""
+        `seconds` (default Params.load_seconds) after a warm-up, and the senders' congestion windows half-way
+        (:mod:`bench.tcp_windows`: what sets the standing queue of a FIFO that does not fill)."""
         load_s = self.p.load_seconds if seconds is None else seconds
         system.set_rate(UP, rate_bps)
         result: dict[str, float] = {}
@@ -401,11 +403,15 @@ class Bench:
         secs = int(load_s + warm + 1)
         t = threading.Thread(target=lambda: result.update(bps=self.iperf(UP, LOAD_FLOWS, seconds=secs, omit=0)))
         t.start()
+        windows: dict[str, Any] = {}
+        sampler = threading.Timer(warm + load_s / 2, lambda: windows.update(sample_windows(self.topo, TCP_PORTS[0])))
+        sampler.start()
         try:
             time.sleep(warm)
             count = int(load_s / 0.05)
             rtts = self.ping(count, 0.05)
         finally:
+            sampler.join()
             t.join()
         if isinstance(system, KernelHtb):
             system.stop()
@@ -413,8 +419,10 @@ class Bench:
             system.set_rate(UP, ABOVE_CAPACITY_BPS)
         self.settle(system)
         self.log(f"  latency  {label:<20} under load: median {_median(rtts):.1f} ms ({len(rtts)} replies, "
-                 f"{result.get('bps', 0) / 1e6:.1f} Mbit/s)")
-        return {"rep": rep, "system": label, "rtts_ms": rtts, "bps": result.get("bps"), "rate_bps": rate_bps}
+                 f"{result.get('bps', 0) / 1e6:.1f} Mbit/s; senders' windows {windows.get('cwnd_bytes', 0):,} B "
+                 f"{'/'.join(windows.get('cc', []))})")
+        return {"rep": rep, "system": label, "rtts_ms": rtts, "bps": result.get("bps"), "rate_bps": rate_bps,
+                "windows": windows or None}
 
     # -- memory with packets held ------------------------------------------------------------------------------
     def held_memory(self, system: Imqd) -> dict[str, Any]:

@@ -12,7 +12,8 @@ Per repetition (records only; :mod:`bench.report_gso` makes the figures):
   run (reading them during it would slow the worker), give the share of super-packets and a check of the
   kernel's count.
 * **latency under load** (bufferbloat) -- :meth:`bench.figures.Bench.latency_loaded` with a ``load_bps``
-  class: kernel HTB + pfifo and imqd x1 with GSO and ``--no-gso``, the same FIFO limit (1000 packets).
+  class: kernel HTB + pfifo (twice, around imqd's FIFO: the run's own A/A figure), imqd x1 with GSO and
+  ``--no-gso`` (the same FIFO limit, 1000 packets), and imqd x1 with an fq_codel leaf.
 * **64-byte UDP ceiling** -- :meth:`bench.figures.Bench.ceiling_udp` for imqd x1 with GSO and ``--no-gso``.
 
 The rule shape is a parameter (:data:`SHAPES`): ``wan`` matches the classes by the wan interface (imqd queues
@@ -32,7 +33,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bench.figures import TCP_PORTS, Bench
-from bench.systems import DOWN, FIFO_LIMIT, UP, BareLoop, Imqd, KernelHtb, Plain, System, imqd_config
+from bench.report_gso import FQ_LOAD, IMQD_LOAD, KERNEL_LOAD, NO_GSO_LOAD
+from bench.systems import (DOWN, FIFO_LIMIT, UP, BareLoop, Imqd, KernelHtb, Plain, System, fq_codel_leaf,
+                           imqd_config)
 from imqd.kernel_queues import PROC_PATH, parse_nfqueue_table
 from imqd.netns import Topology
 
@@ -262,18 +265,30 @@ class Gso:
 
     # -- latency under load, UDP ceiling ------------------------------------------------------------------------
     def latency(self, rep: int) -> list[dict[str, Any]]:
-        """Bufferbloat at `load_bps`: kernel HTB + pfifo, imqd x1 with GSO and with --no-gso (wan rules)."""
+        """Bufferbloat at `load_bps` (wan rules, one worker): kernel HTB + pfifo before and after imqd x1's FIFO
+        (GSO on), then imqd x1 --no-gso and imqd x1 with an fq_codel leaf.
+
+        The reference runs twice so that imqd's FIFO is compared with the mean of the runs around it (slow drift
+        of the machine cancels) and so that the run carries its own A/A figure: how far two runs of the same
+        kernel HTB land apart (the standing queue is the senders' congestion windows, see docs/benchmarks.md)."""
         out = []
-        systems: list[System] = [KernelHtb(self.topo), Imqd(self.topo, 1, name="imqd x1"),
-                                 Imqd(self.topo, 1, extra_args=("--no-gso",), name="imqd x1 --no-gso")]
-        for system in systems:
+        leaf = fq_codel_leaf()
+        runs: list[tuple[System, str]] = [
+            (KernelHtb(self.topo), KERNEL_LOAD), (Imqd(self.topo, 1, name="imqd x1"), IMQD_LOAD),
+            (KernelHtb(self.topo), KERNEL_LOAD),
+            (Imqd(self.topo, 1, extra_args=("--no-gso",), name="imqd x1 --no-gso"), NO_GSO_LOAD)]
+        if leaf is not None:
+            runs.append((Imqd(self.topo, 1, imqd_config(self.topo, leaf=leaf), name="imqd x1 fq_codel"),
+                         FQ_LOAD))
+        rounds: dict[str, int] = {}
+        for system, label in runs:
             try:
                 system.start()
-                label = "kernel HTB + pfifo" if isinstance(system, KernelHtb) else f"{system.name} FIFO"
-                out.append(self.b.latency_loaded(system, rep, label, rate_bps=self.p.load_bps,
-                                                 seconds=self.p.load_seconds))
+                rec = self.b.latency_loaded(system, rep, label, rate_bps=self.p.load_bps, seconds=self.p.load_seconds)
             finally:
                 system.stop()
+            rec["round"] = rounds[label] = rounds.get(label, -1) + 1
+            out.append(rec)
         return out
 
     def ceiling(self, rep: int) -> list[dict[str, Any]]:
