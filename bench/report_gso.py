@@ -96,11 +96,11 @@ def _latency(records: list[dict[str, Any]]) -> dict[str, Any]:
     return {"rate_bps": rate, "rows": rows, "over_kernel": ratios, "kernel_aa": three(paired(again, first)), "cc": cc}
 
 
-def _rep_means(recs: list[dict[str, Any]]) -> dict[int, float]:
-    """Each repetition's mean of its runs' median RTTs."""
+def _rep_means(recs: list[dict[str, Any]], key: str = "rtts_ms") -> dict[int, float]:
+    """Each repetition's mean of its runs' figure: the median of ``rtts_ms``, or the value of `key`."""
     by: dict[int, list[float]] = {}
     for r in recs:
-        by.setdefault(r["rep"], []).append(median(r["rtts_ms"]))
+        by.setdefault(r["rep"], []).append(median(r["rtts_ms"]) if key == "rtts_ms" else r[key])
     return {rep: sum(v) / len(v) for rep, v in by.items()}
 
 
@@ -113,8 +113,8 @@ def latency_spread(lat: dict[str, Any]) -> float:
 
 def _ceiling(records: list[dict[str, Any]]) -> dict[str, Any]:
     systems = list(dict.fromkeys(r["system"] for r in records))
-    on = {r["rep"]: r["pps"] for r in records if r.get("gso")}
-    off = {r["rep"]: r["pps"] for r in records if r.get("gso") is False}
+    on = _rep_means([r for r in records if r.get("gso")], "pps")
+    off = _rep_means([r for r in records if r.get("gso") is False], "pps")
     return {"pps": {s: three(r["pps"] for r in records if r["system"] == s) for s in systems},
             "stopped": {s: sorted({r.get("stopped", "?") for r in records if r["system"] == s}) for s in systems},
             "gso_over_no_gso": three(paired(on, off))}
@@ -340,10 +340,11 @@ def _render_ceiling(c: dict[str, Any]) -> list[str]:
     if not c["pps"]:
         return ["**64-byte UDP ceiling:** not measured in this run.", ""]
     L = ["**64-byte UDP ceiling with and without GSO:** imqd x1, the rising-then-bisecting search of the Ceiling "
-         "section (same two senders, counted by a DROP rule in the server namespace). GSO does not apply to these "
+         "section (same two senders, counted by a DROP rule in the server namespace), twice each in ABBA order "
+         "(GSO, --no-gso, --no-gso, GSO: a later search finds more). GSO does not apply to these "
          "packets: the flag must cost nothing. Target: GSO / --no-gso >= 0.95 (unchanged within this machine's "
          "noise).", ""]
     L += table(["system", "peak packets/s", "search ended by"],
                ([sy, cell(v, "{:,.0f}"), ", ".join(c["stopped"].get(sy, []))] for sy, v in c["pps"].items()))
-    L += ["", f"imqd x1 GSO / --no-gso (within each repetition): {cell(c['gso_over_no_gso'])}.", ""]
+    L += ["", f"imqd x1 GSO / --no-gso (each side's mean within each repetition): {cell(c['gso_over_no_gso'])}.", ""]
     return L

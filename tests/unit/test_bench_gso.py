@@ -242,7 +242,7 @@ def test_markdown_of_the_gso_section() -> None:
     assert "| imqd x1 FIFO | 5.5 (5.5–5.5) | 6.0 (6.0–6.0) | 96.0 (96.0–96.0) | 60 (60–60) | 0.479 (0.458–0.500) |" in md
     assert "| kernel HTB + pfifo | 11.0 (11.0–13.0) |" in md and "| 1.091 (1.000–1.182) (A/A: second run / first) |" in md
     assert "four TCP uploads (bbr) saturate a 100 Mbit/s upload class" in md
-    assert "imqd x1 GSO / --no-gso (within each repetition): 0.925." in md
+    assert "imqd x1 GSO / --no-gso (each side's mean within each repetition): 0.925." in md
     assert "| TCP imqd x1 wan / plain forwarding (GSO, every case: least shown) | >= 0.50 | 0.600 | met |" in md
 
 
@@ -283,3 +283,17 @@ def test_latency_records_of_older_runs_have_no_ab_figure() -> None:
            {"rep": 0, "system": "imqd x1 FIFO", "rtts_ms": [10.5], "bps": 95e6, "rate_bps": 100_000_000}]
     t = _lat_target(old)
     assert not t["met"] and t["value"] == pytest.approx(10.5 / 9.7) and t["target"] == "<= 1.00"
+
+
+def test_udp_ceiling_ratio_takes_each_sides_mean_of_its_abba_searches() -> None:
+    raw = gso_raw()
+    raw["ceiling"] = [{"rep": 0, "system": "imqd x1", "pps": 235_000.0, "gso": True, "stopped": "loss", "round": 0},
+                      {"rep": 0, "system": "imqd x1 --no-gso", "pps": 245_000.0, "gso": False, "stopped": "loss",
+                       "round": 0},
+                      {"rep": 0, "system": "imqd x1 --no-gso", "pps": 222_000.0, "gso": False, "stopped": "loss",
+                       "round": 1},
+                      {"rep": 0, "system": "imqd x1", "pps": 243_000.0, "gso": True, "stopped": "loss", "round": 1}]
+    s = report.summarize({"meta": META, "gso": raw})
+    assert s["gso"]["ceiling"]["gso_over_no_gso"]["median"] == pytest.approx(239_000 / 233_500)
+    udp = next(t for t in s["targets"] if t["figure"].startswith("64-byte UDP"))
+    assert udp["met"]
