@@ -59,12 +59,17 @@ def test_quick_gso_section_writes_its_figures(tmp_path: Path) -> None:
     assert all(r["gso_status"] == ["off: --no-gso"] for r in rows.values() if r["kind"] == "imqd" and not r["gso"])
 
     lat = s["latency"]["rows"]
-    assert {"kernel HTB + pfifo", "imqd x1 FIFO", "imqd x1 --no-gso FIFO"} <= set(lat)
+    assert {"kernel HTB + pfifo", "imqd x1 FIFO", "imqd x1 --no-gso FIFO", "imqd x1 fq_codel"} <= set(lat)
+    assert s["latency"]["kernel_aa"]["n"] == 1, "kernel HTB ran twice: the run's A/A figure"
+    assert lat["kernel HTB + pfifo"]["median_ms"]["n"] == 2
+    # the senders' windows were sampled under load: four uploads, tens of KB in flight
+    assert all(r["windows_kb"] is not None and r["windows_kb"]["median"] > 10 for r in lat.values()), lat
     rate_mbps = params["load_bps"] / 1e6
     for label, r in lat.items():  # the class was saturated and shaped
         assert 0.8 * rate_mbps < r["mbps"]["median"] < 1.05 * rate_mbps, (label, r)
         assert r["median_ms"]["median"] > 0
     assert set(s["ceiling"]["pps"]) == {"imqd x1", "imqd x1 --no-gso"}
+    assert all(v["n"] == 2 for v in s["ceiling"]["pps"].values()), "two searches each (ABBA)"
     assert all(v["median"] > 1000 for v in s["ceiling"]["pps"].values())
 
     figures = {t["figure"] for t in summary["targets"]}
