@@ -38,7 +38,8 @@ def summarize_scale(raw: dict[str, Any] | None) -> dict[str, Any] | None:
                      "stopped": sorted({r.get("stopped", "?") for r in recs})})
     return {"base": base, "pps": rows, "bytes_per_class": _memory_slopes(pps),
             "backlog": _backlog(raw.get("backlog") or []), "unbuilt": _unbuilt(raw.get("backlog") or []),
-            "load_notes": _load_notes(raw.get("backlog") or [])}
+            "load_notes": _load_notes(raw.get("backlog") or []),
+            "alternating": any("position" in r for r in pps)}
 
 
 def _load_notes(records: list[dict[str, Any]]) -> list[str]:
@@ -201,7 +202,10 @@ def render_scale(s: dict[str, Any] | None, params: dict[str, Any] | None) -> lis
           "search that loses at its first step runs once more from half the rate it forwarded; counted by a "
           "DROP rule in the server namespace). *Start* is the time from launching `imqd run` to "
           "`GET /healthz` answering 200 (every worker bound). RSS is the worker's and the API process's (the "
-          "supervisor) after the traffic.", ""]
+          "supervisor) after the traffic."
+          + (" The class counts run rising in the first repetition and falling in the second (a search finds "
+             "more or less by its place in a sequence): each count runs once early and once late."
+             if s.get("alternating") else ""), ""]
     L += table(["classes", "peak packets/s", f"/ {s['base']:,} class", "start s", "worker RSS MiB", "API RSS MiB"],
                ([f"{r['classes']:,}", cell(r["pps"], "{:,.0f}"), cell(r["of_base"]), cell(r["healthz_s"], "{:.2f}"),
                  cell(r["worker0_rss_mib"], "{:.1f}"), cell(r["api_rss_mib"], "{:.1f}")] for r in s["pps"]))

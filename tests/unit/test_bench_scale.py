@@ -267,3 +267,23 @@ def test_the_report_says_when_a_load_stepped_down_or_stayed_beyond_the_machine()
                      "(one class delivered 0.800); it stepped down"]
     rec["load_problem"] = "one class delivered 0.700"
     assert "its figures measure the machine" in summarize_scale({"pps": [], "backlog": [rec]})["load_notes"][-1]
+
+
+def test_class_counts_run_rising_then_falling_and_the_backlog_is_sized_from_one_class() -> None:
+    """Each class count runs once early and once late over two repetitions (a search's result drifts with its
+    place in a sequence); records stay in config order and the backlog runs get the 1-class packets/s."""
+    from bench.scale import FULL_SCALE, Scale
+
+    scale = Scale.__new__(Scale)
+    scale.p = FULL_SCALE
+    ran: list[int] = []
+    sized: list[float] = []
+    scale.pps_at = lambda n, rep: ran.append(n) or {"rep": rep, "classes": n, "pps": 1000.0 / n}  # type: ignore
+    scale.backlog_at = lambda n, capacity, rep: sized.append(capacity) or []  # type: ignore
+    first, second = scale.repetition(0), scale.repetition(1)
+    counts = list(FULL_SCALE.classes)
+    assert ran == counts + counts[::-1]
+    assert [r["classes"] for r in first["pps"]] == counts == [r["classes"] for r in second["pps"]]
+    assert [r["position"] for r in second["pps"]] == list(range(len(counts)))[::-1]
+    assert sized == [1000.0 / counts[0]] * (2 * len(FULL_SCALE.backlog_classes))
+    assert summarize_scale({"pps": first["pps"] + second["pps"]})["alternating"]
