@@ -12,8 +12,9 @@ Per repetition (records only; :mod:`bench.report_gso` makes the figures):
   run (reading them during it would slow the worker), give the share of super-packets and a check of the
   kernel's count.
 * **latency under load** (bufferbloat) -- :meth:`bench.figures.Bench.latency_loaded` with a ``load_bps``
-  class: kernel HTB + pfifo (twice, around imqd's FIFO: the run's own A/A figure), imqd x1 with GSO and
-  ``--no-gso`` (the same FIFO limit, 1000 packets), and imqd x1 with an fq_codel leaf.
+  class: kernel HTB + pfifo with imqd's class (twice, around imqd's FIFO: the run's own A/A figure), imqd x1
+  with GSO and ``--no-gso`` (the same FIFO limit, 1000 packets), imqd x1 with an fq_codel leaf, and kernel
+  HTB with tc's default burst.
 * **64-byte UDP ceiling** -- :meth:`bench.figures.Bench.ceiling_udp` for imqd x1 with GSO and ``--no-gso``, twice
   each in ABBA order.
 
@@ -34,7 +35,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bench.figures import TCP_PORTS, Bench
-from bench.report_gso import FQ_LOAD, IMQD_LOAD, KERNEL_LOAD, NO_GSO_LOAD
+from bench.report_gso import FQ_LOAD, IMQD_LOAD, KERNEL_LOAD, KERNEL_TC_BURST_LOAD, NO_GSO_LOAD
 from bench.systems import (DOWN, FIFO_LIMIT, UP, BareLoop, Imqd, KernelHtb, Plain, System, fq_codel_leaf,
                            imqd_config)
 from imqd.kernel_queues import PROC_PATH, parse_nfqueue_table
@@ -266,21 +267,25 @@ class Gso:
 
     # -- latency under load, UDP ceiling ------------------------------------------------------------------------
     def latency(self, rep: int) -> list[dict[str, Any]]:
-        """Bufferbloat at `load_bps` (wan rules, one worker): kernel HTB + pfifo before and after imqd x1's FIFO
-        (GSO on), then imqd x1 --no-gso and imqd x1 with an fq_codel leaf.
+        """Bufferbloat at `load_bps` (wan rules, one worker): kernel HTB + pfifo with imqd's class (its default
+        burst written out) before and after imqd x1's FIFO (GSO on), then imqd x1 --no-gso, imqd x1 with an
+        fq_codel leaf, and kernel HTB with tc's default burst.
 
         The reference runs twice so that imqd's FIFO is compared with the mean of the runs around it (slow drift
         of the machine cancels) and so that the run carries its own A/A figure: how far two runs of the same
-        kernel HTB land apart (the standing queue is the senders' congestion windows, see docs/benchmarks.md)."""
+        kernel HTB land apart (the standing queue is the senders' congestion windows, see docs/benchmarks.md).
+        The burst matters here: tc's default on this kernel is one MTU, imqd's 10 ms of rate, and a class that
+        may catch up after a late release sends its ACKs back in clumps, which BBR answers with a larger window."""
         out = []
         leaf = fq_codel_leaf()
         runs: list[tuple[System, str]] = [
-            (KernelHtb(self.topo), KERNEL_LOAD), (Imqd(self.topo, 1, name="imqd x1"), IMQD_LOAD),
-            (KernelHtb(self.topo), KERNEL_LOAD),
+            (KernelHtb(self.topo, burst="imqd"), KERNEL_LOAD), (Imqd(self.topo, 1, name="imqd x1"), IMQD_LOAD),
+            (KernelHtb(self.topo, burst="imqd"), KERNEL_LOAD),
             (Imqd(self.topo, 1, extra_args=("--no-gso",), name="imqd x1 --no-gso"), NO_GSO_LOAD)]
         if leaf is not None:
             runs.append((Imqd(self.topo, 1, imqd_config(self.topo, leaf=leaf), name="imqd x1 fq_codel"),
                          FQ_LOAD))
+        runs.append((KernelHtb(self.topo), KERNEL_TC_BURST_LOAD))
         rounds: dict[str, int] = {}
         for system, label in runs:
             try:
@@ -294,7 +299,7 @@ class Gso:
 
     def ceiling(self, rep: int) -> list[dict[str, Any]]:
         """The 64-byte UDP peak of imqd x1 with GSO and with --no-gso (the flag must not cost small packets), in
-        ABBA order: a search finds more the later it runs in a section (measured here: 198k, 235k, 243k, 222k
+        ABBA order: a search's result drifts with its place in a sequence (measured here: 198k, 235k, 243k, 222k
         packets/s for --no-gso, GSO, GSO, --no-gso), so each side gets one early and one late search."""
         out = []
         for n, gso in enumerate((True, False, False, True)):

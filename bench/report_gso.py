@@ -11,12 +11,13 @@ from typing import Any
 from bench.stats import by_rep, cell, med, median, paired, percentile, table, three
 
 __all__ = ["summarize_gso", "gso_targets", "render_gso", "gso_notes", "GSO_TARGETS", "PLAIN", "KERNEL_LOAD",
-           "IMQD_LOAD", "NO_GSO_LOAD", "FQ_LOAD", "latency_spread"]
+           "IMQD_LOAD", "NO_GSO_LOAD", "FQ_LOAD", "KERNEL_TC_BURST_LOAD", "latency_spread"]
 
 # imqd with GSO (its default) over plain forwarding, every case; latency over kernel HTB; UDP GSO over --no-gso
 GSO_TARGETS = {"x1": 0.5, "x2": 0.7, "latency": 1.0, "udp": 0.95}
 PLAIN = "plain"
 KERNEL_LOAD = "kernel HTB + pfifo"  # the latency reference's label (bench.figures.latency_loaded)
+KERNEL_TC_BURST_LOAD = "kernel HTB + pfifo, tc's default burst"
 IMQD_LOAD = "imqd x1 FIFO"
 NO_GSO_LOAD = "imqd x1 --no-gso FIFO"
 FQ_LOAD = "imqd x1 fq_codel"
@@ -319,7 +320,12 @@ def _render_latency(lat: dict[str, Any], p: dict[str, Any]) -> list[str]:
     L = [f"**Latency under load (bufferbloat):** four TCP uploads ({cc}) saturate a {rate} upload class for "
          f"{p.get('load_seconds', '?')} s after 2 s of warm-up; pings every 50 ms from the same host through the same "
          "class (imqd x1: one worker; wan rules). The FIFOs hold 1000 packets: kernel HTB's `pfifo limit 1000`, "
-         "imqd's default leaf limit. Kernel HTB runs before and after imqd's FIFO in each repetition; imqd's ratio is "
+         "imqd's default leaf limit."
+         + (" *kernel HTB + pfifo* has imqd's class: its default burst and cburst (10 ms of rate plus an MTU) "
+            "written out, as the Scale section's reference; *tc's default burst* is one MTU on this kernel (its "
+            "packet scheduler clock runs at 1 GHz), so that class cannot catch up after a late release."
+            if KERNEL_TC_BURST_LOAD in lat["rows"] else "")
+         + " Kernel HTB runs before and after imqd's FIFO in each repetition; imqd's ratio is "
          "to the mean of the two, and their own ratio (A/A) is how far the same reference lands apart. *Windows*: "
          "the senders' congestion windows summed, sampled half-way (`ss -tin`): what a FIFO that does not fill "
          "holds. Target: imqd no worse than kernel HTB.", ""]
@@ -341,7 +347,8 @@ def _render_ceiling(c: dict[str, Any]) -> list[str]:
         return ["**64-byte UDP ceiling:** not measured in this run.", ""]
     L = ["**64-byte UDP ceiling with and without GSO:** imqd x1, the rising-then-bisecting search of the Ceiling "
          "section (same two senders, counted by a DROP rule in the server namespace), twice each in ABBA order "
-         "(GSO, --no-gso, --no-gso, GSO: a later search finds more). GSO does not apply to these "
+         "(GSO, --no-gso, --no-gso, GSO: a search's result drifts with its place in a sequence). GSO does not "
+         "apply to these "
          "packets: the flag must cost nothing. Target: GSO / --no-gso >= 0.95 (unchanged within this machine's "
          "noise).", ""]
     L += table(["system", "peak packets/s", "search ended by"],

@@ -26,7 +26,7 @@ from typing import Any
 
 from bench import report
 from imqd import rules
-from imqd.config import ClassSpec, parse_config
+from imqd.config import ClassSpec, default_burst, parse_config
 from imqd.kernel_queues import PROC_PATH, parse_nfqueue_table
 from imqd.lab import ImqdInstance
 from imqd.netns import Topology
@@ -89,11 +89,17 @@ class KernelHtb(System):
 
     shapes = True
 
-    def __init__(self, topo: Topology, leaf: str = "pfifo") -> None:
+    def __init__(self, topo: Topology, leaf: str = "pfifo", burst: str = "tc") -> None:
+        """`burst` "tc": tc's default burst and cburst (one MTU on a kernel whose packet scheduler clock runs at
+        1 GHz, as here); "imqd": imqd's default for the rate (:func:`imqd.config.default_burst`, 10 ms of rate
+        plus an MTU), so that both shapers have the same class."""
         super().__init__(topo)
         if leaf not in ("pfifo", "fq_codel"):
             raise ValueError(f"leaf: expected 'pfifo' or 'fq_codel', got {leaf!r}")
+        if burst not in ("tc", "imqd"):
+            raise ValueError(f"burst: expected 'tc' or 'imqd', got {burst!r}")
         self.leaf = leaf
+        self.burst = burst
         self.name = "kernel-htb" if leaf == "pfifo" else "kernel-htb+fq_codel"
         self._ifaces: set[str] = set()
 
@@ -111,7 +117,11 @@ class KernelHtb(System):
         else:
             raise ValueError(f"direction: expected {UP!r} or {DOWN!r}, got {direction!r}")
         topo.exec(topo.router_ns, ["tc", "qdisc", "del", "dev", dev, "root"], check=False)
-        topo.htb(topo.router_ns, dev, bps)
+        if self.burst == "imqd":
+            size = str(default_burst(bps))
+            topo.htb(topo.router_ns, dev, bps, burst=size, cburst=size)
+        else:
+            topo.htb(topo.router_ns, dev, bps)
         self._ifaces.add(dev)
         leaf = ["pfifo", "limit", str(FIFO_LIMIT)] if self.leaf == "pfifo" else ["fq_codel"]
         topo.exec(topo.router_ns, ["tc", "qdisc", "replace", "dev", dev, "parent", "1:1", "handle", "10:", *leaf])

@@ -170,7 +170,9 @@ def gso_raw() -> dict[str, Any]:
                     {"rep": rep, "system": "kernel HTB + pfifo", "rtts_ms": again, "bps": 95e6,
                      "rate_bps": 100_000_000, "round": 1, "windows": win},
                     {"rep": rep, "system": "imqd x1 fq_codel", "rtts_ms": [0.5, 0.6, 0.7], "bps": 95e6,
-                     "rate_bps": 100_000_000, "round": 0, "windows": None}]
+                     "rate_bps": 100_000_000, "round": 0, "windows": None},
+                    {"rep": rep, "system": "kernel HTB + pfifo, tc's default burst", "rtts_ms": [9.0, 10.0],
+                     "bps": 95e6, "rate_bps": 100_000_000, "round": 0, "windows": win}]
     ceiling = [{"rep": 0, "system": "imqd x1", "pps": 370_000.0, "gso": True, "stopped": "loss"},
                {"rep": 0, "system": "imqd x1 --no-gso", "pps": 400_000.0, "gso": False, "stopped": "loss"}]
     return {"tcp": tcp, "latency": latency, "ceiling": ceiling}
@@ -242,6 +244,8 @@ def test_markdown_of_the_gso_section() -> None:
     assert "| imqd x1 FIFO | 5.5 (5.5–5.5) | 6.0 (6.0–6.0) | 96.0 (96.0–96.0) | 60 (60–60) | 0.479 (0.458–0.500) |" in md
     assert "| kernel HTB + pfifo | 11.0 (11.0–13.0) |" in md and "| 1.091 (1.000–1.182) (A/A: second run / first) |" in md
     assert "four TCP uploads (bbr) saturate a 100 Mbit/s upload class" in md
+    assert "*kernel HTB + pfifo* has imqd's class: its default burst and cburst" in md
+    assert "| kernel HTB + pfifo, tc's default burst | 9.5 (9.5–9.5) |" in md
     assert "imqd x1 GSO / --no-gso (each side's mean within each repetition): 0.925." in md
     assert "| TCP imqd x1 wan / plain forwarding (GSO, every case: least shown) | >= 0.50 | 0.600 | met |" in md
 

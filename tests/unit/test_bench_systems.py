@@ -61,3 +61,18 @@ def test_what_it_cannot_shape_is_refused_before_any_command(clients: int, direct
     with pytest.raises(ValueError, match=message):
         KernelHtb(topo).set_rate(direction, 1_000_000)
     assert topo.calls == []
+
+
+def test_the_same_class_as_imqd_writes_imqds_default_burst_out() -> None:
+    from imqd.config import default_burst
+
+    topo = RecordingTopology()
+    KernelHtb(topo, burst="imqd").set_rate(UP, 100_000_000)
+    cls = next(argv for _, argv in topo.calls if argv[1:3] == ["class", "replace"])
+    size = str(default_burst(100_000_000))
+    assert size == "126600" and cls[cls.index("burst") + 1] == size and cls[cls.index("cburst") + 1] == size
+    topo.calls.clear()
+    KernelHtb(topo).set_rate(UP, 100_000_000)  # tc's default: no burst given
+    assert not [argv for _, argv in topo.calls if "burst" in argv]
+    with pytest.raises(ValueError, match="burst: expected 'tc' or 'imqd', got 'big'"):
+        KernelHtb(topo, burst="big")
