@@ -106,8 +106,8 @@ def _rep_means(recs: list[dict[str, Any]], key: str = "rtts_ms") -> dict[int, fl
 
 
 def latency_spread(lat: dict[str, Any]) -> float:
-    """How far two runs of kernel HTB landed apart in this run (the largest |A/A - 1|; 0 when not measured):
-    a difference smaller than this is not a measured one."""
+    """How far two runs of kernel HTB landed apart in this run (the largest |A/A - 1|; 0 when not measured): the
+    notes set a miss against it (the target itself stays <= 1.00)."""
     aa = lat.get("kernel_aa")
     return 0.0 if aa is None else max(abs(aa["min"] - 1), abs(aa["max"] - 1))
 
@@ -143,12 +143,11 @@ def gso_targets(s: dict[str, Any] | None) -> list[dict[str, Any]]:
     lat = s["latency"]
     rate = f"{lat['rate_bps'] / 1e6:g} Mbit/s" if lat.get("rate_bps") else "shaped"
     goal = GSO_TARGETS["latency"]
-    spread = latency_spread(lat)
     v = med(lat["over_kernel"].get(IMQD_LOAD))
     out.append({"figure": f"median RTT under a saturating TCP load in a {rate} class, imqd x1 FIFO (GSO) / kernel "
                           "HTB + pfifo, the same 1000-packet queue",
-                "target": f"<= {goal:.2f}" + (f" + {spread:.3f} (the kernel's own A/A spread)" if spread else ""),
-                "value": v, "met": v is not None and v <= goal + spread, "misses": [], "fmt": "{:.3f}"})
+                "target": f"<= {goal:.2f}", "value": v, "met": v is not None and v <= goal, "misses": [],
+                "fmt": "{:.3f}"})
     v = med(lat["over_kernel"].get(FQ_LOAD))
     if v is not None:
         out.append({"figure": f"median RTT under a saturating TCP load in a {rate} class, imqd x1 fq_codel (GSO) / "
@@ -208,7 +207,9 @@ def gso_notes(s: dict[str, Any] | None, nproc: Any, load: str) -> list[str]:
         parts = [f"Latency under load: imqd x1's FIFO with GSO has {v:.3f}x kernel HTB's median RTT"]
         if lat.get("kernel_aa"):
             parts.append(f"two runs of kernel HTB itself land {med(lat['kernel_aa']):.3f}x apart "
-                         f"(spread {latency_spread(lat):.3f})")
+                         f"(spread {latency_spread(lat):.3f}: "
+                         + ("the difference is inside the reference's own run-to-run noise" if v <= 1 + latency_spread(lat)
+                            else "the difference is larger than the reference's own run-to-run noise") + ")")
         if win.get(KERNEL_LOAD) and win.get(IMQD_LOAD):
             parts.append(f"neither FIFO fills: the queue is what the senders keep in flight, their congestion "
                          f"windows sum to {win[KERNEL_LOAD]:.0f} KB through kernel HTB and {win[IMQD_LOAD]:.0f} KB "
