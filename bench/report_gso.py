@@ -6,6 +6,8 @@ then summarised as min / median / max over the repetitions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
 from bench.stats import by_rep, cell, med, median, paired, percentile, table, three
@@ -97,11 +99,16 @@ def _latency(records: list[dict[str, Any]]) -> dict[str, Any]:
     return {"rate_bps": rate, "rows": rows, "over_kernel": ratios, "kernel_aa": three(paired(again, first)), "cc": cc}
 
 
-def _rep_means(recs: list[dict[str, Any]], key: str = "rtts_ms") -> dict[int, float]:
-    """Each repetition's mean of its runs' figure: the median of ``rtts_ms``, or the value of `key`."""
+def _median_rtt(r: dict[str, Any]) -> float:
+    return median(r["rtts_ms"])
+
+
+def _rep_means(recs: list[dict[str, Any]], figure: Callable[[dict[str, Any]], float] = _median_rtt
+               ) -> dict[int, float]:
+    """Each repetition's mean of its runs' `figure` (default: the run's median RTT)."""
     by: dict[int, list[float]] = {}
     for r in recs:
-        by.setdefault(r["rep"], []).append(median(r["rtts_ms"]) if key == "rtts_ms" else r[key])
+        by.setdefault(r["rep"], []).append(figure(r))
     return {rep: sum(v) / len(v) for rep, v in by.items()}
 
 
@@ -114,8 +121,8 @@ def latency_spread(lat: dict[str, Any]) -> float:
 
 def _ceiling(records: list[dict[str, Any]]) -> dict[str, Any]:
     systems = list(dict.fromkeys(r["system"] for r in records))
-    on = _rep_means([r for r in records if r.get("gso")], "pps")
-    off = _rep_means([r for r in records if r.get("gso") is False], "pps")
+    on = _rep_means([r for r in records if r.get("gso")], itemgetter("pps"))
+    off = _rep_means([r for r in records if r.get("gso") is False], itemgetter("pps"))
     return {"pps": {s: three(r["pps"] for r in records if r["system"] == s) for s in systems},
             "stopped": {s: sorted({r.get("stopped", "?") for r in records if r["system"] == s}) for s in systems},
             "gso_over_no_gso": three(paired(on, off))}
