@@ -12,7 +12,8 @@ Per repetition (records only; :mod:`bench.report_gso` makes the figures):
   run (reading them during it would slow the worker), give the share of super-packets and a check of the
   kernel's count.
 * **latency under load** (bufferbloat) -- :meth:`bench.figures.Bench.latency_loaded` with a ``load_bps``
-  class: kernel HTB + pfifo with imqd's class (twice, around imqd's FIFO: the run's own A/A figure), imqd x1
+  class after one uncounted warm-up load: kernel HTB + pfifo with imqd's class (twice, around imqd's FIFO: the
+  run's own A/A figure), imqd x1
   with GSO and ``--no-gso`` (the same FIFO limit, 1000 packets), imqd x1 with an fq_codel leaf, and kernel
   HTB with tc's default burst.
 * **64-byte UDP ceiling** -- :meth:`bench.figures.Bench.ceiling_udp` for imqd x1 with GSO and ``--no-gso``, twice
@@ -274,8 +275,16 @@ class Gso:
         The reference runs twice so that imqd's FIFO is compared with the mean of the runs around it (slow drift
         of the machine cancels) and so that the run carries its own A/A figure: how far two runs of the same
         kernel HTB land apart (the standing queue is the senders' congestion windows, see docs/benchmarks.md).
-        The burst matters here: tc's default on this kernel is one MTU, imqd's 10 ms of rate, and a class that
-        may catch up after a late release sends its ACKs back in clumps, which BBR answers with a larger window."""
+        A first load through the reference, not counted, comes before them: without it the first load of each
+        block ran lowest (9.1 and 9.4 ms against 10.3-10.4 for the same kernel HTB two loads later, an A/A of
+        1.10-1.13); with it three repetitions gave an A/A of 0.98-1.03."""
+        warm = KernelHtb(self.topo, burst="imqd")
+        try:
+            warm.start()
+            self.b.latency_loaded(warm, rep, "warm-up (not counted)", rate_bps=self.p.load_bps,
+                                  seconds=self.p.load_seconds)
+        finally:
+            warm.stop()
         out = []
         leaf = fq_codel_leaf()
         runs: list[tuple[System, str]] = [

@@ -333,6 +333,8 @@ def _render_latency(lat: dict[str, Any], p: dict[str, Any]) -> list[str]:
             "written out, as the Scale section's reference; *tc's default burst* is one MTU on this kernel (its "
             "packet scheduler clock runs at 1 GHz), so that class cannot catch up after a late release."
             if KERNEL_TC_BURST_LOAD in lat["rows"] else "")
+         + (" Each repetition starts with one load through kernel HTB that is not counted (the first load of a "
+            "block ran lowest)." if KERNEL_TC_BURST_LOAD in lat["rows"] else "")
          + " Kernel HTB runs before and after imqd's FIFO in each repetition; imqd's ratio is "
          "to the mean of the two, and their own ratio (A/A) is how far the same reference lands apart. *Windows*: "
          "the senders' congestion windows summed, sampled half-way (`ss -tin`): what a FIFO that does not fill "
