@@ -281,11 +281,10 @@ class Gso:
         warm = KernelHtb(self.topo, burst="imqd")
         try:
             warm.start()
-            self.b.latency_loaded(warm, rep, "warm-up (not counted)", rate_bps=self.p.load_bps,
-                                  seconds=self.p.load_seconds)
+            out = [{**self.b.latency_loaded(warm, rep, KERNEL_LOAD, rate_bps=self.p.load_bps,
+                                            seconds=self.p.load_seconds), "warm_up": True}]
         finally:
             warm.stop()
-        out = []
         leaf = fq_codel_leaf()
         runs: list[tuple[System, str]] = [
             (KernelHtb(self.topo, burst="imqd"), KERNEL_LOAD), (Imqd(self.topo, 1, name="imqd x1"), IMQD_LOAD),

@@ -81,6 +81,8 @@ def _latency(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Per label: RTT medians and p90s over its runs; over kernel HTB within each repetition (a system's runs of
     one repetition averaged, so imqd's FIFO meets the mean of the kernel runs around it); the kernel's A/A
     figure, its second run over its first in the same repetition (None for records without ``round``)."""
+    warmed = any(r.get("warm_up") for r in records)
+    records = [r for r in records if not r.get("warm_up")]
     labels = list(dict.fromkeys(r["system"] for r in records))
     mine = {label: [r for r in records if r["system"] == label and r["rtts_ms"]] for label in labels}
     rows = {label: {"median_ms": three(median(r["rtts_ms"]) for r in mine[label]),
@@ -96,7 +98,8 @@ def _latency(records: list[dict[str, Any]]) -> dict[str, Any]:
     first = {r["rep"]: median(r["rtts_ms"]) for r in mine.get(KERNEL_LOAD, []) if r.get("round") == 0}
     again = {r["rep"]: median(r["rtts_ms"]) for r in mine.get(KERNEL_LOAD, []) if r.get("round") == 1}
     rate = next((r.get("rate_bps") for r in records), None)
-    return {"rate_bps": rate, "rows": rows, "over_kernel": ratios, "kernel_aa": three(paired(again, first)), "cc": cc}
+    return {"rate_bps": rate, "rows": rows, "over_kernel": ratios, "kernel_aa": three(paired(again, first)), "cc": cc,
+            "warmed_up": warmed}
 
 
 def _median_rtt(r: dict[str, Any]) -> float:
@@ -334,7 +337,7 @@ def _render_latency(lat: dict[str, Any], p: dict[str, Any]) -> list[str]:
             "packet scheduler clock runs at 1 GHz), so that class cannot catch up after a late release."
             if KERNEL_TC_BURST_LOAD in lat["rows"] else "")
          + (" Each repetition starts with one load through kernel HTB that is not counted (the first load of a "
-            "block ran lowest)." if KERNEL_TC_BURST_LOAD in lat["rows"] else "")
+            "block ran lowest)." if lat.get("warmed_up") else "")
          + " Kernel HTB runs before and after imqd's FIFO in each repetition; imqd's ratio is "
          "to the mean of the two, and their own ratio (A/A) is how far the same reference lands apart. *Windows*: "
          "the senders' congestion windows summed, sampled half-way (`ss -tin`): what a FIFO that does not fill "
