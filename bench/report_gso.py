@@ -216,10 +216,10 @@ def gso_notes(s: dict[str, Any] | None, nproc: Any, load: str) -> list[str]:
         win = {label: med(row.get("windows_kb")) for label, row in lat["rows"].items()}
         parts = [f"Latency under load: imqd x1's FIFO with GSO has {v:.3f}x kernel HTB's median RTT"]
         if lat.get("kernel_aa"):
+            spread = latency_spread(lat)
             parts.append(f"two runs of kernel HTB itself land {med(lat['kernel_aa']):.3f}x apart "
-                         f"(spread {latency_spread(lat):.3f}: "
-                         + ("the difference is inside the reference's own run-to-run noise" if v <= 1 + latency_spread(lat)
-                            else "the difference is larger than the reference's own run-to-run noise") + ")")
+                         f"(spread {spread:.3f}: the difference is "
+                         + ("inside" if v <= 1 + spread else "larger than") + " the reference's own run-to-run noise)")
         if win.get(KERNEL_LOAD) and win.get(IMQD_LOAD):
             parts.append(f"neither FIFO fills: the queue is what the senders keep in flight, their congestion "
                          f"windows sum to {win[KERNEL_LOAD]:.0f} KB through kernel HTB and {win[IMQD_LOAD]:.0f} KB "

@@ -117,11 +117,8 @@ class KernelHtb(System):
         else:
             raise ValueError(f"direction: expected {UP!r} or {DOWN!r}, got {direction!r}")
         topo.exec(topo.router_ns, ["tc", "qdisc", "del", "dev", dev, "root"], check=False)
-        if self.burst == "imqd":
-            size = str(default_burst(bps))
-            topo.htb(topo.router_ns, dev, bps, burst=size, cburst=size)
-        else:
-            topo.htb(topo.router_ns, dev, bps)
+        size = str(default_burst(bps)) if self.burst == "imqd" else None  # None: tc's default
+        topo.htb(topo.router_ns, dev, bps, burst=size, cburst=size)
         self._ifaces.add(dev)
         leaf = ["pfifo", "limit", str(FIFO_LIMIT)] if self.leaf == "pfifo" else ["fq_codel"]
         topo.exec(topo.router_ns, ["tc", "qdisc", "replace", "dev", dev, "parent", "1:1", "handle", "10:", *leaf])
