@@ -59,6 +59,7 @@ class GsoParams:
     class_bps: int  # the class rate of the throughput runs: above what any path here carries
     load_bps: int  # the class rate of the latency-under-load runs
     load_seconds: float
+    load_rounds: int  # imqd FIFO loads per repetition, each between two kernel HTB loads
     udp_ceiling: bool
 
     def as_dict(self) -> dict[str, Any]:
@@ -66,9 +67,11 @@ class GsoParams:
 
 
 FULL_GSO = GsoParams(reps=2, flows=(1, 8), directions=(UP, DOWN), shapes=("wan", "address"), tcp_seconds=2, omit=1,
-                     class_bps=40_000_000_000, load_bps=100_000_000, load_seconds=4.0, udp_ceiling=True)
+                     class_bps=40_000_000_000, load_bps=100_000_000, load_seconds=4.0, load_rounds=5,
+                     udp_ceiling=True)
 QUICK_GSO = GsoParams(reps=1, flows=(8,), directions=(UP, DOWN), shapes=("wan", "address"), tcp_seconds=2, omit=1,
-                      class_bps=40_000_000_000, load_bps=100_000_000, load_seconds=2.0, udp_ceiling=True)
+                      class_bps=40_000_000_000, load_bps=100_000_000, load_seconds=2.0, load_rounds=1,
+                      udp_ceiling=True)
 
 
 def _by_wan(topo: Topology, bps: int) -> dict[str, Any]:
@@ -269,12 +272,15 @@ class Gso:
     # -- latency under load, UDP ceiling ------------------------------------------------------------------------
     def latency(self, rep: int) -> list[dict[str, Any]]:
         """Bufferbloat at `load_bps` (wan rules, one worker): kernel HTB + pfifo with imqd's class (its default
-        burst written out) before and after imqd x1's FIFO (GSO on), then imqd x1 --no-gso, imqd x1 with an
-        fq_codel leaf, and kernel HTB with tc's default burst.
+        burst written out) and imqd x1's FIFO (GSO on) in turn, `load_rounds` imqd loads each between two kernel
+        loads (K I K ... I K), then imqd x1 --no-gso, imqd x1 with an fq_codel leaf, and kernel HTB with tc's
+        default burst.
 
-        The reference runs twice so that imqd's FIFO is compared with the mean of the runs around it (slow drift
-        of the machine cancels) and so that the run carries its own A/A figure: how far two runs of the same
+        The kernel loads around each of imqd's let imqd's FIFO be compared with the mean of the runs around it
+        (slow drift of the machine cancels) and give the run its own A/A figure: how far two runs of the same
         kernel HTB land apart (the standing queue is the senders' congestion windows, see docs/benchmarks.md).
+        One pair is not enough: two loads of the same queue land up to ~10 % apart (sd ~5 % of one imqd load
+        over its neighbours), while the difference to find is a few per cent.
         A first load through the reference, not counted, comes before them: without it the first load of each
         block ran lowest (9.1 and 9.4 ms against 10.3-10.4 for the same kernel HTB two loads later, an A/A of
         1.10-1.13); with it three repetitions gave an A/A of 0.98-1.03."""
@@ -286,10 +292,10 @@ class Gso:
         finally:
             warm.stop()
         leaf = fq_codel_leaf()
-        runs: list[tuple[System, str]] = [
-            (KernelHtb(self.topo, burst="imqd"), KERNEL_LOAD), (Imqd(self.topo, 1, name="imqd x1"), IMQD_LOAD),
-            (KernelHtb(self.topo, burst="imqd"), KERNEL_LOAD),
-            (Imqd(self.topo, 1, extra_args=("--no-gso",), name="imqd x1 --no-gso"), NO_GSO_LOAD)]
+        runs: list[tuple[System, str]] = [(KernelHtb(self.topo, burst="imqd"), KERNEL_LOAD)]
+        for _ in range(self.p.load_rounds):
+            runs += [(Imqd(self.topo, 1, name="imqd x1"), IMQD_LOAD), (KernelHtb(self.topo, burst="imqd"), KERNEL_LOAD)]
+        runs.append((Imqd(self.topo, 1, extra_args=("--no-gso",), name="imqd x1 --no-gso"), NO_GSO_LOAD))
         if leaf is not None:
             runs.append((Imqd(self.topo, 1, imqd_config(self.topo, leaf=leaf), name="imqd x1 fq_codel"),
                          FQ_LOAD))

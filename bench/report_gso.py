@@ -10,7 +10,7 @@ from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
-from bench.stats import by_rep, cell, med, median, paired, percentile, table, three
+from bench.stats import by_rep, cell, mean_interval, med, median, paired, percentile, table, three
 
 __all__ = ["summarize_gso", "gso_targets", "render_gso", "gso_notes", "GSO_TARGETS", "PLAIN", "KERNEL_LOAD",
            "IMQD_LOAD", "NO_GSO_LOAD", "FQ_LOAD", "KERNEL_TC_BURST_LOAD", "latency_spread"]
@@ -99,7 +99,20 @@ def _latency(records: list[dict[str, Any]]) -> dict[str, Any]:
     again = {r["rep"]: median(r["rtts_ms"]) for r in mine.get(KERNEL_LOAD, []) if r.get("round") == 1}
     rate = next((r.get("rate_bps") for r in records), None)
     return {"rate_bps": rate, "rows": rows, "over_kernel": ratios, "kernel_aa": three(paired(again, first)), "cc": cc,
-            "warmed_up": warmed}
+            "warmed_up": warmed, "per_load": mean_interval(_between_kernel_loads(mine.get(IMQD_LOAD, []),
+                                                                                 mine.get(KERNEL_LOAD, [])))}
+
+
+def _between_kernel_loads(imqd: list[dict[str, Any]], kernel: list[dict[str, Any]]) -> list[float]:
+    """Each imqd load's median RTT over the mean of the two kernel loads around it: imqd's round j ran between
+    the kernel's rounds j and j + 1 of the same repetition (records without ``round`` give nothing)."""
+    ref = {(r["rep"], r["round"]): median(r["rtts_ms"]) for r in kernel if "round" in r}
+    out = []
+    for r in imqd:
+        before, after = ref.get((r["rep"], r.get("round"))), ref.get((r["rep"], (r.get("round") or 0) + 1))
+        if "round" in r and before is not None and after is not None:
+            out.append(median(r["rtts_ms"]) / ((before + after) / 2))
+    return out
 
 
 def _median_rtt(r: dict[str, Any]) -> float:
@@ -220,6 +233,11 @@ def gso_notes(s: dict[str, Any] | None, nproc: Any, load: str) -> list[str]:
             parts.append(f"two runs of kernel HTB itself land {med(lat['kernel_aa']):.3f}x apart "
                          f"(spread {spread:.3f}: the difference is "
                          + ("inside" if v <= 1 + spread else "larger than") + " the reference's own run-to-run noise)")
+        per = lat.get("per_load")
+        if per:
+            parts.append(f"each imqd load over the kernel loads around it: {per['mean']:.3f} on average over "
+                         f"{per['n']} loads (95 % interval {per['lo']:.3f}–{per['hi']:.3f}"
+                         + (": 1.00 inside it)" if per["lo"] <= 1 <= per["hi"] else ")"))
         if win.get(KERNEL_LOAD) and win.get(IMQD_LOAD):
             parts.append(f"neither FIFO fills: the queue is what the senders keep in flight, their congestion "
                          f"windows sum to {win[KERNEL_LOAD]:.0f} KB through kernel HTB and {win[IMQD_LOAD]:.0f} KB "
@@ -328,6 +346,7 @@ def _render_targets_table(s: dict[str, Any]) -> list[str]:
 def _render_latency(lat: dict[str, Any], p: dict[str, Any]) -> list[str]:
     rate = f"{lat['rate_bps'] / 1e6:g} Mbit/s" if lat.get("rate_bps") else "shaped"
     cc = "/".join(lat.get("cc") or []) or "the host's default"
+    rounds = int(p.get("load_rounds") or 1)
     L = [f"**Latency under load (bufferbloat):** four TCP uploads ({cc}) saturate a {rate} upload class for "
          f"{p.get('load_seconds', '?')} s after 2 s of warm-up; pings every 50 ms from the same host through the same "
          "class (imqd x1: one worker; wan rules). The FIFOs hold 1000 packets: kernel HTB's `pfifo limit 1000`, "
@@ -338,14 +357,23 @@ def _render_latency(lat: dict[str, Any], p: dict[str, Any]) -> list[str]:
             if KERNEL_TC_BURST_LOAD in lat["rows"] else "")
          + (" Each repetition starts with one load through kernel HTB that is not counted (the first load of a "
             "block ran lowest)." if lat.get("warmed_up") else "")
-         + " Kernel HTB runs before and after imqd's FIFO in each repetition; imqd's ratio is "
-         "to the mean of the two, and their own ratio (A/A) is how far the same reference lands apart. *Windows*: "
+         + (f" Each repetition runs kernel HTB and imqd's FIFO in turn, {rounds} imqd loads each between two kernel "
+            "loads; imqd's ratio is its loads' mean over the kernel loads' mean in the same repetition, and the "
+            "kernel's second load over its first (A/A) is how far the same reference lands apart." if rounds > 1 else
+            " Kernel HTB runs before and after imqd's FIFO in each repetition; imqd's ratio is to the mean of the "
+            "two, and their own ratio (A/A) is how far the same reference lands apart.")
+         + " *Windows*: "
          "the senders' congestion windows summed, sampled half-way (`ss -tin`): what a FIFO that does not fill "
          "holds. Target: imqd no worse than kernel HTB.", ""]
     L += table(["queue", "median RTT ms", "p90 RTT ms", "TCP Mbit/s", "windows KB", "/ kernel HTB median RTT"],
                ([label, cell(r["median_ms"], "{:.1f}"), cell(r["p90_ms"], "{:.1f}"), cell(r["mbps"], "{:.1f}"),
                  cell(r.get("windows_kb"), "{:.0f}"), _over_kernel_cell(lat, label)]
                 for label, r in lat["rows"].items()))
+    per = lat.get("per_load")
+    if per:
+        L += ["", f"Each imqd FIFO load over the mean of the two kernel HTB loads around it: mean {per['mean']:.3f}, "
+                  f"sd {per['sd']:.3f} over {per['n']} loads; 95 % confidence interval of the mean "
+                  f"{per['lo']:.3f}–{per['hi']:.3f}."]
     return L + [""]
 
 

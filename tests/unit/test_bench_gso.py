@@ -310,3 +310,26 @@ def test_udp_ceiling_ratio_takes_each_sides_mean_of_its_abba_searches() -> None:
     assert s["gso"]["ceiling"]["gso_over_no_gso"]["median"] == pytest.approx(239_000 / 233_500)
     udp = next(t for t in s["targets"] if t["figure"].startswith("64-byte UDP"))
     assert udp["met"]
+
+
+def test_each_imqd_load_meets_the_kernel_loads_around_it() -> None:
+    """K I K I K in one repetition: imqd's rounds 0 and 1 sit between kernel rounds 0-1 and 1-2."""
+    lat = [_load(0, "kernel HTB + pfifo", 10.0), _load(0, "imqd x1 FIFO", 10.5), _load(0, "kernel HTB + pfifo", 11.0, 1),
+           _load(0, "imqd x1 FIFO", 10.0, 1), _load(0, "kernel HTB + pfifo", 9.0, 2)]
+    raw = gso_raw()
+    raw["latency"] = lat
+    s = report.summarize({"meta": META, "gso": raw})
+    per = s["gso"]["latency"]["per_load"]
+    assert per["n"] == 2 and per["mean"] == pytest.approx((10.5 / 10.5 + 10.0 / 10.0) / 2)
+    t = next(t for t in s["targets"] if "imqd x1 FIFO (GSO)" in t["figure"])
+    assert t["value"] == pytest.approx(10.25 / 10.0)  # the repetition's means: (10.5 + 10) / 2 over 30 / 3
+    md = report.render_markdown(s, {**META, "gso_params": {**META["gso_params"], "load_rounds": 2}}, png=None)
+    assert "2 imqd loads each between two kernel loads" in md
+    assert "Each imqd FIFO load over the mean of the two kernel HTB loads around it: mean 1.000, sd 0.000 over 2 loads" in md
+    note = next(n for n in report.limits(s, {**META, "machine": {"nproc": 2}}) if n.startswith("Latency under load"))
+    assert "each imqd load over the kernel loads around it: 1.000 on average over 2 loads" in note
+    assert "1.00 inside it" in note
+
+
+def test_full_run_alternates_enough_loads_to_see_a_few_per_cent() -> None:
+    assert FULL_GSO.load_rounds >= 5 and QUICK_GSO.load_rounds == 1
