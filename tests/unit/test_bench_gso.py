@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import dataclasses
 import subprocess
 import time
 from pathlib import Path
@@ -333,3 +334,42 @@ def test_each_imqd_load_meets_the_kernel_loads_around_it() -> None:
 
 def test_full_run_alternates_enough_loads_to_see_a_few_per_cent() -> None:
     assert FULL_GSO.load_rounds >= 5 and QUICK_GSO.load_rounds == 1
+
+
+class _FakeSystem:
+    def __init__(self, topo: Any, *args: Any, **kw: Any) -> None:
+        self.name = kw.get("name", "kernel")
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+class _FakeBench:
+    topo = object()
+
+    def __init__(self) -> None:
+        self.labels: list[str] = []
+
+    def latency_loaded(self, system: Any, rep: int, label: str, **kw: Any) -> dict[str, Any]:
+        self.labels.append(label)
+        return {"rep": rep, "system": label, "rtts_ms": [10.0]}
+
+
+def test_latency_alternates_the_reference_around_every_imqd_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Warm-up, then K I K I K I K, then the other variants; rounds number each label's loads."""
+    import bench.gso as gso_mod
+    monkeypatch.setattr(gso_mod, "KernelHtb", _FakeSystem)
+    monkeypatch.setattr(gso_mod, "Imqd", _FakeSystem)
+    monkeypatch.setattr(gso_mod, "fq_codel_leaf", lambda: {"qdisc": {"kind": "fq_codel"}})
+    monkeypatch.setattr(gso_mod, "imqd_config", lambda topo, **kw: {})
+    fake = _FakeBench()
+    recs = gso_mod.Gso(fake, dataclasses.replace(FULL_GSO, load_rounds=3), log=lambda m: None).latency(0)  # type: ignore[arg-type]
+    K, I = "kernel HTB + pfifo", "imqd x1 FIFO"
+    assert fake.labels == [K, K, I, K, I, K, I, K, "imqd x1 --no-gso FIFO", "imqd x1 fq_codel",
+                           "kernel HTB + pfifo, tc's default burst"]
+    assert recs[0]["warm_up"] and not any(r.get("warm_up") for r in recs[1:])
+    assert [r["round"] for r in recs[1:] if r["system"] == K] == [0, 1, 2, 3]
+    assert [r["round"] for r in recs[1:] if r["system"] == I] == [0, 1, 2]
