@@ -134,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "request on /dev/cpu_dma_latency; 0 = idle CPUs poll): less latency at light load "
                           "for more power (env IMQD_CPU_LATENCY; default: no request)")
 
+    run.add_argument("--realtime", type=int, default=None, metavar="PRIO",
+                     help="run the workers SCHED_FIFO at priority PRIO (1-99) so held packets leave on time: "
+                          "less jitter, less standing queue under TCP load; needs CAP_SYS_NICE and the kernel's "
+                          "real-time throttling on (env IMQD_REALTIME; default 0: normal scheduling)")
+
     rules = sub.add_parser("rules", help="install, remove or show imqd's iptables rules")
     rules.add_argument("action", choices=("apply", "remove", "show"))
     add_rule_options(rules)
@@ -279,6 +284,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError(f"--idle-tick {args.idle_tick}: must be 0 (off) or between {MIN_IDLE_TICK_US} and "
                        f"{MAX_IDLE_TICK_US:,} microseconds")
     cpu_latency = cpu_latency_arg(args.cpu_latency, env("IMQD_CPU_LATENCY"))
+    realtime = realtime_arg(args.realtime, env("IMQD_REALTIME"))
     token = read_token(token_file) if token_file else None
     if api is not None and not is_loopback(api[0]) and token is None:
         raise CliError(f"--api {api[0]}:{api[1]} is not a loopback address: writes need --token-file")
@@ -295,7 +301,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                          max_len=kernel_queue_len(config, args.max_len, args.max_held),
                          copy_range=args.copy_range,
                          idle_tick=args.idle_tick / 1e6, gso=not args.no_gso, fail_open=fail_open,
-                         held_max=args.max_held)
+                         held_max=args.max_held, realtime=realtime)
         stop = threading.Event()
         try:
             sup.start()
@@ -359,6 +365,28 @@ def read_nat_rules(*, ipv6: bool = True) -> list[Any]:
     from imqd.run_checks import read_nat_rules as read
 
     return read(ipv6=ipv6)
+
+
+def realtime_arg(flag: int | None, env_value: str | None) -> int:
+    """The workers' --realtime priority (the flag wins over IMQD_REALTIME; 0: off), checked before anything
+    starts (imqd.realtime)."""
+    from imqd.realtime import RealtimeError, check_priority, check_throttled
+
+    if flag is not None:
+        value, source = flag, "--realtime "
+    elif env_value:
+        try:
+            value, source = int(env_value), "IMQD_REALTIME="
+        except ValueError:
+            raise CliError(f"IMQD_REALTIME={env_value!r}: not a whole number (a SCHED_FIFO priority)") from None
+    else:
+        return 0
+    try:
+        if check_priority(value, source):
+            check_throttled(source=source)
+    except RealtimeError as exc:
+        raise CliError(str(exc)) from None
+    return value
 
 
 def cpu_latency_arg(flag: int | None, env_value: str | None) -> int | None:

@@ -45,6 +45,7 @@ from imqd.nfnetlink import NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_GSO, VerdictBatch, i
 from imqd.packet import MalformedPacket
 from imqd.qdisc.base import QueuedPacket
 from imqd.queue_flags import QueueFlags, Replay, describe_answer, request_flag
+from imqd.realtime import scheduling
 from imqd.shaper import NeedsWholeConfig, Shaper
 from imqd.worker_options import WorkerCounters, WorkerOptions
 from imqd.worker_timing import KEEP_WARM_S, STATS_INTERVAL_S, sleep_time
@@ -394,7 +395,7 @@ class QueueWorker:
                 **worker_stats.counter_stats(self.counters),
                 **self.flag_stats(), **self.links.counters(), **self.overflow_stats(),
                 **worker_stats.shaper_stats(self.shaper),
-                "time": now}
+                "scheduling": scheduling(), "time": now}
 
     def flag_stats(self) -> dict[str, Any]:
         return worker_stats.flag_stats(self.flags)

@@ -180,7 +180,7 @@ class Supervisor:
 
     def __init__(self, queues: list[int], config: Config, *, max_len: int = 20000, copy_range: int = 128,
                  idle_tick: float = IDLE_TICK_S, cpus: list[int] | None = None, gso: bool = True,
-                 fail_open: bool = False, held_max: int = DEFAULT_HELD_MAX) -> None:
+                 fail_open: bool = False, held_max: int = DEFAULT_HELD_MAX, realtime: int = 0) -> None:
         if not queues:
             raise SupervisorError("no queues given")
         self.ctx = start_forkserver()
@@ -211,6 +211,7 @@ class Supervisor:
         self.gso = gso  # ask for whole GSO super-packets (False: --no-gso)
         self.fail_open = fail_open  # --on-overflow accept
         self.held_max = held_max  # --max-held
+        self.realtime = realtime  # --realtime: the workers' SCHED_FIFO priority (0: normal)
         self._refusals_logged: set[str] = set()  # queue flags the kernel refused, logged once each
         self._cond = threading.Condition()
         self._stopping = False
@@ -253,7 +254,8 @@ class Supervisor:
                              hosts_shm_name=self.hosts.name if self.hosts is not None else None,
                              counters_shm_name=self.counters.name, counters_workers=self.counters.workers,
                              counters_slots=self.counters.slots, counters_block=self.block_of[w.queue],
-                             gso=self.gso, fail_open=self.fail_open, held_max=self.held_max)
+                             gso=self.gso, fail_open=self.fail_open, held_max=self.held_max,
+                             realtime=self.realtime)
         proc = self.ctx.Process(target=worker_main, args=(opts, child, self.worker_lock), name=f"imqd-q{w.queue}",
                                 daemon=True)
         proc.start()

@@ -35,6 +35,7 @@ class WorkerOptions:
     gso: bool = True  # ask the kernel for whole GSO/GRO super-packets (NFQA_CFG_F_GSO); False: --no-gso
     fail_open: bool = False  # a full queue or socket passes packets unshaped (NFQA_CFG_F_FAIL_OPEN), else drops
     held_max: int = DEFAULT_HELD_MAX  # packets the worker's classes may hold together (imqd.qdisc.held_pool)
+    realtime: int = 0  # SCHED_FIFO priority of the worker (imqd.realtime); 0 = normal scheduling
 
 
 @dataclass(slots=True)

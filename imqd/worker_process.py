@@ -15,6 +15,7 @@ from imqd.bind_errors import WorkerError
 from imqd.memtrim import mmap_large_blocks, trim
 from imqd.qdisc.held_pool import HeldPool
 from imqd.queue_worker import QueueWorker
+from imqd.realtime import RealtimeError, set_realtime
 from imqd.shaper import Shaper
 from imqd.worker_options import WorkerOptions
 
@@ -59,8 +60,9 @@ def worker_main(opts: WorkerOptions, control: Any, lock: Any) -> None:
         worker.handle_message(control.recv())  # (not kept here: the configuration is dropped once applied)
         trim()  # what it used (imqd.memtrim)
         try:
+            set_realtime(opts.realtime)
             worker.bind()
-        except WorkerError as exc:
+        except (WorkerError, RealtimeError) as exc:
             worker._send(("fatal", str(exc)))
             sys.exit(EXIT_FATAL)
         worker._send(("ready", opts.queue, os.getpid(), worker.flags.refused()))

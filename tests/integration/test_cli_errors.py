@@ -87,7 +87,8 @@ def test_bad_flags_name_the_flag(topology: Topology) -> None:
                        (["run", "--queues", "0", "--max-len", "0", "--api", "none"], "--max-len"),
                        (["run", "--queues", "0", "--max-held", "0", "--api", "none"], "--max-held"),
                        (["run", "--queues", "0", "--idle-tick", "5", "--api", "none"], "--idle-tick"),
-                       (["run", "--queues", "0", "--cpu-latency", "-1", "--api", "none"], "--cpu-latency")):
+                       (["run", "--queues", "0", "--cpu-latency", "-1", "--api", "none"], "--cpu-latency"),
+                       (["run", "--queues", "0", "--realtime", "100", "--api", "none"], "--realtime")):
         res = imqd(topology, *args)
         assert res.returncode in (1, 2), (args, res.stderr)
         assert word.replace("_", "").lower() in res.stderr.replace("_", "").lower(), (args, res.stderr)
