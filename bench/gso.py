@@ -36,7 +36,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bench.figures import TCP_PORTS, Bench
-from bench.report_gso import FQ_LOAD, IMQD_LOAD, KERNEL_LOAD, KERNEL_TC_BURST_LOAD, NO_GSO_LOAD
+from bench.report_gso import (FQ_LOAD, IMQD_LOAD, KERNEL_LOAD, KERNEL_TC_BURST_LOAD, NO_GSO_LOAD, REALTIME_LOAD,
+                              REALTIME_PRIORITY)
 from bench.systems import (DOWN, FIFO_LIMIT, UP, BareLoop, Imqd, KernelHtb, Plain, System, fq_codel_leaf,
                            imqd_config)
 from imqd.kernel_queues import PROC_PATH, parse_nfqueue_table
@@ -272,8 +273,8 @@ class Gso:
     # -- latency under load, UDP ceiling ------------------------------------------------------------------------
     def latency(self, rep: int) -> list[dict[str, Any]]:
         """Bufferbloat at `load_bps` (wan rules, one worker): kernel HTB + pfifo with imqd's class (its default
-        burst written out) and imqd x1's FIFO (GSO on) in turn, `load_rounds` imqd loads each between two kernel
-        loads (K I K ... I K), then imqd x1 --no-gso, imqd x1 with an fq_codel leaf, and kernel HTB with tc's
+        burst written out), imqd x1's FIFO (GSO on) and the same with real-time workers (``--realtime``) in turn,
+        `load_rounds` of each imqd load between two kernel loads (K I R K ... I R K), then imqd x1 --no-gso, imqd x1 with an fq_codel leaf, and kernel HTB with tc's
         default burst.
 
         The kernel loads around each of imqd's let imqd's FIFO be compared with the mean of the runs around it
@@ -294,7 +295,10 @@ class Gso:
         leaf = fq_codel_leaf()
         runs: list[tuple[System, str]] = [(KernelHtb(self.topo, burst="imqd"), KERNEL_LOAD)]
         for _ in range(self.p.load_rounds):
-            runs += [(Imqd(self.topo, 1, name="imqd x1"), IMQD_LOAD), (KernelHtb(self.topo, burst="imqd"), KERNEL_LOAD)]
+            realtime = ("--realtime", str(REALTIME_PRIORITY))
+            runs += [(Imqd(self.topo, 1, name="imqd x1"), IMQD_LOAD),
+                     (Imqd(self.topo, 1, extra_args=realtime, name="imqd x1 --realtime"), REALTIME_LOAD),
+                     (KernelHtb(self.topo, burst="imqd"), KERNEL_LOAD)]
         runs.append((Imqd(self.topo, 1, extra_args=("--no-gso",), name="imqd x1 --no-gso"), NO_GSO_LOAD))
         if leaf is not None:
             runs.append((Imqd(self.topo, 1, imqd_config(self.topo, leaf=leaf), name="imqd x1 fq_codel"),

@@ -13,7 +13,8 @@ from typing import Any
 from bench.stats import by_rep, cell, mean_interval, med, median, paired, percentile, table, three
 
 __all__ = ["summarize_gso", "gso_targets", "render_gso", "gso_notes", "GSO_TARGETS", "PLAIN", "KERNEL_LOAD",
-           "IMQD_LOAD", "NO_GSO_LOAD", "FQ_LOAD", "KERNEL_TC_BURST_LOAD", "latency_spread"]
+           "IMQD_LOAD", "NO_GSO_LOAD", "FQ_LOAD", "REALTIME_LOAD", "REALTIME_PRIORITY", "KERNEL_TC_BURST_LOAD",
+           "latency_spread"]
 
 # imqd with GSO (its default) over plain forwarding, every case; latency over kernel HTB; UDP GSO over --no-gso
 GSO_TARGETS = {"x1": 0.5, "x2": 0.7, "latency": 1.0, "udp": 0.95}
@@ -22,6 +23,8 @@ KERNEL_LOAD = "kernel HTB + pfifo"  # the latency reference's label (bench.figur
 KERNEL_TC_BURST_LOAD = "kernel HTB + pfifo, tc's default burst"
 IMQD_LOAD = "imqd x1 FIFO"
 NO_GSO_LOAD = "imqd x1 --no-gso FIFO"
+REALTIME_PRIORITY = 10
+REALTIME_LOAD = f"imqd x1 FIFO --realtime {REALTIME_PRIORITY}"
 FQ_LOAD = "imqd x1 fq_codel"
 MSS = 1448
 QUEUED = ("imqd", "bare-loop")  # kinds whose packets cross NFQUEUE (a verdict each)
@@ -99,8 +102,9 @@ def _latency(records: list[dict[str, Any]]) -> dict[str, Any]:
     again = {r["rep"]: median(r["rtts_ms"]) for r in mine.get(KERNEL_LOAD, []) if r.get("round") == 1}
     rate = next((r.get("rate_bps") for r in records), None)
     return {"rate_bps": rate, "rows": rows, "over_kernel": ratios, "kernel_aa": three(paired(again, first)), "cc": cc,
-            "warmed_up": warmed, "per_load": mean_interval(_between_kernel_loads(mine.get(IMQD_LOAD, []),
-                                                                                 mine.get(KERNEL_LOAD, [])))}
+            "warmed_up": warmed,
+            "per_load": {label: mean_interval(_between_kernel_loads(mine[label], mine.get(KERNEL_LOAD, [])))
+                         for label in (IMQD_LOAD, REALTIME_LOAD) if label in mine}}
 
 
 def _between_kernel_loads(imqd: list[dict[str, Any]], kernel: list[dict[str, Any]]) -> list[float]:
@@ -171,6 +175,11 @@ def gso_targets(s: dict[str, Any] | None) -> list[dict[str, Any]]:
                           "HTB + pfifo, the same 1000-packet queue",
                 "target": f"<= {goal:.2f}", "value": v, "met": v is not None and v <= goal, "misses": [],
                 "fmt": "{:.3f}"})
+    v = med(lat["over_kernel"].get(REALTIME_LOAD))
+    if v is not None:
+        out.append({"figure": f"median RTT under a saturating TCP load in a {rate} class, imqd x1 FIFO (GSO) with "
+                              f"real-time workers (--realtime {REALTIME_PRIORITY}) / kernel HTB + pfifo",
+                    "target": f"<= {goal:.2f}", "value": v, "met": v <= goal, "misses": [], "fmt": "{:.3f}"})
     v = med(lat["over_kernel"].get(FQ_LOAD))
     if v is not None:
         out.append({"figure": f"median RTT under a saturating TCP load in a {rate} class, imqd x1 fq_codel (GSO) / "
@@ -233,7 +242,7 @@ def gso_notes(s: dict[str, Any] | None, nproc: Any, load: str) -> list[str]:
             parts.append(f"two runs of kernel HTB itself land {med(lat['kernel_aa']):.3f}x apart "
                          f"(spread {spread:.3f}: the difference is "
                          + ("inside" if v <= 1 + spread else "larger than") + " the reference's own run-to-run noise)")
-        per = lat.get("per_load")
+        per = (lat.get("per_load") or {}).get(IMQD_LOAD)
         if per:
             parts.append(f"each imqd load over the kernel loads around it: {per['mean']:.3f} on average over "
                          f"{per['n']} loads (95 % interval {per['lo']:.3f}–{per['hi']:.3f}"
@@ -245,6 +254,10 @@ def gso_notes(s: dict[str, Any] | None, nproc: Any, load: str) -> list[str]:
                          "the path, e.g. BBR's allowance for ACK aggregation, not by the queue limit)")
         if off is not None:
             parts.append(f"with --no-gso (MTU-sized packets released one at a time) {off:.3f}x")
+        rt = med(lat["over_kernel"].get(REALTIME_LOAD))
+        if rt is not None:
+            parts.append(f"with real-time workers (--realtime {REALTIME_PRIORITY}: held packets leave on time, "
+                         f"steadier gaps between departures) {rt:.3f}x")
         if fq is not None:
             parts.append(f"with an fq_codel leaf {fq:.3f}x: the ping's flow no longer waits behind the bulk flows")
         out.append("; ".join(parts) + ".")
@@ -357,7 +370,10 @@ def _render_latency(lat: dict[str, Any], p: dict[str, Any]) -> list[str]:
             if KERNEL_TC_BURST_LOAD in lat["rows"] else "")
          + (" Each repetition starts with one load through kernel HTB that is not counted (the first load of a "
             "block ran lowest)." if lat.get("warmed_up") else "")
-         + (f" Each repetition runs kernel HTB and imqd's FIFO in turn, {rounds} imqd loads each between two kernel "
+         + (" Each repetition runs kernel HTB and imqd's FIFO"
+            + (f" (with normal and with real-time workers, `--realtime {REALTIME_PRIORITY}`)"
+               if REALTIME_LOAD in lat["rows"] else "")
+            + f" in turn, {rounds} loads of each imqd between two kernel "
             "loads; imqd's ratio is its loads' mean over the kernel loads' mean in the same repetition, and the "
             "kernel's second load over its first (A/A) is how far the same reference lands apart." if rounds > 1 else
             " Kernel HTB runs before and after imqd's FIFO in each repetition; imqd's ratio is to the mean of the "
@@ -369,11 +385,11 @@ def _render_latency(lat: dict[str, Any], p: dict[str, Any]) -> list[str]:
                ([label, cell(r["median_ms"], "{:.1f}"), cell(r["p90_ms"], "{:.1f}"), cell(r["mbps"], "{:.1f}"),
                  cell(r.get("windows_kb"), "{:.0f}"), _over_kernel_cell(lat, label)]
                 for label, r in lat["rows"].items()))
-    per = lat.get("per_load")
-    if per:
-        L += ["", f"Each imqd FIFO load over the mean of the two kernel HTB loads around it: mean {per['mean']:.3f}, "
-                  f"sd {per['sd']:.3f} over {per['n']} loads; 95 % confidence interval of the mean "
-                  f"{per['lo']:.3f}–{per['hi']:.3f}."]
+    per_load = [f"*{label}*: mean {per['mean']:.3f}, sd {per['sd']:.3f} over {per['n']} loads, 95 % confidence "
+                f"interval of the mean {per['lo']:.3f}–{per['hi']:.3f}"
+                for label, per in (lat.get("per_load") or {}).items() if per]
+    if per_load:
+        L += ["", "Each imqd load over the mean of the two kernel HTB loads around it: " + "; ".join(per_load) + "."]
     return L + [""]
 
 

@@ -320,13 +320,14 @@ def test_each_imqd_load_meets_the_kernel_loads_around_it() -> None:
     raw = gso_raw()
     raw["latency"] = lat
     s = report.summarize({"meta": META, "gso": raw})
-    per = s["gso"]["latency"]["per_load"]
+    per = s["gso"]["latency"]["per_load"]["imqd x1 FIFO"]
     assert per["n"] == 2 and per["mean"] == pytest.approx((10.5 / 10.5 + 10.0 / 10.0) / 2)
     t = next(t for t in s["targets"] if "imqd x1 FIFO (GSO)" in t["figure"])
     assert t["value"] == pytest.approx(10.25 / 10.0)  # the repetition's means: (10.5 + 10) / 2 over 30 / 3
     md = report.render_markdown(s, {**META, "gso_params": {**META["gso_params"], "load_rounds": 2}}, png=None)
-    assert "2 imqd loads each between two kernel loads" in md
-    assert "Each imqd FIFO load over the mean of the two kernel HTB loads around it: mean 1.000, sd 0.000 over 2 loads" in md
+    assert "in turn, 2 loads of each imqd between two kernel loads" in md and "--realtime 10" not in md
+    assert ("Each imqd load over the mean of the two kernel HTB loads around it: *imqd x1 FIFO*: mean 1.000, "
+            "sd 0.000 over 2 loads") in md
     note = next(n for n in report.limits(s, {**META, "machine": {"nproc": 2}}) if n.startswith("Latency under load"))
     assert "each imqd load over the kernel loads around it: 1.000 on average over 2 loads" in note
     assert "1.00 inside it" in note
@@ -359,7 +360,7 @@ class _FakeBench:
 
 
 def test_latency_alternates_the_reference_around_every_imqd_load(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Warm-up, then K I K I K I K, then the other variants; rounds number each label's loads."""
+    """Warm-up, then K I R K I R K I R K, then the other variants; rounds number each label's loads."""
     import bench.gso as gso_mod
     monkeypatch.setattr(gso_mod, "KernelHtb", _FakeSystem)
     monkeypatch.setattr(gso_mod, "Imqd", _FakeSystem)
@@ -367,9 +368,33 @@ def test_latency_alternates_the_reference_around_every_imqd_load(monkeypatch: py
     monkeypatch.setattr(gso_mod, "imqd_config", lambda topo, **kw: {})
     fake = _FakeBench()
     recs = gso_mod.Gso(fake, dataclasses.replace(FULL_GSO, load_rounds=3), log=lambda m: None).latency(0)  # type: ignore[arg-type]
-    K, I = "kernel HTB + pfifo", "imqd x1 FIFO"
-    assert fake.labels == [K, K, I, K, I, K, I, K, "imqd x1 --no-gso FIFO", "imqd x1 fq_codel",
+    K, I, R = "kernel HTB + pfifo", "imqd x1 FIFO", "imqd x1 FIFO --realtime 10"
+    assert fake.labels == [K, K, I, R, K, I, R, K, I, R, K, "imqd x1 --no-gso FIFO", "imqd x1 fq_codel",
                            "kernel HTB + pfifo, tc's default burst"]
     assert recs[0]["warm_up"] and not any(r.get("warm_up") for r in recs[1:])
     assert [r["round"] for r in recs[1:] if r["system"] == K] == [0, 1, 2, 3]
     assert [r["round"] for r in recs[1:] if r["system"] == I] == [0, 1, 2]
+    assert [r["round"] for r in recs[1:] if r["system"] == R] == [0, 1, 2]
+
+
+def test_real_time_workers_get_their_own_row_target_and_interval() -> None:
+    """K I R K I R K: the --realtime loads meet the same kernel loads around them as the plain ones."""
+    I, R, K = "imqd x1 FIFO", "imqd x1 FIFO --realtime 10", "kernel HTB + pfifo"
+    lat = [_load(0, K, 10.0), _load(0, I, 10.6), _load(0, R, 9.9), _load(0, K, 10.0, 1),
+           _load(0, I, 10.4, 1), _load(0, R, 9.7, 1), _load(0, K, 10.0, 2)]
+    raw = gso_raw()
+    raw["latency"] = lat
+    s = report.summarize({"meta": META, "gso": raw})
+    per = s["gso"]["latency"]["per_load"]
+    assert per[I]["mean"] == pytest.approx(1.05) and per[R]["mean"] == pytest.approx(0.98)
+    targets = {t["figure"]: t for t in s["targets"]}
+    rt = targets["median RTT under a saturating TCP load in a 100 Mbit/s class, imqd x1 FIFO (GSO) with real-time "
+                 "workers (--realtime 10) / kernel HTB + pfifo"]
+    assert rt["met"] and rt["value"] == pytest.approx(0.98)
+    assert not next(t for t in s["targets"] if "imqd x1 FIFO (GSO) / kernel" in t["figure"])["met"]
+    md = report.render_markdown(s, {**META, "gso_params": {**META["gso_params"], "load_rounds": 2}}, png=None)
+    assert "(with normal and with real-time workers, `--realtime 10`) in turn" in md
+    assert "*imqd x1 FIFO --realtime 10*: mean 0.980" in md
+    note = next(n for n in report.limits(s, {**META, "machine": {"nproc": 2}}) if n.startswith("Latency under load"))
+    assert "with real-time workers (--realtime 10: held packets leave on time, steadier gaps between departures) " \
+           "0.980x" in note
