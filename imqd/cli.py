@@ -136,8 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run.add_argument("--realtime", type=int, default=None, metavar="PRIO",
                      help="run the workers SCHED_FIFO at priority PRIO (1-99) so held packets leave on time: "
-                          "less jitter, less standing queue under TCP load; needs CAP_SYS_NICE and the kernel's "
-                          "real-time throttling on (env IMQD_REALTIME; default 0: normal scheduling)")
+                          "less jitter, less standing queue under TCP load; needs CAP_SYS_NICE (or RLIMIT_RTPRIO) "
+                          "and the kernel's real-time throttling on (env IMQD_REALTIME; default 0: normal "
+                          "scheduling)")
 
     rules = sub.add_parser("rules", help="install, remove or show imqd's iptables rules")
     rules.add_argument("action", choices=("apply", "remove", "show"))

@@ -43,10 +43,10 @@ def check_throttled(path: str | None = None, source: str = "--realtime ") -> Non
         with open(path, encoding="ascii") as f:
             runtime = int(f.read().strip())
     except (OSError, ValueError):
-        return  # no such knob (not Linux, or no RT group scheduling): nothing to check
+        return  # no such knob (not Linux): nothing to check
     if runtime < 0:
-        raise RealtimeError(f"{source.strip().rstrip('=')}: {path} is -1 (real-time throttling off): a worker busy at its "
-                            "ceiling could hold its CPU; set it to e.g. 950000 or run without --realtime")
+        raise RealtimeError(f"{source.strip().rstrip('=')}: {path} is -1 (real-time throttling off): a worker "
+                            "busy at its ceiling could hold its CPU; set it to e.g. 950000 or leave real-time off")
 
 
 def set_realtime(priority: int) -> None:

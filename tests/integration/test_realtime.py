@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -34,3 +35,15 @@ def test_default_workers_use_normal_scheduling(topology: Topology) -> None:
     with ImqdInstance(topology, CONFIG, queues="0") as imqd:
         (w,) = _workers(imqd)
         assert w["scheduling"] == "normal" and os.sched_getscheduler(w["pid"]) == os.SCHED_OTHER
+
+
+def test_a_worker_that_may_not_run_real_time_stops_imqd_with_one_line(topology: Topology) -> None:
+    """Without CAP_SYS_NICE (and with RLIMIT_RTPRIO 0) the workers cannot switch: imqd exits naming what is
+    missing, and leaves no rules behind."""
+    res = topology.exec(topology.router_ns, ["capsh", "--drop=cap_sys_nice", "--", "-c",
+                                             f"exec {sys.executable} -m imqd run --queues 0 --realtime 10 "
+                                             "--apply-rules --api none"], check=False, timeout=30)
+    assert res.returncode != 0, res.stdout
+    assert "--realtime 10: not permitted" in res.stderr and "CAP_SYS_NICE" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert "NFQUEUE" not in topology.exec(topology.router_ns, ["iptables-save"]).stdout

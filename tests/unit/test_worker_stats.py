@@ -19,7 +19,7 @@ STATS_KEYS = ["queue", "cpu", "pid", "packets", "verdicts", "accepted", "drops",
               "batch_verdicts", "drain_pauses", "hook_packets", "gso", "gso_status", "on_overflow",
               "overflow_status", "gso_packets", "gso_segments", "gso_bytes", "gso_unknown_length", "mtu_floor",
               "socket_overflows", "unshaped_overflow", "queue_full_samples", "host_bucket_overflows", "held",
-              "held_max", "pool_drops", "version", "enabled", "leaves", "time"]
+              "held_max", "pool_drops", "version", "enabled", "leaves", "scheduling", "time"]
 
 
 def row(last_id: int, waiting: int) -> dict[str, int]:
@@ -78,3 +78,4 @@ def test_worker_stats_keep_their_keys_and_order() -> None:
                                         links=LinkCosts(mtu_of=lambda i: None, all_mtus=lambda: [1500])).stats()
     assert list(stats) == STATS_KEYS
     assert (stats["queue"], stats["cpu"], stats["held"], stats["leaves"]) == (3, 1, 0, {})
+    assert stats["scheduling"] == "normal", "the test runner is not real-time"
