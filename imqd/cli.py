@@ -368,20 +368,29 @@ def read_nat_rules(*, ipv6: bool = True) -> list[Any]:
     return read(ipv6=ipv6)
 
 
+def int_flag_or_env(flag: int | None, env_value: str | None, flag_name: str, env_name: str,
+                    unit: str) -> tuple[int, str] | None:
+    """A whole-number option that the flag sets, else the environment: (value, its source as the messages name
+    it, e.g. ``"--realtime "`` or ``"IMQD_REALTIME="``), or None when neither is given."""
+    if flag is not None:
+        return flag, f"{flag_name} "
+    if env_value is None:
+        return None
+    try:
+        return int(env_value), f"{env_name}="
+    except ValueError:
+        raise CliError(f"{env_name}={env_value!r}: not a whole number{unit}") from None
+
+
 def realtime_arg(flag: int | None, env_value: str | None) -> int:
-    """The workers' --realtime priority (the flag wins over IMQD_REALTIME; 0: off), checked before anything
-    starts (imqd.realtime)."""
+    """The workers' --realtime priority (the flag wins over IMQD_REALTIME, which may be empty; 0: off), checked
+    before anything starts (imqd.realtime)."""
     from imqd.realtime import RealtimeError, check_priority, check_throttled
 
-    if flag is not None:
-        value, source = flag, "--realtime "
-    elif env_value:
-        try:
-            value, source = int(env_value), "IMQD_REALTIME="
-        except ValueError:
-            raise CliError(f"IMQD_REALTIME={env_value!r}: not a whole number (a SCHED_FIFO priority)") from None
-    else:
+    given = int_flag_or_env(flag, env_value or None, "--realtime", "IMQD_REALTIME", " (a SCHED_FIFO priority)")
+    if given is None:
         return 0
+    value, source = given
     try:
         if check_priority(value, source):
             check_throttled(source=source)
@@ -394,17 +403,11 @@ def cpu_latency_arg(flag: int | None, env_value: str | None) -> int | None:
     """The --cpu-latency limit in microseconds (the flag wins over IMQD_CPU_LATENCY), or None for no request."""
     from imqd.cpu_latency import CpuLatencyError, check_latency_us
 
-    if flag is not None:
-        value, source = flag, "--cpu-latency "
-    elif env_value is not None:
-        try:
-            value, source = int(env_value), "IMQD_CPU_LATENCY="
-        except ValueError:
-            raise CliError(f"IMQD_CPU_LATENCY={env_value!r}: not a whole number of microseconds") from None
-    else:
+    given = int_flag_or_env(flag, env_value, "--cpu-latency", "IMQD_CPU_LATENCY", " of microseconds")
+    if given is None:
         return None
     try:
-        return check_latency_us(value, source)
+        return check_latency_us(*given)
     except CpuLatencyError as exc:
         raise CliError(str(exc)) from None
 
