@@ -12,10 +12,10 @@ Per repetition (records only; :mod:`bench.report_gso` makes the figures):
   run (reading them during it would slow the worker), give the share of super-packets and a check of the
   kernel's count.
 * **latency under load** (bufferbloat) -- :meth:`bench.figures.Bench.latency_loaded` with a ``load_bps``
-  class after one uncounted warm-up load: kernel HTB + pfifo with imqd's class (twice, around imqd's FIFO: the
-  run's own A/A figure), imqd x1
-  with GSO and ``--no-gso`` (the same FIFO limit, 1000 packets), imqd x1 with an fq_codel leaf, and kernel
-  HTB with tc's default burst.
+  class after one uncounted warm-up load: kernel HTB + pfifo with imqd's class around each load of imqd x1's
+  FIFO and of the same with real-time workers (the kernel's repeats are the run's own A/A figure), then imqd x1
+  with ``--no-gso`` (the same FIFO limit, 1000 packets), imqd x1 with an fq_codel leaf, and kernel HTB with tc's
+  default burst.
 * **64-byte UDP ceiling** -- :meth:`bench.figures.Bench.ceiling_udp` for imqd x1 with GSO and ``--no-gso``, twice
   each in ABBA order.
 
@@ -60,7 +60,7 @@ class GsoParams:
     class_bps: int  # the class rate of the throughput runs: above what any path here carries
     load_bps: int  # the class rate of the latency-under-load runs
     load_seconds: float
-    load_rounds: int  # imqd FIFO loads per repetition, each between two kernel HTB loads
+    load_rounds: int  # loads of each imqd FIFO variant per repetition, each between two kernel HTB loads
     udp_ceiling: bool
 
     def as_dict(self) -> dict[str, Any]:
@@ -274,8 +274,8 @@ class Gso:
     def latency(self, rep: int) -> list[dict[str, Any]]:
         """Bufferbloat at `load_bps` (wan rules, one worker): kernel HTB + pfifo with imqd's class (its default
         burst written out), imqd x1's FIFO (GSO on) and the same with real-time workers (``--realtime``) in turn,
-        `load_rounds` of each imqd load between two kernel loads (K I R K ... I R K), then imqd x1 --no-gso, imqd x1 with an fq_codel leaf, and kernel HTB with tc's
-        default burst.
+        `load_rounds` of each imqd load between two kernel loads (K I R K ... I R K), then imqd x1 --no-gso,
+        imqd x1 with an fq_codel leaf, and kernel HTB with tc's default burst.
 
         The kernel loads around each of imqd's let imqd's FIFO be compared with the mean of the runs around it
         (slow drift of the machine cancels) and give the run its own A/A figure: how far two runs of the same
@@ -294,8 +294,8 @@ class Gso:
             warm.stop()
         leaf = fq_codel_leaf()
         runs: list[tuple[System, str]] = [(KernelHtb(self.topo, burst="imqd"), KERNEL_LOAD)]
+        realtime = ("--realtime", str(REALTIME_PRIORITY))
         for _ in range(self.p.load_rounds):
-            realtime = ("--realtime", str(REALTIME_PRIORITY))
             runs += [(Imqd(self.topo, 1, name="imqd x1"), IMQD_LOAD),
                      (Imqd(self.topo, 1, extra_args=realtime, name="imqd x1 --realtime"), REALTIME_LOAD),
                      (KernelHtb(self.topo, burst="imqd"), KERNEL_LOAD)]

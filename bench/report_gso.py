@@ -113,8 +113,10 @@ def _between_kernel_loads(imqd: list[dict[str, Any]], kernel: list[dict[str, Any
     ref = {(r["rep"], r["round"]): median(r["rtts_ms"]) for r in kernel if "round" in r}
     out = []
     for r in imqd:
-        before, after = ref.get((r["rep"], r.get("round"))), ref.get((r["rep"], (r.get("round") or 0) + 1))
-        if "round" in r and before is not None and after is not None:
+        if "round" not in r:
+            continue
+        before, after = ref.get((r["rep"], r["round"])), ref.get((r["rep"], r["round"] + 1))
+        if before is not None and after is not None:
             out.append(median(r["rtts_ms"]) / ((before + after) / 2))
     return out
 

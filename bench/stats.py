@@ -34,9 +34,14 @@ def percentile(values: Sequence[float], q: float) -> float:
     return s[rank - 1]
 
 
+def _finite(values: Iterable[float | None]) -> list[float]:
+    """The values that are numbers and finite (None, NaN and infinities left out), as floats."""
+    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
+
+
 def three(values: Iterable[float | None]) -> dict[str, float] | None:
     """min / median / max / n of the finite values, or None when there are none."""
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    vals = _finite(values)
     if not vals:
         return None
     return {"min": min(vals), "median": median(vals), "max": max(vals), "n": len(vals)}
@@ -47,10 +52,10 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
-def mean_interval(values: Iterable[float]) -> dict[str, float] | None:
+def mean_interval(values: Iterable[float | None]) -> dict[str, float] | None:
     """Mean, sample sd, n and the 95 % confidence interval of the mean (Student's t) of the finite values; None
     for fewer than two.  For figures whose single runs scatter more than the difference being looked for."""
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    vals = _finite(values)
     n = len(vals)
     if n < 2:
         return None
